@@ -1,0 +1,1 @@
+//! Hardened rustls configuration, client-certificate verification and peer identity.

@@ -1,0 +1,1 @@
+//! Tower layers that wire ztkit into axum and tonic.

@@ -1,0 +1,2 @@
+//! The `ztkit` command-line tool.
+fn main() {}

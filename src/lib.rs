@@ -1,0 +1,1 @@
+//! ztkit facade.
