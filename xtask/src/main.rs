@@ -1,1 +1,195 @@
-fn main() {}
+//! `cargo xtask`: tasks that need tools outside cargo.
+//!
+//! * `cargo xtask test` — the whole test suite. Installs what the tests need (Debian
+//!   packages, npm packages) when it can, names what is missing when it cannot, then runs
+//!   every test: the plain ones, the doc tests, and the `#[ignore]`d ones that need outside
+//!   tools. Tests whose names start with `root_` need root; when not root they are
+//!   reported as not run, with the reason.
+//! * `cargo xtask deps` — only the install step.
+//! * `cargo xtask fuzz-smoke [SECONDS]` — builds every fuzz target and runs each briefly.
+//! * `cargo xtask bench-smoke` — runs every criterion bench once in test mode.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages and the command each provides, needed by `#[ignore]`d tests.
+const DEBIAN_TOOLS: &[(&str, &str)] = &[
+    ("openssl", "openssl"),
+    ("curl", "curl"),
+    ("go", "golang-go"),
+    ("wrk", "wrk"),
+    ("h2load", "nghttp2-client"),
+    ("node", "nodejs"),
+    ("npm", "npm"),
+];
+
+/// Directories with a `package-lock.json` whose packages tests start (`npm ci`).
+const NPM_PROJECTS: &[&str] = &["crates/jwt-oidc/tests/oidc-provider"];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("test") => test(&args[1..]),
+        Some("deps") => deps(),
+        Some("fuzz-smoke") => fuzz_smoke(args.get(1).map(String::as_str).unwrap_or("10")),
+        Some("bench-smoke") => bench_smoke(),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <test [-- cargo test args] | deps | fuzz-smoke [SECONDS] | bench-smoke>"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("xtask: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    eprintln!("xtask: running {cmd:?}");
+    let status = cmd
+        .current_dir(root_dir())
+        .status()
+        .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed with {status}"))
+    }
+}
+
+fn deps() -> Result<(), String> {
+    let missing: Vec<&str> = DEBIAN_TOOLS
+        .iter()
+        .filter(|(cmd, _)| !have(cmd))
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        if is_root() && have("apt-get") {
+            eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            run(Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        } else {
+            return Err(format!(
+                "these Debian packages are needed by the tests and cannot be installed here \
+                 (not root or no apt-get): {}\n  install them with: sudo apt-get install {}",
+                missing.join(" "),
+                missing.join(" ")
+            ));
+        }
+    }
+    for project in NPM_PROJECTS {
+        let dir = root_dir().join(project);
+        if dir.join("package-lock.json").exists() {
+            run(Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+                .current_dir(&dir))
+            .map_err(|e| format!("npm ci in {project}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn test(extra: &[String]) -> Result<(), String> {
+    deps()?;
+    let extra: Vec<&String> = extra.iter().filter(|a| a.as_str() != "--").collect();
+    // 1. Everything that runs on a Rust-only machine.
+    run(cargo().args(["test", "--workspace", "--all-targets"]).arg("--").args(&extra))?;
+    run(cargo().args(["test", "--workspace", "--doc"]))?;
+    // 2. The tests that need outside tools (and root, when we are root).
+    let mut ignored = cargo();
+    ignored
+        .args(["test", "--workspace", "--lib", "--bins", "--tests", "--", "--ignored"])
+        .args(&extra)
+        .env("ZTKIT_XTASK", "1");
+    if !is_root() {
+        ignored.args(["--skip", "root_"]);
+        report_root_tests()?;
+    }
+    run(&mut ignored)?;
+    eprintln!("xtask: all tests passed");
+    Ok(())
+}
+
+/// Lists the `root_*` tests that will not run, so "not run" is visible, not silent.
+fn report_root_tests() -> Result<(), String> {
+    let out = cargo()
+        .args(["test", "--workspace", "--lib", "--bins", "--tests", "--", "--list", "--ignored"])
+        .current_dir(root_dir())
+        .output()
+        .map_err(|e| format!("cannot list tests: {e}"))?;
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let root_tests: Vec<&str> = listing
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .filter(|name| name.rsplit("::").next().is_some_and(|n| n.starts_with("root_")))
+        .collect();
+    if !root_tests.is_empty() {
+        eprintln!(
+            "xtask: NOT RUN (they need root, and this user is not root): {}",
+            root_tests.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn fuzz_smoke(seconds: &str) -> Result<(), String> {
+    let fuzz_dir = root_dir().join("fuzz");
+    let out = Command::new("cargo")
+        .args(["+nightly", "fuzz", "list"])
+        .current_dir(&fuzz_dir)
+        .output()
+        .map_err(|e| format!("cargo fuzz list: {e} (install with: cargo install cargo-fuzz)"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "cargo +nightly fuzz list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    for target in String::from_utf8_lossy(&out.stdout).lines() {
+        run(Command::new("cargo")
+            .args(["+nightly", "fuzz", "run", target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .current_dir(&fuzz_dir))?;
+    }
+    Ok(())
+}
+
+fn bench_smoke() -> Result<(), String> {
+    run(cargo().args(["bench", "--workspace", "--", "--test"]))
+}
