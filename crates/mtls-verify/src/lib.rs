@@ -1,1 +1,109 @@
 //! Hardened rustls configuration, client-certificate verification and peer identity.
+//!
+//! `mtls-verify` builds the TLS side of a zero-trust service:
+//!
+//! - [`ServerConfigBuilder`] → [`ServerTls`]: TLS 1.3 only, client certificates required and
+//!   verified by rustls's `WebPkiClientVerifier` *plus* the checks it lacks (an identity
+//!   [authorizer](IdentityAuthorizer), RSA ≥ 2048, no SHA-1, chain depth and size caps),
+//!   CRLs with unknown status denied, session resumption, ALPN `h2`/`http/1.1`,
+//!   post-quantum hybrid key exchange first, and hot reload of every file.
+//! - [`PeerIdentity`]: the verified client's SPIFFE ID, SANs, subject, serial and SHA-256
+//!   fingerprint, parsed once per connection ([`ServerTls::peer_identity`]).
+//! - [`ClientConfigBuilder`] → [`ClientTls`] for outbound mTLS.
+//! - [`verify_client_chain`]: the server's verification as a function, for the CLI.
+//!
+//! See `docs/mtls.md` for what is verified and why, and every option with its default.
+//!
+//! ```
+//! use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder};
+//! use ztkit_test_support::TestPki;
+//!
+//! let pki = TestPki::new(); // a throw-away CA, server and client certificates
+//! let tls = ServerConfigBuilder::from_pem(
+//!     pki.server.chain_pem.as_bytes(),
+//!     pki.server.key_pem.as_bytes(),
+//!     pki.ca.cert_pem.as_bytes(),
+//! )
+//! .authorizer(IdentityAuthorizer::spiffe_ids(["spiffe://example.org/ns/default/sa/client"])?)
+//! .build()?;
+//!
+//! let config = tls.config(); // an Arc<rustls::ServerConfig> for the TLS acceptor
+//! assert_eq!(config.alpn_protocols[0], b"h2");
+//! assert_eq!(tls.status().generation, 1);
+//!
+//! // The same verification the server runs, as a function:
+//! let options = mtls_verify::ChainVerifyOptions::new(vec![pki.ca.cert_der.clone()]);
+//! let peer = mtls_verify::verify_client_chain(&pki.client.chain_der, &options)?;
+//! assert_eq!(
+//!     peer.spiffe_id().map(|id| id.as_str()),
+//!     Some("spiffe://example.org/ns/default/sa/client")
+//! );
+//! # Ok::<(), mtls_verify::Error>(())
+//! ```
+
+pub use authorizer::{AuthorizeIdentity, IdentityAuthorizer, Rejection};
+pub use client::{ClientConfigBuilder, ClientTls};
+pub use error::Error;
+pub use identity::{MAX_CERTIFICATE_SIZE, PeerIdentity};
+pub use reload::ReloadHandle;
+pub use server::{
+    DEFAULT_EXPIRY_WARNING, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_RELOAD_INTERVAL, MaterialStatus,
+    ServerConfigBuilder, ServerTls,
+};
+pub use spiffe::SpiffeId;
+pub use verifier::{
+    ChainVerifyOptions, DEFAULT_MAX_CHAIN_DEPTH, DEFAULT_MIN_RSA_BITS, human_reason,
+    verify_client_chain,
+};
+
+mod authorizer;
+mod client;
+mod der;
+mod error;
+mod identity;
+mod material;
+pub mod pem;
+mod reload;
+mod server;
+pub mod spiffe;
+mod verifier;
+
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::{self, cipher_suite, kx_group};
+
+/// The crypto provider used everywhere in ztkit: aws-lc-rs with key exchange groups
+/// X25519MLKEM768 (post-quantum hybrid), X25519, secp256r1, in that order; TLS 1.3 AEAD
+/// suites, and TLS 1.2 ECDHE-AEAD suites that are only used when TLS 1.2 is enabled.
+///
+/// ```
+/// let provider = mtls_verify::crypto_provider();
+/// assert_eq!(provider.kx_groups[0].name(), rustls::NamedGroup::X25519MLKEM768);
+/// ```
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            Arc::new(CryptoProvider {
+                cipher_suites: vec![
+                    cipher_suite::TLS13_AES_128_GCM_SHA256,
+                    cipher_suite::TLS13_AES_256_GCM_SHA384,
+                    cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+                    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+                    cipher_suite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                    cipher_suite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+                    cipher_suite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+                    cipher_suite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+                    cipher_suite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+                ],
+                kx_groups: vec![
+                    kx_group::X25519MLKEM768,
+                    kx_group::X25519,
+                    kx_group::SECP256R1,
+                ],
+                ..aws_lc_rs::default_provider()
+            })
+        })
+        .clone()
+}

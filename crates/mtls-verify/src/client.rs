@@ -1,0 +1,355 @@
+//! The client side: outbound mTLS with our certificate, verifying the server's chain and
+//! identity, hot-reloadable like the server side.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
+use rustls::crypto::CryptoProvider;
+use rustls::sign::SingleCertAndKey;
+use rustls::{ClientConfig, NamedGroup};
+
+use crate::material::{load_identity, load_roots};
+use crate::pem::Source;
+use crate::reload::{self, Reload, ReloadHandle, Snapshot, StatusCell};
+use crate::server::{CommonSettings, MaterialStatus, status_of};
+use crate::verifier::{ChainPolicy, ServerVerifier};
+use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity};
+
+/// Builds a [`ClientTls`] for outbound mTLS (tonic `Channel`, hyper client): our certificate
+/// and key, the CA bundle that server certificates must chain to, and an optional authorizer
+/// for the server's identity.
+///
+/// The server's certificate is checked against the name the client connects to (as in any
+/// TLS client) *and* against the authorizer. With a SPIFFE authorizer, the hostname check
+/// can be replaced by the authorizer through the named opt-in
+/// [`replace_hostname_check_with_authorizer`](Self::replace_hostname_check_with_authorizer)
+/// (SPIFFE workloads often have no DNS name matching the address dialled).
+///
+/// ```
+/// use mtls_verify::{ClientConfigBuilder, IdentityAuthorizer};
+/// use ztkit_test_support::TestPki;
+///
+/// let pki = TestPki::new();
+/// let tls = ClientConfigBuilder::from_pem(
+///     pki.client.chain_pem.as_bytes(),
+///     pki.client.key_pem.as_bytes(),
+///     pki.ca.cert_pem.as_bytes(),
+/// )
+/// .server_authorizer(IdentityAuthorizer::dns_san_patterns(["localhost"])?)
+/// .build()?;
+/// assert!(tls.config().client_auth_cert_resolver.has_certs());
+/// # Ok::<(), mtls_verify::Error>(())
+/// ```
+pub struct ClientConfigBuilder {
+    cert: Source,
+    key: Source,
+    server_ca: Source,
+    authorizer: Option<IdentityAuthorizer>,
+    identity_only: bool,
+    policy: ChainPolicy,
+    common: CommonSettings,
+}
+
+impl fmt::Debug for ClientConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientConfigBuilder")
+            .field("cert", &self.cert.path())
+            .field("key", &self.key.path())
+            .field("server_ca", &self.server_ca.path())
+            .field("authorizer", &self.authorizer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientConfigBuilder {
+    /// Material from files (PEM): our chain, our key, and the CA bundle for servers.
+    pub fn from_files(
+        cert_chain: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+        server_ca: impl Into<PathBuf>,
+    ) -> Self {
+        Self::new(
+            Source::File(cert_chain.into()),
+            Source::File(key.into()),
+            Source::File(server_ca.into()),
+        )
+    }
+
+    /// Material given as PEM bytes; it cannot be reloaded.
+    pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8], server_ca_pem: &[u8]) -> Self {
+        Self::new(
+            Source::Memory(Arc::from(cert_chain_pem)),
+            Source::Memory(Arc::from(key_pem)),
+            Source::Memory(Arc::from(server_ca_pem)),
+        )
+    }
+
+    fn new(cert: Source, key: Source, server_ca: Source) -> Self {
+        ClientConfigBuilder {
+            cert,
+            key,
+            server_ca,
+            authorizer: None,
+            identity_only: false,
+            policy: ChainPolicy::default(),
+            common: CommonSettings::default(),
+        }
+    }
+
+    /// Checks the server's identity (SPIFFE ID, DNS SANs…) after its chain verified,
+    /// in addition to the hostname check.
+    pub fn server_authorizer(mut self, authorizer: IdentityAuthorizer) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Skips the hostname check and relies on the server authorizer alone. `build` refuses
+    /// this unless the authorizer is SPIFFE-based (exact IDs or a trust domain).
+    pub fn replace_hostname_check_with_authorizer(mut self) -> Self {
+        self.identity_only = true;
+        self
+    }
+
+    /// ALPN protocols offered (default `h2`, `http/1.1`).
+    pub fn alpn_protocols(mut self, protocols: Vec<Vec<u8>>) -> Self {
+        self.common.alpn = protocols;
+        self
+    }
+
+    /// Also offers TLS 1.2 (ECDHE with AEAD suites only). Default: TLS 1.3 only.
+    pub fn allow_tls12(mut self) -> Self {
+        self.common.allow_tls12 = true;
+        self
+    }
+
+    /// Minimum RSA key size in the server's chain (default 2048).
+    pub fn min_rsa_bits(mut self, bits: u32) -> Self {
+        self.policy.min_rsa_bits = bits;
+        self
+    }
+
+    /// Maximum certificates the server may present (default 5).
+    pub fn max_chain_depth(mut self, n: usize) -> Self {
+        self.policy.max_chain_depth = n;
+        self
+    }
+
+    /// Restricts and orders the key exchange groups offered.
+    pub fn key_exchange_groups(mut self, groups: &[NamedGroup]) -> Self {
+        self.common.kx_groups = Some(groups.to_vec());
+        self
+    }
+
+    /// How often the reloader polls the files (default 1 s).
+    pub fn reload_interval(mut self, interval: Duration) -> Self {
+        self.common.reload_interval = interval;
+        self
+    }
+
+    /// How long before our certificate expires to start warning (default 7 days).
+    pub fn expiry_warning(mut self, window: Duration) -> Self {
+        self.common.expiry_warning = window;
+        self
+    }
+
+    /// Reads and validates all material and builds the handle.
+    ///
+    /// # Errors
+    /// The same typed, file-naming errors as
+    /// [`ServerConfigBuilder::build`](crate::ServerConfigBuilder::build), and
+    /// [`Error::Config`] for the hostname opt-in without a SPIFFE authorizer.
+    pub fn build(self) -> Result<ClientTls, Error> {
+        self.common.validate()?;
+        self.policy.validate()?;
+        if self.identity_only
+            && !self
+                .authorizer
+                .as_ref()
+                .is_some_and(IdentityAuthorizer::is_spiffe_based)
+        {
+            return Err(Error::Config(
+                "replace_hostname_check_with_authorizer needs a SPIFFE-based server_authorizer \
+                 (spiffe_ids or trust_domain)"
+                    .into(),
+            ));
+        }
+        let provider = self.common.provider()?;
+        let sources = vec![self.cert, self.key, self.server_ca];
+        let snap = reload::snapshot(&sources)?;
+        let parts = ClientParts {
+            sources,
+            authorizer: self
+                .authorizer
+                .map(|a| Arc::new(a) as Arc<dyn AuthorizeIdentity>),
+            identity_only: self.identity_only,
+            policy: self.policy,
+            common: self.common,
+            provider,
+            sessions: Arc::new(ClientSessionMemoryCache::new(256)),
+        };
+        let first = parts.build_generation(snap, 1)?;
+        let shared = Arc::new(ClientShared {
+            parts,
+            current: ArcSwap::from_pointee(first),
+            status: StatusCell::default(),
+            reload_lock: Mutex::new(()),
+        });
+        shared.check_expiry();
+        Ok(ClientTls { shared })
+    }
+}
+
+/// A cheap, cloneable handle to the client's current TLS configuration.
+#[derive(Clone)]
+pub struct ClientTls {
+    shared: Arc<ClientShared>,
+}
+
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let current = self.shared.current.load();
+        f.debug_struct("ClientTls")
+            .field("serial", &current.leaf.serial_hex())
+            .field("generation", &current.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+struct ClientParts {
+    sources: Vec<Source>,
+    authorizer: Option<Arc<dyn AuthorizeIdentity>>,
+    identity_only: bool,
+    policy: ChainPolicy,
+    common: CommonSettings,
+    provider: Arc<CryptoProvider>,
+    sessions: Arc<dyn ClientSessionStore>,
+}
+
+struct ClientGeneration {
+    config: Arc<ClientConfig>,
+    leaf: PeerIdentity,
+    generation: u64,
+    hash: [u8; 32],
+    loaded_at: SystemTime,
+}
+
+struct ClientShared {
+    parts: ClientParts,
+    current: ArcSwap<ClientGeneration>,
+    status: StatusCell,
+    reload_lock: Mutex<()>,
+}
+
+impl ClientParts {
+    fn build_generation(&self, snap: Snapshot, generation: u64) -> Result<ClientGeneration, Error> {
+        let [cert, key, ca] = snap.contents.as_slice() else {
+            return Err(Error::Task("material snapshot is incomplete".into()));
+        };
+        let [cert_src, key_src, ca_src] = self.sources.as_slice() else {
+            return Err(Error::Task("material sources are incomplete".into()));
+        };
+        let identity = load_identity(cert, cert_src.path(), key, key_src.path(), &self.provider)?;
+        let roots = load_roots(ca, ca_src.path())?;
+        let verifier = Arc::new(ServerVerifier::new(
+            roots,
+            self.policy,
+            self.authorizer.clone(),
+            !self.identity_only,
+        )?);
+        let mut config = ClientConfig::builder_with_provider(self.provider.clone())
+            .with_protocol_versions(self.common.versions())?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier)
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified)));
+        config.alpn_protocols = self.common.alpn.clone();
+        config.resumption = Resumption::store(self.sessions.clone());
+        Ok(ClientGeneration {
+            config: Arc::new(config),
+            leaf: identity.leaf,
+            generation,
+            hash: snap.hash,
+            loaded_at: SystemTime::now(),
+        })
+    }
+}
+
+impl Reload for ClientShared {
+    fn what(&self) -> &'static str {
+        "client"
+    }
+
+    fn sources(&self) -> &[Source] {
+        &self.parts.sources
+    }
+
+    fn applied_hash(&self) -> [u8; 32] {
+        self.current.load().hash
+    }
+
+    fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
+        let next = self.current.load().generation + 1;
+        let generation = self.parts.build_generation(snapshot, next)?;
+        tracing::info!(
+            serial = generation.leaf.serial_hex(),
+            generation = next,
+            "new client TLS material in use"
+        );
+        self.current.store(Arc::new(generation));
+        Ok(())
+    }
+
+    fn status_cell(&self) -> &StatusCell {
+        &self.status
+    }
+
+    fn check_expiry(&self) {
+        let current = self.current.load();
+        self.status.check_expiry(
+            "client",
+            current.leaf.serial_hex(),
+            current.leaf.not_after(),
+            self.parts.common.expiry_warning,
+        );
+    }
+
+    fn reload_lock(&self) -> &Mutex<()> {
+        &self.reload_lock
+    }
+}
+
+impl ClientTls {
+    /// The current configuration; each new connection should load it afresh.
+    pub fn config(&self) -> Arc<ClientConfig> {
+        self.shared.current.load().config.clone()
+    }
+
+    /// Starts polling the material files on a background thread; see
+    /// [`ServerTls::spawn_reloader`](crate::ServerTls::spawn_reloader).
+    pub fn spawn_reloader(&self) -> ReloadHandle {
+        reload::spawn(&self.shared, self.shared.parts.common.reload_interval)
+    }
+
+    /// Reads the files now and swaps in new material if it changed and is valid.
+    ///
+    /// # Errors
+    /// The validation error of the new material (the last good material keeps serving).
+    pub async fn reload_now(&self) -> Result<(), Error> {
+        reload::reload_now(self.shared.clone()).await
+    }
+
+    /// What is serving now and how reloads went.
+    pub fn status(&self) -> MaterialStatus {
+        let current = self.shared.current.load();
+        status_of(
+            &current.leaf,
+            current.generation,
+            current.loaded_at,
+            &self.shared.status,
+            self.shared.parts.common.expiry_warning,
+        )
+    }
+}

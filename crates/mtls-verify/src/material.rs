@@ -1,0 +1,161 @@
+//! Validating key material before it is used: our certificate and key, CA bundles, CRLs.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer};
+use rustls::sign::CertifiedKey;
+use rustls::{InconsistentKeys, RootCertStore};
+use x509_parser::prelude::FromDer;
+
+use crate::identity::{rfc3339, system_time};
+use crate::pem::{certificates_at, crls_at, private_key_at};
+use crate::{Error, PeerIdentity};
+
+/// Our own certificate chain and key, checked.
+pub(crate) struct LoadedIdentity {
+    pub(crate) certified: Arc<CertifiedKey>,
+    pub(crate) leaf: PeerIdentity,
+}
+
+/// Parses and checks our certificate chain and private key: both parse, the key matches the
+/// leaf's public key, and the leaf is currently valid.
+pub(crate) fn load_identity(
+    cert_pem: &[u8],
+    cert_path: &Path,
+    key_pem: &[u8],
+    key_path: &Path,
+    provider: &CryptoProvider,
+) -> Result<LoadedIdentity, Error> {
+    let chain = certificates_at(cert_pem, cert_path)?;
+    let Some(leaf_der) = chain.first() else {
+        return Err(Error::NoCertificate {
+            path: cert_path.to_owned(),
+        });
+    };
+    let leaf = PeerIdentity::from_der(leaf_der).map_err(|e| Error::Pem {
+        path: cert_path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let now = SystemTime::now();
+    if leaf.not_after() < now {
+        return Err(Error::CertificateExpired {
+            path: cert_path.to_owned(),
+            not_after: rfc3339(leaf.not_after()),
+        });
+    }
+    if leaf.not_before() > now {
+        return Err(Error::CertificateNotYetValid {
+            path: cert_path.to_owned(),
+            not_before: rfc3339(leaf.not_before()),
+        });
+    }
+    let key_der = private_key_at(key_pem, key_path)?;
+    let key = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|_| Error::InvalidPrivateKey {
+            path: key_path.to_owned(),
+            reason: "malformed or of an unsupported algorithm".into(),
+        })?;
+    let certified = CertifiedKey::new(chain, key);
+    match certified.keys_match() {
+        Ok(()) => {}
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::KeyMismatch)) => {
+            return Err(Error::KeyMismatch {
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
+            });
+        }
+        Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {
+            return Err(Error::InvalidPrivateKey {
+                path: key_path.to_owned(),
+                reason: "cannot derive its public key to compare with the certificate".into(),
+            });
+        }
+        Err(e) => {
+            return Err(Error::Pem {
+                path: cert_path.to_owned(),
+                reason: e.to_string(),
+            });
+        }
+    }
+    Ok(LoadedIdentity {
+        certified: Arc::new(certified),
+        leaf,
+    })
+}
+
+/// Builds a root store from a CA bundle; every certificate must be usable.
+pub(crate) fn root_store(
+    certs: &[CertificateDer<'_>],
+    path: &Path,
+) -> Result<Arc<RootCertStore>, Error> {
+    if certs.is_empty() {
+        return Err(Error::EmptyCaBundle {
+            path: path.to_owned(),
+        });
+    }
+    let mut store = RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        store
+            .add(cert.clone().into_owned())
+            .map_err(|e| Error::InvalidCaCertificate {
+                path: path.to_owned(),
+                reason: format!("certificate #{}: {e}", i + 1),
+            })?;
+    }
+    Ok(Arc::new(store))
+}
+
+/// Parses a CA bundle into a root store.
+pub(crate) fn load_roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, Error> {
+    root_store(&certificates_at(pem, path)?, path)
+}
+
+/// Checks one CRL: it parses for webpki and, unless allowed, is not past its nextUpdate.
+pub(crate) fn check_crl(
+    crl: &CertificateRevocationListDer<'_>,
+    path: &Path,
+    allow_expired: bool,
+) -> Result<(), Error> {
+    let fail = |reason: String| Error::Crl {
+        path: path.to_owned(),
+        reason,
+    };
+    webpki::OwnedCertRevocationList::from_der(crl)
+        .map_err(|e| fail(format!("cannot parse: {e}")))?;
+    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
+        .map_err(|e| fail(format!("cannot parse: {e}")))?;
+    if !allow_expired && let Some(next) = parsed.next_update() {
+        let next = system_time(next.timestamp());
+        if next < SystemTime::now() {
+            return Err(fail(format!(
+                "expired (nextUpdate {}); publish a fresh CRL or use allow_expired_crls()",
+                rfc3339(next)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Parses and checks a CRL file's contents.
+pub(crate) fn load_crls(
+    pem: &[u8],
+    path: &Path,
+    allow_expired: bool,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
+    let crls = crls_at(pem, path)?;
+    if crls.is_empty() {
+        return Err(Error::Crl {
+            path: path.to_owned(),
+            reason: "contains no CRL".into(),
+        });
+    }
+    for crl in &crls {
+        check_crl(crl, path, allow_expired)?;
+    }
+    Ok(crls)
+}

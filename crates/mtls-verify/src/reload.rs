@@ -1,0 +1,303 @@
+//! Hot reload: poll the material files, wait for them to settle, validate, swap.
+//!
+//! Files are read by path on every poll, so both ways cert-manager and people update them
+//! are seen: the Kubernetes `..data` symlink swap (the path resolves to the new directory)
+//! and editors writing in place. A change is applied only once two reads in a row give the
+//! same bytes, so a half-written file is never taken; bad material is logged, counted and
+//! ignored while the last good set keeps serving.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+use crate::pem::Source;
+
+/// How long to wait before the confirming second read after a change was seen.
+const SETTLE: Duration = Duration::from_millis(100);
+/// At most one expiry warning per this period (plus one per swap).
+const EXPIRY_WARNING_PERIOD: Duration = Duration::from_secs(3600);
+
+/// The bytes of every material file, read in one pass, and their combined hash.
+pub(crate) struct Snapshot {
+    pub(crate) contents: Vec<Arc<[u8]>>,
+    pub(crate) hash: [u8; 32],
+}
+
+pub(crate) fn snapshot(sources: &[Source]) -> Result<Snapshot, Error> {
+    let mut hasher = Sha256::new();
+    let mut contents = Vec::with_capacity(sources.len());
+    for source in sources {
+        let bytes = source.read()?;
+        hasher.update((bytes.len() as u64).to_be_bytes());
+        hasher.update(&bytes);
+        contents.push(bytes);
+    }
+    Ok(Snapshot {
+        contents,
+        hash: hasher.finalize().into(),
+    })
+}
+
+/// Counters and the last error, shared by a TLS handle and its reloader.
+#[derive(Default)]
+pub(crate) struct StatusCell {
+    rejected: AtomicU64,
+    last_error: Mutex<Option<Error>>,
+    last_expiry_warning: Mutex<Option<Instant>>,
+}
+
+impl StatusCell {
+    pub(crate) fn reject(&self, what: &str, e: Error) {
+        self.rejected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            material = what,
+            reason = %e,
+            "rejected new TLS material; still serving the last good set"
+        );
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(e);
+        }
+    }
+
+    pub(crate) fn accepted(&self) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = None;
+        }
+        if let Ok(mut w) = self.last_expiry_warning.lock() {
+            *w = None;
+        }
+    }
+
+    pub(crate) fn rejected(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn last_error(&self) -> Option<Error> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+
+    /// Logs a warning if `not_after` is within `window`, at most once per hour.
+    pub(crate) fn check_expiry(
+        &self,
+        what: &str,
+        serial: &str,
+        not_after: SystemTime,
+        window: Duration,
+    ) {
+        let left = not_after
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left > window {
+            return;
+        }
+        let Ok(mut last) = self.last_expiry_warning.lock() else {
+            return;
+        };
+        if last.is_some_and(|t| t.elapsed() < EXPIRY_WARNING_PERIOD) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(
+            material = what,
+            serial,
+            not_after = %crate::identity::rfc3339(not_after),
+            expires_in_secs = left.as_secs(),
+            "TLS certificate expires soon; rotate it"
+        );
+    }
+}
+
+/// Something whose material can be reloaded from files.
+pub(crate) trait Reload: Send + Sync + 'static {
+    /// A name for logs (`server` / `client`).
+    fn what(&self) -> &'static str;
+    /// The files, in the order `apply` expects their contents.
+    fn sources(&self) -> &[Source];
+    /// The hash of the material now serving.
+    fn applied_hash(&self) -> [u8; 32];
+    /// Validates the snapshot and swaps it in.
+    fn apply(&self, snapshot: Snapshot) -> Result<(), Error>;
+    /// The status cell.
+    fn status_cell(&self) -> &StatusCell;
+    /// Warns if the serving certificate expires soon (rate-limited).
+    fn check_expiry(&self);
+    /// Serializes `apply` between the reloader thread and `reload_now`.
+    fn reload_lock(&self) -> &Mutex<()>;
+}
+
+/// One reload attempt without waiting for the files to settle: for `reload_now`.
+pub(crate) fn reload_once<R: Reload>(target: &R) -> Result<(), Error> {
+    let _guard = target
+        .reload_lock()
+        .lock()
+        .map_err(|_| Error::Task("reload lock poisoned".into()))?;
+    let snap = match snapshot(target.sources()) {
+        Ok(s) => s,
+        Err(e) => {
+            target.status_cell().reject(target.what(), e.clone());
+            return Err(e);
+        }
+    };
+    if snap.hash == target.applied_hash() {
+        return Ok(());
+    }
+    match target.apply(snap) {
+        Ok(()) => {
+            target.status_cell().accepted();
+            target.check_expiry();
+            Ok(())
+        }
+        Err(e) => {
+            target.status_cell().reject(target.what(), e.clone());
+            Err(e)
+        }
+    }
+}
+
+/// Runs [`reload_once`] on tokio's blocking pool.
+pub(crate) async fn reload_now<R: Reload>(target: Arc<R>) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || reload_once(&*target))
+        .await
+        .map_err(|e| Error::Task(format!("reload task: {e}")))?
+}
+
+/// Handle to a background reloader; dropping it (or calling [`stop`](Self::stop)) stops the
+/// polling.
+#[derive(Debug)]
+pub struct ReloadHandle {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ReloadHandle {
+    /// A handle that does nothing (material given as bytes cannot change).
+    pub(crate) fn inert() -> Self {
+        ReloadHandle {
+            stop: None,
+            thread: None,
+        }
+    }
+
+    /// Whether a reloader is polling files.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Stops polling and waits for the reloader to finish its current step.
+    pub fn stop(mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ReloadHandle {
+    fn drop(&mut self) {
+        // Dropping the sender wakes the thread, which then exits on its own.
+        self.stop.take();
+    }
+}
+
+/// Starts polling `target`'s files every `interval` on a dedicated thread.
+pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHandle {
+    if target
+        .sources()
+        .iter()
+        .all(|s| matches!(s, Source::Memory(_)))
+    {
+        return ReloadHandle::inert();
+    }
+    let weak = Arc::downgrade(target);
+    let what = target.what();
+    let (tx, rx) = mpsc::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(format!("mtls-reload-{what}"))
+        .spawn(move || poll_loop(&weak, &rx, interval));
+    match spawned {
+        Ok(thread) => ReloadHandle {
+            stop: Some(tx),
+            thread: Some(thread),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the TLS material reloader thread");
+            ReloadHandle::inert()
+        }
+    }
+}
+
+fn poll_loop<R: Reload>(target: &Weak<R>, stop: &mpsc::Receiver<()>, interval: Duration) {
+    let settle = SETTLE.min(interval);
+    let mut wait = interval;
+    // The hash seen once and waiting for a confirming read.
+    let mut pending: Option<[u8; 32]> = None;
+    // The hash of content already rejected (not re-validated, not re-logged).
+    let mut rejected: Option<[u8; 32]> = None;
+    // A read error seen once (files may be mid-swap) and one already reported.
+    let mut pending_read_error: Option<String> = None;
+    let mut reported_read_error: Option<String> = None;
+    loop {
+        match stop.recv_timeout(wait) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let Some(target) = target.upgrade() else {
+            return;
+        };
+        wait = interval;
+        let Ok(_guard) = target.reload_lock().lock() else {
+            return;
+        };
+        let snap = match snapshot(target.sources()) {
+            Ok(s) => {
+                pending_read_error = None;
+                reported_read_error = None;
+                s
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if pending_read_error.as_deref() == Some(&text) {
+                    if reported_read_error.as_deref() != Some(&text) {
+                        target.status_cell().reject(target.what(), e);
+                        reported_read_error = Some(text);
+                    }
+                } else {
+                    pending_read_error = Some(text);
+                    wait = settle;
+                }
+                continue;
+            }
+        };
+        if snap.hash == target.applied_hash() {
+            pending = None;
+            target.check_expiry();
+            continue;
+        }
+        if rejected == Some(snap.hash) {
+            continue;
+        }
+        if pending != Some(snap.hash) {
+            pending = Some(snap.hash);
+            wait = settle;
+            continue;
+        }
+        pending = None;
+        let hash = snap.hash;
+        match target.apply(snap) {
+            Ok(()) => {
+                rejected = None;
+                target.status_cell().accepted();
+                target.check_expiry();
+            }
+            Err(e) => {
+                rejected = Some(hash);
+                target.status_cell().reject(target.what(), e);
+            }
+        }
+    }
+}

@@ -1,0 +1,685 @@
+//! Client-certificate verification: rustls's `WebPkiClientVerifier` wrapped with the checks
+//! it lacks (size and depth caps, key strength, no SHA-1, identity authorization), plus the
+//! same chain policy for server certificates on the client side.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
+use rustls::{
+    CertRevocationListError, CertificateError, DigitallySignedStruct, DistinguishedName,
+    OtherError, RootCertStore, SignatureScheme,
+};
+use sha2::{Digest, Sha256};
+
+use crate::identity::{MAX_CERTIFICATE_SIZE, serial_to_hex};
+use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, der};
+
+/// Default minimum RSA modulus size in bits.
+pub const DEFAULT_MIN_RSA_BITS: u32 = 2048;
+/// Default maximum number of certificates a peer may present (leaf and intermediates,
+/// not counting a root it may append).
+pub const DEFAULT_MAX_CHAIN_DEPTH: usize = 5;
+
+// === ChainPolicy ===
+
+/// The cheap structural checks run on a presented chain before any signature is verified.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ChainPolicy {
+    pub(crate) min_rsa_bits: u32,
+    pub(crate) max_chain_depth: usize,
+}
+
+impl Default for ChainPolicy {
+    fn default() -> Self {
+        ChainPolicy {
+            min_rsa_bits: DEFAULT_MIN_RSA_BITS,
+            max_chain_depth: DEFAULT_MAX_CHAIN_DEPTH,
+        }
+    }
+}
+
+impl ChainPolicy {
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.min_rsa_bits < DEFAULT_MIN_RSA_BITS {
+            return Err(Error::Config(format!(
+                "min_rsa_bits {} is below 2048, which the crypto provider does not verify",
+                self.min_rsa_bits
+            )));
+        }
+        if self.max_chain_depth == 0 {
+            return Err(Error::Config("max_chain_depth must be at least 1".into()));
+        }
+        Ok(())
+    }
+
+    /// Size and depth caps, then per certificate: parseable, no SHA-1/MD5 signature, RSA key
+    /// at least `min_rsa_bits`. Constant work per certificate, bounded certificate count.
+    pub(crate) fn check(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<(), Error> {
+        let presented = intermediates.len().saturating_add(1);
+        // A peer may append its root; allow one extra certificate for it, no more.
+        if presented > self.max_chain_depth.saturating_add(1)
+            || (presented > self.max_chain_depth && !last_is_self_issued(intermediates))
+        {
+            return Err(Error::Certificate(format!(
+                "chain of {presented} certificates exceeds the maximum depth of {}",
+                self.max_chain_depth
+            )));
+        }
+        for (i, cert) in std::iter::once(end_entity).chain(intermediates).enumerate() {
+            let which = || position_name(i);
+            if cert.len() > MAX_CERTIFICATE_SIZE {
+                return Err(Error::Certificate(format!(
+                    "{} is {} bytes, over the {MAX_CERTIFICATE_SIZE}-byte limit",
+                    which(),
+                    cert.len()
+                )));
+            }
+            let summary = der::summarize(cert)
+                .ok_or_else(|| Error::Certificate(format!("{} is not valid DER X.509", which())))?;
+            if let Some(alg) = summary.weak_signature() {
+                return Err(Error::Certificate(format!(
+                    "{} (serial {}) is signed with {alg}; SHA-1 and weaker signatures are refused",
+                    which(),
+                    serial_to_hex(summary.serial)
+                )));
+            }
+            if let Some(bits) = summary.rsa_bits
+                && bits < self.min_rsa_bits as usize
+            {
+                return Err(Error::Certificate(format!(
+                    "{} (serial {}) has a {bits}-bit RSA key; at least {} bits are required",
+                    which(),
+                    serial_to_hex(summary.serial),
+                    self.min_rsa_bits
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn position_name(i: usize) -> String {
+    if i == 0 {
+        "the leaf certificate".to_owned()
+    } else {
+        format!("intermediate certificate #{i}")
+    }
+}
+
+/// Whether the last presented certificate looks like a root (issuer == subject), which some
+/// clients append; it does not count towards the depth.
+fn last_is_self_issued(intermediates: &[CertificateDer<'_>]) -> bool {
+    intermediates
+        .last()
+        .and_then(|last| der::summarize(last))
+        .is_some_and(|s| s.issuer == s.subject)
+}
+
+// === IdentityCache ===
+
+/// Identities parsed by the verifier during handshakes, waiting to be picked up by
+/// `ServerTls::peer_identity` for the same connection. Bounded; a miss only costs a re-parse.
+pub(crate) struct IdentityCache {
+    map: Mutex<HashMap<[u8; 32], Arc<PeerIdentity>>>,
+}
+
+const IDENTITY_CACHE_CAPACITY: usize = 1024;
+
+impl IdentityCache {
+    pub(crate) fn new() -> Self {
+        IdentityCache {
+            map: Mutex::new(HashMap::with_capacity(64)),
+        }
+    }
+
+    fn insert(&self, identity: Arc<PeerIdentity>) {
+        let Ok(mut map) = self.map.lock() else {
+            return;
+        };
+        if map.len() >= IDENTITY_CACHE_CAPACITY
+            && !map.contains_key(identity.fingerprint_sha256())
+            && let Some(victim) = map.keys().next().copied()
+        {
+            map.remove(&victim);
+        }
+        map.insert(*identity.fingerprint_sha256(), identity);
+    }
+
+    pub(crate) fn take(&self, fingerprint: &[u8; 32]) -> Option<Arc<PeerIdentity>> {
+        self.map.lock().ok()?.remove(fingerprint)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+// === ClientVerifier ===
+
+/// Options of the client-certificate verifier; shared by the server config and
+/// [`verify_client_chain`].
+#[derive(Clone)]
+pub(crate) struct ClientVerifierOptions {
+    pub(crate) policy: ChainPolicy,
+    pub(crate) authorizer: Arc<dyn AuthorizeIdentity>,
+    pub(crate) allow_unknown_revocation_status: bool,
+    pub(crate) allow_expired_crls: bool,
+    pub(crate) client_auth_optional: bool,
+}
+
+impl Default for ClientVerifierOptions {
+    fn default() -> Self {
+        ClientVerifierOptions {
+            policy: ChainPolicy::default(),
+            authorizer: Arc::new(IdentityAuthorizer::any()),
+            allow_unknown_revocation_status: false,
+            allow_expired_crls: false,
+            client_auth_optional: false,
+        }
+    }
+}
+
+/// The server's client-certificate verifier.
+pub(crate) struct ClientVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    options: ClientVerifierOptions,
+    cache: Option<Arc<IdentityCache>>,
+}
+
+impl fmt::Debug for ClientVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("mtls_verify::ClientVerifier")
+            .field("policy", &self.options.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientVerifier {
+    pub(crate) fn new(
+        roots: Arc<RootCertStore>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        options: ClientVerifierOptions,
+        cache: Option<Arc<IdentityCache>>,
+    ) -> Result<Self, Error> {
+        options.policy.validate()?;
+        let mut builder =
+            WebPkiClientVerifier::builder_with_provider(roots, crate::crypto_provider())
+                .with_crls(crls);
+        if options.allow_unknown_revocation_status {
+            builder = builder.allow_unknown_revocation_status();
+        }
+        if !options.allow_expired_crls {
+            builder = builder.enforce_revocation_expiration();
+        }
+        if options.client_auth_optional {
+            builder = builder.allow_unauthenticated();
+        }
+        let inner = builder
+            .build()
+            .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+        Ok(ClientVerifier {
+            inner,
+            options,
+            cache,
+        })
+    }
+
+    /// The full check: policy, parse, inner webpki verification, authorizer. Logs failures.
+    pub(crate) fn verify_identity(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<PeerIdentity, rustls::Error> {
+        if let Err(e) = self.options.policy.check(end_entity, intermediates) {
+            tracing::warn!(reason = %e, "client certificate refused");
+            return Err(other(e));
+        }
+        let identity = match PeerIdentity::from_der(end_entity) {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::warn!(reason = %e, "client certificate refused");
+                return Err(other(e));
+            }
+        };
+        if let Err(e) = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            tracing::warn!(
+                subject = identity.subject(),
+                serial = identity.serial_hex(),
+                reason = %human_reason(&e),
+                "client certificate refused"
+            );
+            return Err(e);
+        }
+        if let Err(r) = self.options.authorizer.authorize(&identity) {
+            tracing::warn!(
+                subject = identity.subject(),
+                serial = identity.serial_hex(),
+                reason = %r,
+                "client not authorized"
+            );
+            return Err(other(Error::NotAuthorized(r)));
+        }
+        Ok(identity)
+    }
+}
+
+fn other(e: Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
+}
+
+impl ClientCertVerifier for ClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let identity = self.verify_identity(end_entity, intermediates, now)?;
+        if let Some(cache) = &self.cache {
+            cache.insert(Arc::new(identity));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The SHA-256 of a DER certificate, the key of the identity cache.
+pub(crate) fn fingerprint(der: &[u8]) -> [u8; 32] {
+    Sha256::digest(der).into()
+}
+
+/// A short human-readable reason for a rustls verification error.
+pub fn human_reason(e: &rustls::Error) -> String {
+    match e {
+        rustls::Error::InvalidCertificate(ce) => match ce {
+            CertificateError::Other(OtherError(inner)) => match inner.downcast_ref::<Error>() {
+                Some(Error::NotAuthorized(r)) => format!("not authorized: {r}"),
+                Some(Error::Certificate(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => inner.to_string(),
+            },
+            CertificateError::UnknownIssuer => {
+                "not issued by a trusted CA (unknown issuer)".to_owned()
+            }
+            CertificateError::Revoked => "the certificate has been revoked (CRL)".to_owned(),
+            CertificateError::UnknownRevocationStatus => {
+                "revocation status unknown: no CRL covers this certificate's issuer".to_owned()
+            }
+            CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
+                "the certificate's extended key usage does not allow this use \
+                 (clientAuth/serverAuth)"
+                    .to_owned()
+            }
+            CertificateError::BadEncoding => "the certificate is not valid DER".to_owned(),
+            CertificateError::BadSignature => "a signature in the chain is invalid".to_owned(),
+            _ => e.to_string(),
+        },
+        rustls::Error::InvalidCertRevocationList(CertRevocationListError::BadSignature) => {
+            "a CRL has an invalid signature".to_owned()
+        }
+        _ => e.to_string(),
+    }
+}
+
+/// Converts a verification failure into this crate's [`Error`], keeping our own errors.
+pub(crate) fn into_error(e: rustls::Error) -> Error {
+    if let rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(inner))) = &e
+        && let Some(ours) = inner.downcast_ref::<Error>()
+    {
+        return ours.clone();
+    }
+    Error::Verification(human_reason(&e))
+}
+
+// === verify_client_chain ===
+
+/// Settings for [`verify_client_chain`]; the defaults are the server's.
+///
+/// ```
+/// use mtls_verify::{ChainVerifyOptions, IdentityAuthorizer, verify_client_chain};
+/// use ztkit_test_support::TestCa;
+///
+/// let ca = TestCa::new("root");
+/// let leaf = ca.leaf("fe").spiffe_id("spiffe://example.org/fe").client_auth().issue();
+/// let options = ChainVerifyOptions::new(vec![ca.cert_der.clone()])
+///     .authorizer(IdentityAuthorizer::trust_domain("example.org")?);
+/// let id = verify_client_chain(&leaf.chain_der, &options)?;
+/// assert_eq!(id.spiffe_id().unwrap().as_str(), "spiffe://example.org/fe");
+///
+/// let strict = options.authorizer(IdentityAuthorizer::trust_domain("other.org")?);
+/// assert!(verify_client_chain(&leaf.chain_der, &strict).is_err());
+/// # Ok::<(), mtls_verify::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ChainVerifyOptions {
+    ca_certs: Vec<CertificateDer<'static>>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    options: ClientVerifierOptions,
+    time: Option<SystemTime>,
+}
+
+impl fmt::Debug for ChainVerifyOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChainVerifyOptions")
+            .field("ca_certs", &self.ca_certs.len())
+            .field("crls", &self.crls.len())
+            .field("policy", &self.options.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChainVerifyOptions {
+    /// Trust the given CA certificates; no CRLs, any identity, server defaults otherwise.
+    pub fn new(ca_certs: Vec<CertificateDer<'static>>) -> Self {
+        ChainVerifyOptions {
+            ca_certs,
+            crls: Vec::new(),
+            options: ClientVerifierOptions::default(),
+            time: None,
+        }
+    }
+
+    /// Adds CRLs (revocation status of every certificate in the chain is then required
+    /// unless [`allow_unknown_revocation_status`](Self::allow_unknown_revocation_status)).
+    pub fn crls(mut self, crls: Vec<CertificateRevocationListDer<'static>>) -> Self {
+        self.crls.extend(crls);
+        self
+    }
+
+    /// Sets the identity authorizer (default: any verified chain).
+    pub fn authorizer(mut self, authorizer: impl AuthorizeIdentity) -> Self {
+        self.options.authorizer = Arc::new(authorizer);
+        self
+    }
+
+    /// Accepts certificates whose revocation status no CRL covers.
+    pub fn allow_unknown_revocation_status(mut self) -> Self {
+        self.options.allow_unknown_revocation_status = true;
+        self
+    }
+
+    /// Uses CRLs past their nextUpdate instead of failing.
+    pub fn allow_expired_crls(mut self) -> Self {
+        self.options.allow_expired_crls = true;
+        self
+    }
+
+    /// Minimum RSA key size (default 2048; lower values are refused).
+    pub fn min_rsa_bits(mut self, bits: u32) -> Self {
+        self.options.policy.min_rsa_bits = bits;
+        self
+    }
+
+    /// Maximum certificates presented, leaf included (default 5).
+    pub fn max_chain_depth(mut self, n: usize) -> Self {
+        self.options.policy.max_chain_depth = n;
+        self
+    }
+
+    /// Verifies as of `time` instead of now.
+    pub fn at_time(mut self, time: SystemTime) -> Self {
+        self.time = Some(time);
+        self
+    }
+}
+
+/// Verifies a client chain (leaf first, then intermediates) exactly as the server does —
+/// same code, same defaults — and returns the peer's identity.
+///
+/// # Errors
+/// [`Error::EmptyCaBundle`]/[`Error::InvalidCaCertificate`]/[`Error::Crl`] for unusable trust
+/// material; otherwise an error whose `Display` is the human reason the chain was refused
+/// ([`Error::Certificate`] for our own checks, [`Error::NotAuthorized`] for the authorizer,
+/// [`Error::Verification`] for chain, validity, EKU and revocation failures).
+pub fn verify_client_chain(
+    chain: &[CertificateDer<'_>],
+    options: &ChainVerifyOptions,
+) -> Result<PeerIdentity, Error> {
+    let Some((leaf, intermediates)) = chain.split_first() else {
+        return Err(Error::NoPeerCertificate);
+    };
+    let memory = std::path::Path::new(crate::error::MEMORY);
+    let roots = crate::material::root_store(&options.ca_certs, memory)?;
+    for crl in &options.crls {
+        crate::material::check_crl(crl, memory, options.options.allow_expired_crls)?;
+    }
+    let verifier = ClientVerifier::new(roots, options.crls.clone(), options.options.clone(), None)?;
+    let now = UnixTime::since_unix_epoch(
+        options
+            .time
+            .unwrap_or_else(SystemTime::now)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default(),
+    );
+    verifier
+        .verify_identity(leaf, intermediates, now)
+        .map_err(into_error)
+}
+
+// === ServerVerifier (client side) ===
+
+/// The client's verifier of server certificates: the same chain policy, then rustls's
+/// webpki verification (with or without the hostname check), then the authorizer.
+pub(crate) struct ServerVerifier {
+    hostname: Option<Arc<WebPkiServerVerifier>>,
+    roots: Arc<RootCertStore>,
+    algs: WebPkiSupportedAlgorithms,
+    policy: ChainPolicy,
+    authorizer: Option<Arc<dyn AuthorizeIdentity>>,
+}
+
+impl fmt::Debug for ServerVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("mtls_verify::ServerVerifier")
+            .field("hostname_check", &self.hostname.is_some())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerVerifier {
+    pub(crate) fn new(
+        roots: Arc<RootCertStore>,
+        policy: ChainPolicy,
+        authorizer: Option<Arc<dyn AuthorizeIdentity>>,
+        check_hostname: bool,
+    ) -> Result<Self, Error> {
+        policy.validate()?;
+        let provider = crate::crypto_provider();
+        let hostname = if check_hostname {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+                    .build()
+                    .map_err(|e| Error::Config(format!("server verifier: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(ServerVerifier {
+            hostname,
+            roots,
+            algs: provider.signature_verification_algorithms,
+            policy,
+            authorizer,
+        })
+    }
+}
+
+impl ServerCertVerifier for ServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Err(e) = self.policy.check(end_entity, intermediates) {
+            tracing::warn!(server = ?server_name, reason = %e, "server certificate refused");
+            return Err(other(e));
+        }
+        let result = match &self.hostname {
+            Some(inner) => inner
+                .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+                .map(|_| ()),
+            None => ParsedCertificate::try_from(end_entity).and_then(|parsed| {
+                rustls::client::verify_server_cert_signed_by_trust_anchor(
+                    &parsed,
+                    &self.roots,
+                    intermediates,
+                    now,
+                    self.algs.all,
+                )
+            }),
+        };
+        if let Err(e) = result {
+            tracing::warn!(server = ?server_name, reason = %human_reason(&e), "server certificate refused");
+            return Err(e);
+        }
+        if let Some(authorizer) = &self.authorizer {
+            let identity = PeerIdentity::from_der(end_entity).map_err(other)?;
+            if let Err(r) = authorizer.authorize(&identity) {
+                tracing::warn!(
+                    server = ?server_name,
+                    subject = identity.subject(),
+                    serial = identity.serial_hex(),
+                    reason = %r,
+                    "server not authorized"
+                );
+                return Err(other(Error::NotAuthorized(r)));
+            }
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algs.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ztkit_test_support::TestCa;
+
+    #[test]
+    fn identity_cache_is_bounded_and_drains() {
+        let cache = IdentityCache::new();
+        let ca = TestCa::new("root");
+        let leaf = ca.leaf("x").issue();
+        let id = Arc::new(PeerIdentity::from_der(&leaf.cert_der).unwrap());
+        cache.insert(id.clone());
+        assert_eq!(
+            cache.take(&fingerprint(&leaf.cert_der)).as_deref(),
+            Some(&*id)
+        );
+        assert!(cache.take(&fingerprint(&leaf.cert_der)).is_none());
+        // Fill past capacity with distinct fingerprints: size stays bounded.
+        for i in 0..(IDENTITY_CACHE_CAPACITY + 10) {
+            let mut fake = (*id).clone();
+            fake.set_fingerprint_for_test(Sha256::digest(i.to_be_bytes()).into());
+            cache.insert(Arc::new(fake));
+        }
+        assert_eq!(cache.len(), IDENTITY_CACHE_CAPACITY);
+    }
+
+    #[test]
+    fn depth_counts_an_appended_root_once() {
+        let root = TestCa::new("root");
+        let mut ca = root.intermediate("i1");
+        for i in 2..=4 {
+            ca = ca.intermediate(&format!("i{i}"));
+        }
+        let leaf = ca.leaf("x").issue();
+        assert_eq!(leaf.chain_der.len(), 5);
+        let policy = ChainPolicy::default();
+        let (ee, ints) = leaf.chain_der.split_first().unwrap();
+        policy.check(ee, ints).unwrap();
+        // Appending the self-signed root is tolerated…
+        let mut with_root = ints.to_vec();
+        with_root.push(root.cert_der.clone());
+        policy.check(ee, &with_root).unwrap();
+        // …but another intermediate is not.
+        let mut with_extra = ints.to_vec();
+        with_extra.push(ints[0].clone());
+        let err = policy.check(ee, &with_extra).unwrap_err();
+        assert!(err.to_string().contains("maximum depth of 5"), "{err}");
+    }
+
+    #[test]
+    fn human_reasons_are_plain() {
+        let e = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
+        assert!(human_reason(&e).contains("trusted CA"));
+        let e = other(Error::NotAuthorized(crate::Rejection::new("nope")));
+        assert_eq!(human_reason(&e), "not authorized: nope");
+        assert!(matches!(into_error(e), Error::NotAuthorized(_)));
+    }
+}
