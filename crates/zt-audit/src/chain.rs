@@ -22,7 +22,13 @@ const HASH_MEMBER: &[u8] = b",\"hash\":\"";
 const SUFFIX_LEN: usize = HASH_MEMBER.len() + 64 + 2;
 
 /// Builds one complete line (with its newline) into `out` and returns its hash.
-pub(crate) fn build_line(out: &mut Vec<u8>, seq: u64, ts: &str, body: &[u8], prev: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn build_line(
+    out: &mut Vec<u8>,
+    seq: u64,
+    ts: &str,
+    body: &[u8],
+    prev: &[u8; 32],
+) -> [u8; 32] {
     out.clear();
     out.extend_from_slice(b"{\"seq\":");
     out.extend_from_slice(seq.to_string().as_bytes());
@@ -81,7 +87,9 @@ struct Head {
 /// Checks one line (without its newline) on its own: well-formed, and its hash matches
 /// its bytes. Links to the previous record are checked by the caller.
 pub(crate) fn check_line(line: &[u8]) -> Result<LineInfo, VerifyFailure> {
-    let unparseable = |detail: &str| VerifyFailure::Unparseable { detail: detail.to_owned() };
+    let unparseable = |detail: &str| VerifyFailure::Unparseable {
+        detail: detail.to_owned(),
+    };
     let head: Head = serde_json::from_slice(line).map_err(|e| {
         let mut detail = e.to_string();
         detail.truncate(120);
@@ -99,9 +107,10 @@ pub(crate) fn check_line(line: &[u8]) -> Result<LineInfo, VerifyFailure> {
         .strip_prefix(HASH_MEMBER)
         .and_then(|s| s.strip_suffix(b"\"}"))
         .ok_or_else(|| unparseable("`hash` is not the last member"))?;
-    let hash = decode_hash(stored_hex).ok_or_else(|| unparseable("`hash` is not 64 lowercase hex digits"))?;
-    let prev_hash =
-        decode_hash(head.prev_hash.as_bytes()).ok_or_else(|| unparseable("`prev_hash` is not 64 lowercase hex digits"))?;
+    let hash = decode_hash(stored_hex)
+        .ok_or_else(|| unparseable("`hash` is not 64 lowercase hex digits"))?;
+    let prev_hash = decode_hash(head.prev_hash.as_bytes())
+        .ok_or_else(|| unparseable("`prev_hash` is not 64 lowercase hex digits"))?;
     if digest(&prev_hash, canonical_open) != hash {
         return Err(VerifyFailure::BadHash);
     }
@@ -114,7 +123,11 @@ pub(crate) fn check_line(line: &[u8]) -> Result<LineInfo, VerifyFailure> {
 }
 
 fn decode_hash(hex_digits: &[u8]) -> Option<[u8; 32]> {
-    if hex_digits.len() != 64 || !hex_digits.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
+    if hex_digits.len() != 64
+        || !hex_digits
+            .iter()
+            .all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+    {
         return None;
     }
     let mut out = [0u8; 32];
@@ -167,7 +180,13 @@ mod tests {
     fn built_lines_check_and_the_hash_is_over_the_canonical_bytes() {
         let mut line = Vec::new();
         let body = b",\"trace_id\":\"0123456789abcdef0123456789abcdef\",\"kind\":\"k\"";
-        let h1 = build_line(&mut line, 1, "2025-11-24T16:00:00.000000Z", body, &GENESIS_HASH);
+        let h1 = build_line(
+            &mut line,
+            1,
+            "2025-11-24T16:00:00.000000Z",
+            body,
+            &GENESIS_HASH,
+        );
         let text = std::str::from_utf8(&line).unwrap();
         assert!(text.ends_with(&format!(",\"hash\":\"{}\"}}\n", hex::encode(h1))));
         // Recompute the definition independently.
@@ -181,13 +200,25 @@ mod tests {
         let info = check_line(&line[..line.len() - 1]).unwrap();
         assert_eq!((info.seq, info.prev_hash, info.hash), (1, GENESIS_HASH, h1));
         let next = ChainHead::GENESIS.check_next(&info).unwrap();
-        assert_eq!(next, ChainHead { next_seq: 2, hash: h1 });
+        assert_eq!(
+            next,
+            ChainHead {
+                next_seq: 2,
+                hash: h1
+            }
+        );
 
         let mut line2 = Vec::new();
         build_line(&mut line2, 2, "2025-11-24T16:00:00.000001Z", body, &h1);
         let info2 = check_line(&line2[..line2.len() - 1]).unwrap();
         assert_eq!(next.check_next(&info2).unwrap().next_seq, 3);
-        assert_eq!(ChainHead::GENESIS.check_next(&info2), Err(VerifyFailure::SeqGap { expected: 1, found: 2 }));
+        assert_eq!(
+            ChainHead::GENESIS.check_next(&info2),
+            Err(VerifyFailure::SeqGap {
+                expected: 1,
+                found: 2
+            })
+        );
     }
 
     #[test]

@@ -41,7 +41,13 @@ pub(crate) fn parse_rfc3339(s: &str) -> Option<SystemTime> {
     };
     let (y, mo, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
     let (h, mi, sec) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
-    if !(1..=12).contains(&mo) || d == 0 || d > days_in_month(y, mo) || h > 23 || mi > 59 || sec > 59 {
+    if !(1..=12).contains(&mo)
+        || d == 0
+        || d > days_in_month(y, mo)
+        || h > 23
+        || mi > 59
+        || sec > 59
+    {
         return None;
     }
     let rest = s.get(19..)?;
@@ -111,13 +117,22 @@ mod tests {
 
     #[test]
     fn known_instants() {
-        assert_eq!(format_rfc3339_micros(at(0, 0)), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(format_rfc3339_micros(at(951_782_400, 7)), "2000-02-29T00:00:00.000007Z");
+        assert_eq!(
+            format_rfc3339_micros(at(0, 0)),
+            "1970-01-01T00:00:00.000000Z"
+        );
+        assert_eq!(
+            format_rfc3339_micros(at(951_782_400, 7)),
+            "2000-02-29T00:00:00.000007Z"
+        );
         assert_eq!(
             format_rfc3339_micros(at(1_764_000_000, 123_456)),
             "2025-11-24T16:00:00.123456Z"
         );
-        assert_eq!(format_rfc3339_micros(at(4_107_542_399, 999_999)), "2100-02-28T23:59:59.999999Z");
+        assert_eq!(
+            format_rfc3339_micros(at(4_107_542_399, 999_999)),
+            "2100-02-28T23:59:59.999999Z"
+        );
     }
 
     #[test]
@@ -156,7 +171,13 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
-        assert_eq!(parse_rfc3339("2025-11-24T16:00:00Z"), Some(at(1_764_000_000, 0)));
-        assert_eq!(parse_rfc3339("2025-11-24T16:00:00.5Z"), Some(at(1_764_000_000, 500_000)));
+        assert_eq!(
+            parse_rfc3339("2025-11-24T16:00:00Z"),
+            Some(at(1_764_000_000, 0))
+        );
+        assert_eq!(
+            parse_rfc3339("2025-11-24T16:00:00.5Z"),
+            Some(at(1_764_000_000, 500_000))
+        );
     }
 }

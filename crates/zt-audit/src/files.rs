@@ -17,7 +17,10 @@ pub(crate) fn file_name(prefix: &str, index: u64) -> String {
 }
 
 fn parse_index(prefix: &str, name: &str) -> Option<u64> {
-    let digits = name.strip_prefix(prefix)?.strip_prefix('-')?.strip_suffix(".jsonl")?;
+    let digits = name
+        .strip_prefix(prefix)?
+        .strip_prefix('-')?
+        .strip_suffix(".jsonl")?;
     if digits.len() < 8 || !digits.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
@@ -31,14 +34,21 @@ fn parse_index(prefix: &str, name: &str) -> Option<u64> {
 ///
 /// [`AuditError::Io`] when the directory cannot be read.
 pub fn log_files(dir: impl AsRef<Path>, prefix: &str) -> Result<Vec<PathBuf>, AuditError> {
-    Ok(indexed_files(dir.as_ref(), prefix)?.into_iter().map(|(_, p)| p).collect())
+    Ok(indexed_files(dir.as_ref(), prefix)?
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect())
 }
 
 pub(crate) fn indexed_files(dir: &Path, prefix: &str) -> Result<Vec<(u64, PathBuf)>, AuditError> {
     let mut out = Vec::new();
     for entry in fs::read_dir(dir).map_err(|e| AuditError::io("read directory", dir, e))? {
         let entry = entry.map_err(|e| AuditError::io("read directory", dir, e))?;
-        if let Some(index) = entry.file_name().to_str().and_then(|n| parse_index(prefix, n)) {
+        if let Some(index) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| parse_index(prefix, n))
+        {
             out.push((index, entry.path()));
         }
     }
@@ -75,7 +85,9 @@ pub(crate) fn lock(dir: &Path, prefix: &str) -> Result<File, AuditError> {
         use rustix::fs::{FlockOperation, flock};
         match flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
-            Err(e) if e == rustix::io::Errno::WOULDBLOCK => return Err(AuditError::Locked { path }),
+            Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+                return Err(AuditError::Locked { path });
+            }
             Err(e) => return Err(AuditError::io("lock", &path, e.into())),
         }
     }
@@ -210,7 +222,11 @@ fn write_side_file(path: &Path, tail: &[u8]) -> Result<PathBuf, AuditError> {
     let base = path.as_os_str().to_owned();
     for n in 0u32..10_000 {
         let mut name = base.clone();
-        name.push(if n == 0 { ".torn".to_owned() } else { format!(".torn.{n}") });
+        name.push(if n == 0 {
+            ".torn".to_owned()
+        } else {
+            format!(".torn.{n}")
+        });
         let side = PathBuf::from(name);
         let mut f = match OpenOptions::new().write(true).create_new(true).open(&side) {
             Ok(f) => f,
@@ -225,7 +241,10 @@ fn write_side_file(path: &Path, tail: &[u8]) -> Result<PathBuf, AuditError> {
         }
         return Ok(side);
     }
-    Err(AuditError::Config(format!("too many torn side files next to {}", path.display())))
+    Err(AuditError::Config(format!(
+        "too many torn side files next to {}",
+        path.display()
+    )))
 }
 
 #[cfg(test)]
@@ -236,7 +255,10 @@ mod tests {
     fn names_sort_in_chain_order_and_parse_back() {
         assert_eq!(file_name("audit", 7), "audit-00000007.jsonl");
         assert_eq!(parse_index("audit", "audit-00000007.jsonl"), Some(7));
-        assert_eq!(parse_index("audit", "audit-123456789.jsonl"), Some(123_456_789));
+        assert_eq!(
+            parse_index("audit", "audit-123456789.jsonl"),
+            Some(123_456_789)
+        );
         assert_eq!(parse_index("audit", "audit-00000007.jsonl.torn"), None);
         assert_eq!(parse_index("audit", "audit-7.jsonl"), None);
         assert_eq!(parse_index("audit", "other-00000007.jsonl"), None);

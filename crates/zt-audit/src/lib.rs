@@ -61,7 +61,9 @@ mod verify;
 
 pub use error::AuditError;
 pub use files::log_files;
-pub use log::{AppendFuture, AuditLog, AuditLogBuilder, AuditStats, Durability, FailureMode, Receipt};
+pub use log::{
+    AppendFuture, AuditLog, AuditLogBuilder, AuditStats, Durability, FailureMode, Receipt,
+};
 pub use record::{RESERVED_FIELDS, Record, TraceId};
 pub use redact::{DEFAULT_REDACTED_HEADERS, REDACTED, Redactor};
 pub use verify::{Verifier, VerifyFailure, VerifyProblem, VerifyReport, verify_files};

@@ -187,10 +187,19 @@ impl AuditLogBuilder {
         if let Durability::Batched { interval } = self.durability
             && interval.is_zero()
         {
-            return Err(AuditError::Config("the batched fsync interval must be positive".into()));
+            return Err(AuditError::Config(
+                "the batched fsync interval must be positive".into(),
+            ));
         }
-        if let Some(p) = self.redactor.pointers().iter().find(|p| !p.starts_with('/')) {
-            return Err(AuditError::Config(format!("redaction pointer {p:?} does not start with '/'")));
+        if let Some(p) = self
+            .redactor
+            .pointers()
+            .iter()
+            .find(|p| !p.starts_with('/'))
+        {
+            return Err(AuditError::Config(format!(
+                "redaction pointer {p:?} does not start with '/'"
+            )));
         }
         Ok(())
     }
@@ -232,7 +241,11 @@ impl Drop for Inner {
             st.shutdown = true;
         }
         self.shared.syncer_cv.notify_all();
-        let handle = self.syncer.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let handle = self
+            .syncer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         if let Some(h) = handle
             && h.join().is_err()
         {
@@ -257,7 +270,8 @@ impl AuditLog {
 
     fn open_with(b: AuditLogBuilder) -> Result<Self, AuditError> {
         b.validate()?;
-        std::fs::create_dir_all(&b.dir).map_err(|e| AuditError::io("create directory", &b.dir, e))?;
+        std::fs::create_dir_all(&b.dir)
+            .map_err(|e| AuditError::io("create directory", &b.dir, e))?;
         let lock = files::lock(&b.dir, &b.prefix)?;
         let existing = files::indexed_files(&b.dir, &b.prefix)?;
 
@@ -265,7 +279,10 @@ impl AuditLog {
             Some((index, path)) => (*index, path.clone(), Some(files::recover(path)?)),
             None => (1, b.dir.join(files::file_name(&b.prefix, 1)), None),
         };
-        let mut head = recovered.as_ref().and_then(|r| r.last.as_ref()).map(ChainHead::after);
+        let mut head = recovered
+            .as_ref()
+            .and_then(|r| r.last.as_ref())
+            .map(ChainHead::after);
         if head.is_none() {
             // The newest file holds no record yet: the chain continues from the last
             // record of an older file.
@@ -292,9 +309,13 @@ impl AuditLog {
             files::sync_dir(&b.dir)?;
         }
         // What the previous process wrote may still be only in the page cache.
-        file.sync_data().map_err(|e| AuditError::io("fsync", &path, e))?;
+        file.sync_data()
+            .map_err(|e| AuditError::io("fsync", &path, e))?;
         let offset = recovered.as_ref().map_or(0, |r| r.len);
-        let started = recovered.as_ref().and_then(|r| r.started).unwrap_or_else(SystemTime::now);
+        let started = recovered
+            .as_ref()
+            .and_then(|r| r.started)
+            .unwrap_or_else(SystemTime::now);
         let torn = recovered.and_then(|r| r.torn);
 
         let durable = DurablePoint {
@@ -415,7 +436,10 @@ impl AuditLog {
                 return Ok(());
             }
             if st.syncing {
-                st = shared.durable_cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                st = shared
+                    .durable_cv
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
             } else {
                 let (g, r) = shared.run_sync(st);
                 st = g;
@@ -684,7 +708,10 @@ impl Shared {
             return Step::Done(self.write_failed(&mut st, err));
         }
         st.offset += len;
-        st.head = ChainHead { next_seq: seq + 1, hash };
+        st.head = ChainHead {
+            next_seq: seq + 1,
+            hash,
+        };
         st.written_ticket += 1;
         st.stats.records += 1;
         st.stats.bytes += len;
@@ -719,7 +746,12 @@ impl Shared {
     }
 
     /// Applies the failure mode to the outcome of waiting for durability.
-    fn settle(&self, st: &mut State, r: Result<(), AuditError>, receipt: Receipt) -> Result<Receipt, AuditError> {
+    fn settle(
+        &self,
+        st: &mut State,
+        r: Result<(), AuditError>,
+        receipt: Receipt,
+    ) -> Result<Receipt, AuditError> {
         match (r, self.config.failure_mode) {
             (Ok(()), _) => Ok(receipt),
             (Err(e), FailureMode::Closed) => Err(e),
@@ -732,13 +764,20 @@ impl Shared {
 
     /// Blocks until `ticket` is resolved, becoming the fsync leader when nobody is
     /// syncing (group commit: one fsync covers every record written before it starts).
-    fn wait_ticket<'a>(&'a self, mut st: Guard<'a>, ticket: u64) -> (Guard<'a>, Result<(), AuditError>) {
+    fn wait_ticket<'a>(
+        &'a self,
+        mut st: Guard<'a>,
+        ticket: u64,
+    ) -> (Guard<'a>, Result<(), AuditError>) {
         loop {
             if let Some(r) = st.resolve(ticket) {
                 return (st, r);
             }
             if st.syncing {
-                st = self.durable_cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                st = self
+                    .durable_cv
+                    .wait(st)
+                    .unwrap_or_else(PoisonError::into_inner);
             } else {
                 st = self.run_sync(st).0;
             }
@@ -798,7 +837,11 @@ impl Shared {
                     last.to = to;
                     last.error = err;
                 }
-                _ => st.rewound.push(Rewound { from, to, error: err }),
+                _ => st.rewound.push(Rewound {
+                    from,
+                    to,
+                    error: err,
+                }),
             }
         }
         let durable = st.durable;
@@ -848,9 +891,15 @@ impl Shared {
             }
         }
         let index = st.index + 1;
-        let path = self.config.dir.join(files::file_name(&self.config.prefix, index));
+        let path = self
+            .config
+            .dir
+            .join(files::file_name(&self.config.prefix, index));
         let file = files::open_append(&path)?;
-        let len = file.metadata().map_err(|e| AuditError::io("stat", &path, e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| AuditError::io("stat", &path, e))?
+            .len();
         if len != 0 {
             return Err(AuditError::Config(format!(
                 "next audit log file {} already exists and is not empty",
@@ -884,7 +933,10 @@ impl Shared {
             let pending = st.written_ticket > st.durable.ticket;
             if st.shutdown {
                 if st.syncing {
-                    st = self.durable_cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st = self
+                        .durable_cv
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
                     continue;
                 }
                 if pending {
@@ -918,7 +970,10 @@ impl Shared {
                         .0;
                 }
                 Durability::Always | Durability::None => {
-                    st = self.syncer_cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                    st = self
+                        .syncer_cv
+                        .wait(st)
+                        .unwrap_or_else(PoisonError::into_inner);
                 }
             }
         }

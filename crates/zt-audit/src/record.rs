@@ -86,11 +86,21 @@ impl TraceId {
     pub fn from_traceparent(value: &str) -> Option<Self> {
         let v = value.trim_matches([' ', '\t']).as_bytes();
         let lower_hex = |s: &[u8]| s.iter().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
-        if v.len() < 55 || v.get(2) != Some(&b'-') || v.get(35) != Some(&b'-') || v.get(52) != Some(&b'-') {
+        if v.len() < 55
+            || v.get(2) != Some(&b'-')
+            || v.get(35) != Some(&b'-')
+            || v.get(52) != Some(&b'-')
+        {
             return None;
         }
-        let (version, trace, parent, flags) = (v.get(0..2)?, v.get(3..35)?, v.get(36..52)?, v.get(53..55)?);
-        if !lower_hex(version) || version == b"ff" || !lower_hex(trace) || !lower_hex(parent) || !lower_hex(flags) {
+        let (version, trace, parent, flags) =
+            (v.get(0..2)?, v.get(3..35)?, v.get(36..52)?, v.get(53..55)?);
+        if !lower_hex(version)
+            || version == b"ff"
+            || !lower_hex(trace)
+            || !lower_hex(parent)
+            || !lower_hex(flags)
+        {
             return None;
         }
         if version == b"00" && v.len() != 55 {
@@ -126,7 +136,8 @@ impl FromStr for TraceId {
 
     /// Parses 32 lowercase hex digits, not all zero.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || AuditError::Config("a trace id is 32 lowercase hex digits, not all zero".into());
+        let bad =
+            || AuditError::Config("a trace id is 32 lowercase hex digits, not all zero".into());
         if s.len() != 32 || !s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')) {
             return Err(bad());
         }
@@ -273,7 +284,11 @@ impl Record {
     /// Redacts and serializes everything between `ts` and `prev_hash`:
     /// `,"trace_id":"…","kind":…,"subject":…,…,"reason":…` then the extra fields.
     pub(crate) fn encode_body(mut self, redactor: &Redactor) -> Result<Vec<u8>, AuditError> {
-        if let Some((k, _)) = self.extra.iter().find(|(k, _)| RESERVED_FIELDS.contains(&k.as_str())) {
+        if let Some((k, _)) = self
+            .extra
+            .iter()
+            .find(|(k, _)| RESERVED_FIELDS.contains(&k.as_str()))
+        {
             return Err(AuditError::ReservedField(k.clone()));
         }
         redactor.redact_record(&mut self);
@@ -327,7 +342,12 @@ mod tests {
         assert!(TraceId::from_traceparent(ok).is_some());
         assert!(TraceId::from_traceparent(&format!(" {ok}\t")).is_some());
         // A future version may carry more fields after a dash.
-        assert!(TraceId::from_traceparent("01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-abc").is_some());
+        assert!(
+            TraceId::from_traceparent(
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-abc"
+            )
+            .is_some()
+        );
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
@@ -370,7 +390,10 @@ mod tests {
              \"action\":null,\"resource\":null,\"decision\":null,\"reason\":\"r\\nwith newline\",\
              \"z\":2,\"a\":{\"b\":[1,2]}"
         );
-        let err = Record::new("k").field("hash", "x").encode_body(&Redactor::new()).unwrap_err();
+        let err = Record::new("k")
+            .field("hash", "x")
+            .encode_body(&Redactor::new())
+            .unwrap_err();
         assert!(matches!(err, AuditError::ReservedField(f) if f == "hash"));
     }
 }

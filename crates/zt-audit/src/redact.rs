@@ -8,7 +8,12 @@ use crate::record::Record;
 pub const REDACTED: &str = "[REDACTED]";
 
 /// Header names whose values are always redacted by [`Redactor::new`].
-pub const DEFAULT_REDACTED_HEADERS: &[&str] = &["authorization", "cookie", "proxy-authorization", "set-cookie"];
+pub const DEFAULT_REDACTED_HEADERS: &[&str] = &[
+    "authorization",
+    "cookie",
+    "proxy-authorization",
+    "set-cookie",
+];
 
 /// Decides what never reaches the log file.
 ///
@@ -58,7 +63,10 @@ impl Redactor {
     /// Redacts [`DEFAULT_REDACTED_HEADERS`] and JWT-looking strings.
     pub fn new() -> Self {
         Self {
-            headers: DEFAULT_REDACTED_HEADERS.iter().map(|h| (*h).to_owned()).collect(),
+            headers: DEFAULT_REDACTED_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
             pointers: Vec::new(),
             jwt_like: true,
         }
@@ -163,7 +171,9 @@ impl Redactor {
     /// Applies the redactor to a record's fixed and free-form fields.
     pub(crate) fn redact_record(&self, rec: &mut Record) {
         for p in &self.pointers {
-            let Some(rest) = p.strip_prefix('/') else { continue };
+            let Some(rest) = p.strip_prefix('/') else {
+                continue;
+            };
             let (first, tail) = match rest.find('/') {
                 Some(i) => (&rest[..i], &rest[i..]),
                 None => (rest, ""),
@@ -252,7 +262,10 @@ impl Redactor {
         let mut i = 0;
         while let Some(found) = s.get(i..).and_then(|rest| rest.find("eyJ")) {
             let start = i + found;
-            let boundary = start == 0 || bytes.get(start - 1).is_some_and(|&c| !is_b64(c) && c != b'.');
+            let boundary = start == 0
+                || bytes
+                    .get(start - 1)
+                    .is_some_and(|&c| !is_b64(c) && c != b'.');
             let mut end = start;
             while bytes.get(end).is_some_and(|&c| is_b64(c) || c == b'.') {
                 end += 1;
@@ -285,7 +298,10 @@ mod tests {
     fn jwt_like_substrings_are_scrubbed() {
         let r = Redactor::new();
         assert_eq!(r.scrub_str(&format!("Bearer {JWT}")), "Bearer [REDACTED]");
-        assert_eq!(r.scrub_str(&format!("{JWT},{JWT}")), "[REDACTED],[REDACTED]");
+        assert_eq!(
+            r.scrub_str(&format!("{JWT},{JWT}")),
+            "[REDACTED],[REDACTED]"
+        );
         assert_eq!(r.scrub_str("eyJust a word"), "eyJust a word");
         assert_eq!(r.scrub_str("keyJar.a.b"), "keyJar.a.b");
         assert_eq!(r.scrub_str("héllo eyJé"), "héllo eyJé");
@@ -301,7 +317,10 @@ mod tests {
             .field("Cookie", "sid=1");
         r.redact_record(&mut rec);
         assert_eq!(rec.reason.as_deref(), Some(REDACTED));
-        assert_eq!(rec.get_field("input"), Some(&serde_json::json!({"a/b": [REDACTED, "y"]})));
+        assert_eq!(
+            rec.get_field("input"),
+            Some(&serde_json::json!({"a/b": [REDACTED, "y"]}))
+        );
         assert_eq!(rec.get_field("Cookie"), Some(&serde_json::json!(REDACTED)));
     }
 }

@@ -42,8 +42,12 @@ impl fmt::Display for VerifyFailure {
             Self::Unparseable { detail } => write!(f, "unparseable record: {detail}"),
             Self::MissingNewline => f.write_str("last line has no newline (torn write)"),
             Self::BadHash => f.write_str("bad hash: the record does not match its hash"),
-            Self::BrokenLink => f.write_str("broken link: prev_hash is not the previous record's hash"),
-            Self::SeqGap { expected, found } => write!(f, "sequence gap: expected seq {expected}, found {found}"),
+            Self::BrokenLink => {
+                f.write_str("broken link: prev_hash is not the previous record's hash")
+            }
+            Self::SeqGap { expected, found } => {
+                write!(f, "sequence gap: expected seq {expected}, found {found}")
+            }
         }
     }
 }

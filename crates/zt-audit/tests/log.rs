@@ -6,10 +6,16 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use zt_audit::{AuditError, AuditLog, Durability, Receipt, Record, TraceId, Verifier, verify_files};
+use zt_audit::{
+    AuditError, AuditLog, Durability, Receipt, Record, TraceId, Verifier, verify_files,
+};
 
 fn lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn all_lines(files: &[PathBuf]) -> Vec<Value> {
@@ -21,7 +27,10 @@ fn all_lines(files: &[PathBuf]) -> Vec<Value> {
 }
 
 fn none_log(dir: &Path) -> AuditLog {
-    AuditLog::builder(dir).durability(Durability::None).open().unwrap()
+    AuditLog::builder(dir)
+        .durability(Durability::None)
+        .open()
+        .unwrap()
 }
 
 #[test]
@@ -59,20 +68,36 @@ fn record_line_has_the_documented_fields_in_order() {
     ];
     let positions: Vec<usize> = keys
         .iter()
-        .map(|k| text.find(k).unwrap_or_else(|| panic!("{k} missing in {text}")))
+        .map(|k| {
+            text.find(k)
+                .unwrap_or_else(|| panic!("{k} missing in {text}"))
+        })
         .collect();
-    assert!(positions.windows(2).all(|w| w[0] < w[1]), "fields out of order: {text}");
+    assert!(
+        positions.windows(2).all(|w| w[0] < w[1]),
+        "fields out of order: {text}"
+    );
     assert!(text.starts_with("{\"seq\":1,"));
 
     let v: Value = serde_json::from_str(text).unwrap();
-    assert_eq!(Receipt::Written { seq: 1, hash: v["hash"].as_str().unwrap().to_owned() }, r);
+    assert_eq!(
+        Receipt::Written {
+            seq: 1,
+            hash: v["hash"].as_str().unwrap().to_owned()
+        },
+        r
+    );
     // RFC 3339, UTC, sub-second precision.
     let ts = v["ts"].as_str().unwrap();
-    let parsed = time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
+    let parsed =
+        time::OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).unwrap();
     assert_eq!(parsed.offset(), time::UtcOffset::UTC);
     assert!(ts.ends_with('Z') && ts.contains('.'), "{ts}");
     let age = time::OffsetDateTime::now_utc() - parsed;
-    assert!(age.whole_seconds().abs() < 3600, "timestamp {ts} is not now");
+    assert!(
+        age.whole_seconds().abs() < 3600,
+        "timestamp {ts} is not now"
+    );
 }
 
 #[test]
@@ -80,16 +105,26 @@ fn trace_ids_come_from_traceparent_or_are_generated() {
     let dir = tempfile::tempdir().unwrap();
     let log = none_log(dir.path());
     log.append(Record::new("a")).unwrap();
-    log.append(Record::new("b").traceparent("not a traceparent")).unwrap();
-    log.append(Record::new("c").traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"))
+    log.append(Record::new("b").traceparent("not a traceparent"))
         .unwrap();
+    log.append(
+        Record::new("c").traceparent("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+    )
+    .unwrap();
     let id: TraceId = "0af7651916cd43dd8448eb211c80319c".parse().unwrap();
     log.append(Record::new("d").trace_id(id)).unwrap();
     let recs = all_lines(&log.files().unwrap());
-    let ids: Vec<&str> = recs.iter().map(|r| r["trace_id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = recs
+        .iter()
+        .map(|r| r["trace_id"].as_str().unwrap())
+        .collect();
     for generated in &ids[..3] {
         assert_eq!(generated.len(), 32);
-        assert!(generated.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(
+            generated
+                .bytes()
+                .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+        );
         assert_ne!(*generated, "00000000000000000000000000000000");
     }
     assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
@@ -128,7 +163,10 @@ fn reserved_field_names_are_refused_and_nothing_is_written() {
     let log = none_log(dir.path());
     for name in zt_audit::RESERVED_FIELDS {
         let err = log.append(Record::new("k").field(*name, 1)).unwrap_err();
-        assert!(matches!(err, AuditError::ReservedField(ref f) if f == name), "{err}");
+        assert!(
+            matches!(err, AuditError::ReservedField(ref f) if f == name),
+            "{err}"
+        );
     }
     assert_eq!(std::fs::metadata(log.current_file()).unwrap().len(), 0);
     assert_eq!(log.append(Record::new("k")).unwrap().seq(), Some(1));
@@ -143,7 +181,10 @@ fn always_append_returns_only_after_fsync() {
         let seq = log.append(Record::new("k")).unwrap().seq().unwrap();
         assert_eq!(seq, i);
         let stats = log.stats();
-        assert!(stats.durable_seq >= seq, "append returned before fsync: {stats:?}");
+        assert!(
+            stats.durable_seq >= seq,
+            "append returned before fsync: {stats:?}"
+        );
         assert!(stats.fsyncs >= i);
     }
 }
@@ -169,14 +210,20 @@ fn none_mode_fsyncs_only_when_asked() {
 fn batched_mode_fsyncs_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::builder(dir.path())
-        .durability(Durability::Batched { interval: Duration::from_millis(5) })
+        .durability(Durability::Batched {
+            interval: Duration::from_millis(5),
+        })
         .open()
         .unwrap();
     let mut last = 0;
     for _ in 0..100 {
         last = log.append(Record::new("k")).unwrap().seq().unwrap();
     }
-    assert!(log.wait_durable(last, Duration::from_secs(30)), "no background fsync: {:?}", log.stats());
+    assert!(
+        log.wait_durable(last, Duration::from_secs(30)),
+        "no background fsync: {:?}",
+        log.stats()
+    );
     let stats = log.stats();
     assert!(stats.fsyncs >= 1 && stats.fsyncs < 100, "{stats:?}");
     assert_eq!(stats.durable_seq, 100);
@@ -186,7 +233,9 @@ fn batched_mode_fsyncs_in_the_background() {
 fn concurrent_async_appends_share_one_fsync() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::builder(dir.path()).open().unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let fsyncs_before = log.stats().fsyncs;
     // 64 requests in flight at once: all are written before anyone waits.
     let futures: Vec<_> = (0..64)
@@ -201,10 +250,17 @@ fn concurrent_async_appends_share_one_fsync() {
     });
     assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
     let stats = log.stats();
-    assert_eq!(stats.fsyncs - fsyncs_before, 1, "group commit should need one fsync: {stats:?}");
+    assert_eq!(
+        stats.fsyncs - fsyncs_before,
+        1,
+        "group commit should need one fsync: {stats:?}"
+    );
     assert_eq!(stats.durable_seq, 64);
     // And awaiting from tasks on a multi-thread runtime works too.
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let seqs = rt.block_on(async {
         let tasks: Vec<_> = (0..32)
             .map(|_| {
@@ -226,18 +282,29 @@ fn concurrent_async_appends_share_one_fsync() {
 #[test]
 fn blocking_appends_from_many_threads_form_one_chain() {
     let dir = tempfile::tempdir().unwrap();
-    let log = AuditLog::builder(dir.path()).max_file_size(8 * 1024).open().unwrap();
+    let log = AuditLog::builder(dir.path())
+        .max_file_size(8 * 1024)
+        .open()
+        .unwrap();
     let threads: Vec<_> = (0..16)
         .map(|t| {
             let log = log.clone();
             std::thread::spawn(move || {
                 (0..20)
-                    .map(|i| log.append(Record::new("k").field("t", t).field("i", i)).unwrap().seq().unwrap())
+                    .map(|i| {
+                        log.append(Record::new("k").field("t", t).field("i", i))
+                            .unwrap()
+                            .seq()
+                            .unwrap()
+                    })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut seqs: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let mut seqs: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     seqs.sort_unstable();
     assert_eq!(seqs, (1..=320).collect::<Vec<_>>());
     let report = verify_files(&log.files().unwrap()).unwrap();
@@ -255,27 +322,43 @@ fn rotation_by_size_continues_the_chain_across_files() {
         .open()
         .unwrap();
     for i in 0..50 {
-        log.append(Record::new("k").subject(format!("user-{i}"))).unwrap();
+        log.append(Record::new("k").subject(format!("user-{i}")))
+            .unwrap();
     }
     let files = log.files().unwrap();
     assert!(files.len() >= 5, "{files:?}");
     assert_eq!(log.stats().rotations as usize, files.len() - 1);
     for (i, f) in files.iter().enumerate() {
-        assert_eq!(f.file_name().unwrap().to_str().unwrap(), format!("audit-{:08}.jsonl", i + 1));
+        assert_eq!(
+            f.file_name().unwrap().to_str().unwrap(),
+            format!("audit-{:08}.jsonl", i + 1)
+        );
         assert!(std::fs::metadata(f).unwrap().len() <= 2048);
     }
     for pair in files.windows(2) {
         let last: Value = serde_json::from_str(lines(&pair[0]).last().unwrap()).unwrap();
         let first: Value = serde_json::from_str(&lines(&pair[1])[0]).unwrap();
         assert_eq!(first["prev_hash"], last["hash"]);
-        assert_eq!(first["seq"].as_u64().unwrap(), last["seq"].as_u64().unwrap() + 1);
+        assert_eq!(
+            first["seq"].as_u64().unwrap(),
+            last["seq"].as_u64().unwrap() + 1
+        );
     }
     let report = verify_files(&files).unwrap();
     assert!(report.is_intact());
-    assert_eq!((report.files, report.records, report.last_seq), (files.len(), 50, Some(50)));
+    assert_eq!(
+        (report.files, report.records, report.last_seq),
+        (files.len(), 50, Some(50))
+    );
     // A suffix of the files is not a whole log, unless that is allowed explicitly.
     assert!(!verify_files(&files[1..]).unwrap().is_intact());
-    assert!(Verifier::new().allow_partial_start().verify_files(&files[1..]).unwrap().is_intact());
+    assert!(
+        Verifier::new()
+            .allow_partial_start()
+            .verify_files(&files[1..])
+            .unwrap()
+            .is_intact()
+    );
 }
 
 #[test]
@@ -311,9 +394,15 @@ fn rotation_by_age() {
 fn reopening_resumes_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     for round in 0..3u64 {
-        let log = AuditLog::builder(dir.path()).max_file_size(1500).open().unwrap();
+        let log = AuditLog::builder(dir.path())
+            .max_file_size(1500)
+            .open()
+            .unwrap();
         for i in 0..4 {
-            assert_eq!(log.append(Record::new("k")).unwrap().seq(), Some(round * 4 + i + 1));
+            assert_eq!(
+                log.append(Record::new("k")).unwrap().seq(),
+                Some(round * 4 + i + 1)
+            );
         }
     }
     let files = zt_audit::log_files(dir.path(), "audit").unwrap();
@@ -345,13 +434,19 @@ fn one_writer_per_log() {
     let err = AuditLog::builder(dir.path()).open().unwrap_err();
     assert!(matches!(err, AuditError::Locked { .. }), "{err}");
     // Another prefix is another log.
-    let other = AuditLog::builder(dir.path()).file_prefix("decisions").open().unwrap();
+    let other = AuditLog::builder(dir.path())
+        .file_prefix("decisions")
+        .open()
+        .unwrap();
     other.append(Record::new("k")).unwrap();
     drop(first);
     let again = AuditLog::builder(dir.path()).open().unwrap();
     again.append(Record::new("k")).unwrap();
     assert_eq!(zt_audit::log_files(dir.path(), "audit").unwrap().len(), 1);
-    assert_eq!(zt_audit::log_files(dir.path(), "decisions").unwrap().len(), 1);
+    assert_eq!(
+        zt_audit::log_files(dir.path(), "decisions").unwrap().len(),
+        1
+    );
 }
 
 #[test]
@@ -361,7 +456,9 @@ fn invalid_settings_are_refused() {
         AuditLog::builder(dir.path()).file_prefix(""),
         AuditLog::builder(dir.path()).file_prefix("../x"),
         AuditLog::builder(dir.path()).max_file_size(0),
-        AuditLog::builder(dir.path()).durability(Durability::Batched { interval: Duration::ZERO }),
+        AuditLog::builder(dir.path()).durability(Durability::Batched {
+            interval: Duration::ZERO,
+        }),
         AuditLog::builder(dir.path()).redactor(zt_audit::Redactor::new().pointer("input")),
     ] {
         assert!(matches!(b.open().unwrap_err(), AuditError::Config(_)));
@@ -372,7 +469,9 @@ fn invalid_settings_are_refused() {
 fn clones_share_one_writer_until_the_last_is_dropped() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::builder(dir.path())
-        .durability(Durability::Batched { interval: Duration::from_secs(3600) })
+        .durability(Durability::Batched {
+            interval: Duration::from_secs(3600),
+        })
         .open()
         .unwrap();
     let clone = log.clone();
@@ -384,7 +483,9 @@ fn clones_share_one_writer_until_the_last_is_dropped() {
     let fut = clone.append_async(Record::new("k"));
     drop(clone);
     // Batched futures resolve at once; after the last handle is gone the log is closed.
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     assert_eq!(rt.block_on(fut).unwrap().seq(), Some(3));
     let files = zt_audit::log_files(dir.path(), "audit").unwrap();
     assert_eq!(verify_files(&files).unwrap().records, 3);

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use zt_audit::{AuditError, AuditLog, Durability, Record, VerifyFailure, verify_files};
 
 fn open(dir: &Path) -> AuditLog {
-    AuditLog::builder(dir).durability(Durability::None).open().unwrap()
+    AuditLog::builder(dir)
+        .durability(Durability::None)
+        .open()
+        .unwrap()
 }
 
 fn write_records(dir: &Path, n: usize) -> PathBuf {
@@ -21,7 +24,12 @@ fn write_records(dir: &Path, n: usize) -> PathBuf {
 }
 
 fn append_bytes(path: &Path, bytes: &[u8]) {
-    OpenOptions::new().append(true).open(path).unwrap().write_all(bytes).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .unwrap()
+        .write_all(bytes)
+        .unwrap();
 }
 
 /// A complete, well-formed line whose hash is wrong.
@@ -29,7 +37,11 @@ fn bad_hash_line(dir: &Path) -> Vec<u8> {
     let other = tempfile::tempdir_in(dir).unwrap();
     let f = write_records(other.path(), 6);
     let text = std::fs::read_to_string(f).unwrap();
-    let last = text.lines().last().unwrap().replacen("\"i\":5", "\"i\":6", 1);
+    let last = text
+        .lines()
+        .last()
+        .unwrap()
+        .replacen("\"i\":5", "\"i\":6", 1);
     format!("{last}\n").into_bytes()
 }
 
@@ -42,8 +54,16 @@ fn check_torn_tail_recovery(tail: &[u8]) {
     let log = open(dir.path());
     let side = log.stats().torn_tail.expect("torn tail not reported");
     assert_eq!(side, PathBuf::from(format!("{}.torn", file.display())));
-    assert_eq!(std::fs::read(&side).unwrap(), tail, "the torn bytes must be kept");
-    assert_eq!(std::fs::read(&file).unwrap(), good, "the good records must stay as they were");
+    assert_eq!(
+        std::fs::read(&side).unwrap(),
+        tail,
+        "the torn bytes must be kept"
+    );
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        good,
+        "the good records must stay as they were"
+    );
     assert_eq!(log.append(Record::new("k")).unwrap().seq(), Some(6));
     let report = verify_files(&log.files().unwrap()).unwrap();
     assert!(report.is_intact(), "{:?}", report.problem);
@@ -81,7 +101,10 @@ fn repeated_crashes_keep_every_torn_tail() {
     let log = open(dir.path());
     let second = log.stats().torn_tail.unwrap();
     assert_eq!(second, PathBuf::from(format!("{}.torn.1", file.display())));
-    assert_eq!(std::fs::read(format!("{}.torn", file.display())).unwrap(), b"first torn");
+    assert_eq!(
+        std::fs::read(format!("{}.torn", file.display())).unwrap(),
+        b"first torn"
+    );
     assert_eq!(std::fs::read(second).unwrap(), b"second torn");
     // Side files are not log files.
     assert_eq!(log.files().unwrap(), vec![file]);
@@ -110,7 +133,11 @@ fn damage_before_the_last_line_is_refused_and_left_alone() {
 
     let err = AuditLog::builder(dir.path()).open().unwrap_err();
     match err {
-        AuditError::Corrupt { file: f, line, reason } => {
+        AuditError::Corrupt {
+            file: f,
+            line,
+            reason,
+        } => {
             assert_eq!((f, line, reason), (file.clone(), 3, VerifyFailure::BadHash));
         }
         other => panic!("expected Corrupt, got {other}"),
@@ -118,7 +145,13 @@ fn damage_before_the_last_line_is_refused_and_left_alone() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), damaged);
     let torn_files = std::fs::read_dir(dir.path())
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().contains(".torn"))
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".torn")
+        })
         .count();
     assert_eq!(torn_files, 0);
 }

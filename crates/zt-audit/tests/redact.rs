@@ -36,7 +36,10 @@ fn log_secrets(dir: &Path, redactor: Redactor) -> Vec<u8> {
                 }),
             )
             // Headers given as a raw object with their original case.
-            .field("response_headers", json!({"Set-Cookie": "sid=SECRET-setcookie-6", "Server": "ztkit"}))
+            .field(
+                "response_headers",
+                json!({"Set-Cookie": "sid=SECRET-setcookie-6", "Server": "ztkit"}),
+            )
             .field("AUTHORIZATION", "Bearer SECRET-toplevel-7"),
     )
     .unwrap();
@@ -51,7 +54,9 @@ fn contains(hay: &[u8], needle: &str) -> bool {
 #[test]
 fn default_and_configured_secrets_never_reach_the_file() {
     let dir = tempfile::tempdir().unwrap();
-    let redactor = Redactor::new().header("x-api-key").pointer("/input/password");
+    let redactor = Redactor::new()
+        .header("x-api-key")
+        .pointer("/input/password");
     let bytes = log_secrets(dir.path(), redactor);
     for secret in [
         "SECRET-authz-1",
@@ -68,7 +73,13 @@ fn default_and_configured_secrets_never_reach_the_file() {
         assert!(!contains(&bytes, secret), "{secret} reached the file");
     }
     // What is not secret is still there, and the redactions are marked.
-    for kept in ["application/json", "ztkit", "alice", "\"method\":\"GET\"", "token [REDACTED] expired"] {
+    for kept in [
+        "application/json",
+        "ztkit",
+        "alice",
+        "\"method\":\"GET\"",
+        "token [REDACTED] expired",
+    ] {
         assert!(contains(&bytes, kept), "{kept} missing");
     }
     assert!(contains(&bytes, REDACTED));
@@ -79,7 +90,13 @@ fn without_redaction_the_same_record_would_leak() {
     // Proves the search above can see secrets when they are written.
     let dir = tempfile::tempdir().unwrap();
     let bytes = log_secrets(dir.path(), Redactor::insecure_empty());
-    for secret in ["SECRET-authz-1", "SECRET-cookie-2", "SECRET-password-5", "SECRET-toplevel-7", JWT] {
+    for secret in [
+        "SECRET-authz-1",
+        "SECRET-cookie-2",
+        "SECRET-password-5",
+        "SECRET-toplevel-7",
+        JWT,
+    ] {
         assert!(contains(&bytes, secret), "{secret}");
     }
 }
@@ -88,7 +105,13 @@ fn without_redaction_the_same_record_would_leak() {
 fn default_headers_need_no_configuration() {
     let dir = tempfile::tempdir().unwrap();
     let bytes = log_secrets(dir.path(), Redactor::new());
-    for secret in ["SECRET-authz-1", "SECRET-cookie-2", "SECRET-proxy-3", "SECRET-setcookie-6", "SECRET-toplevel-7"] {
+    for secret in [
+        "SECRET-authz-1",
+        "SECRET-cookie-2",
+        "SECRET-proxy-3",
+        "SECRET-setcookie-6",
+        "SECRET-toplevel-7",
+    ] {
         assert!(!contains(&bytes, secret), "{secret} reached the file");
     }
     // Not configured: these stay.

@@ -32,7 +32,11 @@ fn log_with_two_files() -> (tempfile::TempDir, Vec<PathBuf>) {
 }
 
 fn read_lines(path: &Path) -> Vec<String> {
-    std::fs::read_to_string(path).unwrap().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 fn write_lines(path: &Path, lines: &[String]) {
@@ -51,7 +55,13 @@ fn a_flipped_byte_is_found_at_its_line() {
     let (_dir, files) = log_with_two_files();
     let original = std::fs::read(&files[0]).unwrap();
     let line_starts: Vec<usize> = std::iter::once(0)
-        .chain(original.iter().enumerate().filter(|(_, c)| **c == b'\n').map(|(i, _)| i + 1))
+        .chain(
+            original
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c == b'\n')
+                .map(|(i, _)| i + 1),
+        )
         .filter(|&i| i < original.len())
         .collect();
     // Every byte of line 3, one at a time.
@@ -61,14 +71,24 @@ fn a_flipped_byte_is_found_at_its_line() {
         bytes[pos] ^= 0x20;
         std::fs::write(&files[0], &bytes).unwrap();
         let p = problem(&files);
-        assert_eq!((p.file.as_path(), p.line), (files[0].as_path(), 3), "flip at byte {pos}: {p}");
+        assert_eq!(
+            (p.file.as_path(), p.line),
+            (files[0].as_path(), 3),
+            "flip at byte {pos}: {p}"
+        );
     }
     // A flip inside a value leaves valid JSON: the hash gives it away.
     let text = String::from_utf8(original.clone()).unwrap();
     std::fs::write(&files[0], text.replacen("user-03", "user-0#", 1)).unwrap();
     let p = problem(&files);
     assert_eq!((p.line, &p.reason), (3, &VerifyFailure::BadHash));
-    assert_eq!(p.to_string(), format!("{}:3: bad hash: the record does not match its hash", files[0].display()));
+    assert_eq!(
+        p.to_string(),
+        format!(
+            "{}:3: bad hash: the record does not match its hash",
+            files[0].display()
+        )
+    );
     // A flip in the second file is reported there.
     std::fs::write(&files[0], &original).unwrap();
     let second = std::fs::read_to_string(&files[1]).unwrap();
@@ -76,7 +96,10 @@ fn a_flipped_byte_is_found_at_its_line() {
     let subject = &target[target.find("user-").unwrap()..][..7];
     std::fs::write(&files[1], second.replacen(subject, "user-99", 1)).unwrap();
     let p = problem(&files);
-    assert_eq!((p.file.as_path(), p.line, p.reason), (files[1].as_path(), 2, VerifyFailure::BadHash));
+    assert_eq!(
+        (p.file.as_path(), p.line, p.reason),
+        (files[1].as_path(), 2, VerifyFailure::BadHash)
+    );
 }
 
 #[test]
@@ -87,7 +110,13 @@ fn a_deleted_line_is_found() {
     write_lines(&files[0], &lines);
     let p = problem(&files);
     assert_eq!((p.file.as_path(), p.line), (files[0].as_path(), 4));
-    assert_eq!(p.reason, VerifyFailure::SeqGap { expected: 4, found: 5 });
+    assert_eq!(
+        p.reason,
+        VerifyFailure::SeqGap {
+            expected: 4,
+            found: 5
+        }
+    );
 }
 
 #[test]
@@ -99,7 +128,13 @@ fn deleting_the_first_or_last_record_of_a_file_is_found() {
     write_lines(&files[0], &lines);
     let p = problem(&files);
     assert_eq!((p.file.as_path(), p.line), (files[0].as_path(), 1));
-    assert_eq!(p.reason, VerifyFailure::SeqGap { expected: 1, found: 2 });
+    assert_eq!(
+        p.reason,
+        VerifyFailure::SeqGap {
+            expected: 1,
+            found: 2
+        }
+    );
 
     let mut lines = original.clone();
     lines.pop();
@@ -117,7 +152,13 @@ fn swapped_lines_are_found() {
     write_lines(&files[0], &lines);
     let p = problem(&files);
     assert_eq!((p.file.as_path(), p.line), (files[0].as_path(), 2));
-    assert_eq!(p.reason, VerifyFailure::SeqGap { expected: 2, found: 3 });
+    assert_eq!(
+        p.reason,
+        VerifyFailure::SeqGap {
+            expected: 2,
+            found: 3
+        }
+    );
 }
 
 #[test]
@@ -136,7 +177,16 @@ fn a_duplicated_line_is_found() {
     lines.insert(3, dup);
     write_lines(&files[0], &lines);
     let p = problem(&files);
-    assert_eq!((p.line, p.reason), (4, VerifyFailure::SeqGap { expected: 4, found: 3 }));
+    assert_eq!(
+        (p.line, p.reason),
+        (
+            4,
+            VerifyFailure::SeqGap {
+                expected: 4,
+                found: 3
+            }
+        )
+    );
 }
 
 /// Rewrites record `index` (0-based) of `lines` with a new subject and a correct hash
@@ -201,5 +251,8 @@ fn a_missing_file_is_an_error_not_a_report() {
     let (dir, files) = log_with_two_files();
     let mut with_missing = files.clone();
     with_missing.push(dir.path().join("audit-00000099.jsonl"));
-    assert!(matches!(verify_files(&with_missing), Err(zt_audit::AuditError::Io { .. })));
+    assert!(matches!(
+        verify_files(&with_missing),
+        Err(zt_audit::AuditError::Io { .. })
+    ));
 }
