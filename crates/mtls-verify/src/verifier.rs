@@ -346,8 +346,27 @@ pub fn human_reason(e: &rustls::Error) -> String {
                 Some(Error::NotAuthorized(r)) => format!("not authorized: {r}"),
                 Some(Error::Certificate(s)) => s.clone(),
                 Some(other) => other.to_string(),
-                None => inner.to_string(),
+                None => match inner.downcast_ref::<webpki::Error>() {
+                    Some(w) => webpki_reason(w),
+                    None => inner.to_string(),
+                },
             },
+            CertificateError::ExpiredContext { time, not_after } => format!(
+                "the certificate expired at {} (verification time {})",
+                unix_rfc3339(*not_after),
+                unix_rfc3339(*time)
+            ),
+            CertificateError::Expired => "the certificate has expired".to_owned(),
+            CertificateError::NotValidYetContext { time, not_before } => format!(
+                "the certificate is not valid before {} (verification time {})",
+                unix_rfc3339(*not_before),
+                unix_rfc3339(*time)
+            ),
+            CertificateError::NotValidYet => "the certificate is not valid yet".to_owned(),
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. } => {
+                "a CRL needed for this chain is past its nextUpdate (expired)".to_owned()
+            }
             CertificateError::UnknownIssuer => {
                 "not issued by a trusted CA (unknown issuer)".to_owned()
             }
@@ -369,6 +388,31 @@ pub fn human_reason(e: &rustls::Error) -> String {
         }
         _ => e.to_string(),
     }
+}
+
+fn webpki_reason(e: &webpki::Error) -> String {
+    use webpki::Error as W;
+    match e {
+        W::CaUsedAsEndEntity => {
+            "a CA certificate (basicConstraints CA:TRUE) cannot be used as a peer certificate"
+                .to_owned()
+        }
+        W::EndEntityUsedAsCa => "an end-entity certificate was used as an issuer".to_owned(),
+        W::NameConstraintViolation => "the chain violates a CA's name constraints".to_owned(),
+        W::PathLenConstraintViolated => {
+            "the chain violates a CA's path length constraint".to_owned()
+        }
+        W::MaximumPathDepthExceeded
+        | W::MaximumPathBuildCallsExceeded
+        | W::MaximumSignatureChecksExceeded => {
+            "the chain is too long or too complex to verify".to_owned()
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+fn unix_rfc3339(t: UnixTime) -> String {
+    crate::identity::rfc3339(SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(t.as_secs()))
 }
 
 /// Converts a verification failure into this crate's [`Error`], keeping our own errors.
