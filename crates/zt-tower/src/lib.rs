@@ -1,1 +1,27 @@
-//! Tower layers that wire ztkit into axum and tonic.
+//! Tower layers that wire ztkit's identity, authentication, policy and audit into axum and
+//! tonic.
+//!
+//! * [`TlsListener`] — a TLS acceptor for `axum::serve` and tonic's `serve_with_incoming`
+//!   that verifies client certificates with [`mtls_verify`] and attaches a
+//!   [`TlsConnectInfo`] (with the [`PeerIdentity`](mtls_verify::PeerIdentity)) to every request.
+//! * [`RequireIdentityLayer`] — allow or deny by the verified identity.
+//! * [`rejection`] — the single place where a denial becomes an HTTP or gRPC response.
+//!
+//! Identity flows down as request extensions; nothing is read from headers that claim one.
+//!
+//! Features: `axum` (the [`VerifiedPeer`] extractor and `axum::serve` support), `tonic`
+//! (tonic's `Connected` for [`TlsStream`] and [`RequestIdentityExt`]).
+
+mod acceptor;
+mod identity;
+pub mod rejection;
+mod require_identity;
+
+pub use acceptor::{TlsIncoming, TlsListener, TlsListenerOptions, TlsStream};
+#[cfg(feature = "tonic")]
+pub use identity::RequestIdentityExt;
+#[cfg(feature = "axum")]
+pub use identity::VerifiedPeer;
+pub use identity::{TlsConnectInfo, connect_info, peer_identity};
+pub use rejection::Rejection;
+pub use require_identity::{RequireIdentity, RequireIdentityLayer, ResponseFuture};

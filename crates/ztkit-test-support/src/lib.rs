@@ -18,6 +18,9 @@
 //! assert!(rsa.key_pem.contains("PRIVATE KEY"));
 //! ```
 
+// Test fixtures: a failure to generate a certificate is a broken test setup, so panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
