@@ -1,0 +1,82 @@
+//! Flags shared by the example servers.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls};
+
+/// TLS and listener flags (each also readable from the environment).
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct TlsArgs {
+    /// Server certificate chain (PEM), leaf first.
+    #[arg(long, env = "ZTKIT_TLS_CERT")]
+    pub(crate) cert: PathBuf,
+    /// Server private key (PEM).
+    #[arg(long, env = "ZTKIT_TLS_KEY")]
+    pub(crate) key: PathBuf,
+    /// CA bundle (PEM) that client certificates must chain to.
+    #[arg(long, env = "ZTKIT_CLIENT_CA")]
+    pub(crate) client_ca: PathBuf,
+    /// CRL file(s) (PEM or DER); may be repeated.
+    #[arg(long, env = "ZTKIT_CRL", value_delimiter = ',')]
+    pub(crate) crl: Vec<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "ZTKIT_LISTEN", default_value = "127.0.0.1:8443")]
+    pub(crate) listen: SocketAddr,
+    /// SPIFFE IDs allowed to call (RequireIdentityLayer); may be repeated.
+    #[arg(long, env = "ZTKIT_ALLOW_SPIFFE_ID", value_delimiter = ',')]
+    pub(crate) allow_spiffe_id: Vec<String>,
+    /// Trust domain allowed to call (RequireIdentityLayer).
+    #[arg(long, env = "ZTKIT_ALLOW_TRUST_DOMAIN")]
+    pub(crate) allow_trust_domain: Option<String>,
+    /// Accept TLS 1.2 as well (off: TLS 1.3 only).
+    #[arg(long)]
+    pub allow_tls12: bool,
+    /// How often the cert/key/CA/CRL files are checked for changes, in milliseconds.
+    #[arg(long, env = "ZTKIT_RELOAD_MS", default_value_t = 1000)]
+    pub(crate) reload_ms: u64,
+}
+
+impl TlsArgs {
+    /// Builds and validates the server TLS material; typed error naming the file on failure.
+    pub(crate) fn server_tls(&self) -> Result<ServerTls, mtls_verify::Error> {
+        let mut builder =
+            ServerConfigBuilder::from_files(&self.cert, &self.key, &self.client_ca)
+                .reload_interval(Duration::from_millis(self.reload_ms));
+        for crl in &self.crl {
+            builder = builder.crl_file(crl);
+        }
+        if self.allow_tls12 {
+            builder = builder.allow_tls12();
+        }
+        builder.build()
+    }
+
+    /// Who may call, checked per request by `RequireIdentityLayer`.
+    pub(crate) fn request_authorizer(&self) -> Result<IdentityAuthorizer, mtls_verify::Error> {
+        let mut allowed = Vec::new();
+        if !self.allow_spiffe_id.is_empty() {
+            allowed.push(IdentityAuthorizer::spiffe_ids(&self.allow_spiffe_id)?);
+        }
+        if let Some(td) = &self.allow_trust_domain {
+            allowed.push(IdentityAuthorizer::trust_domain(td)?);
+        }
+        Ok(match allowed.len() {
+            0 => IdentityAuthorizer::any(),
+            1 => allowed.remove(0),
+            _ => IdentityAuthorizer::any_of(allowed),
+        })
+    }
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub(crate) fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
