@@ -1,0 +1,288 @@
+//! OPA bundle signatures (`.signatures.json`).
+//!
+//! A signed bundle carries `.signatures.json` = `{"signatures": ["<JWT>"]}`. The JWT's payload
+//! lists every other file of the bundle with its digest:
+//!
+//! ```json
+//! {"files": [{"name": ".manifest", "hash": "<hex>", "algorithm": "SHA-256"}, ...],
+//!  "keyid": "optional", "scope": "optional"}
+//! ```
+//!
+//! Verification follows OPA's `bundle/verify.go`: exactly one JWT; its signature checked with
+//! the configured key and algorithm; the payload's `scope` equal to the configured scope (both
+//! default to empty); then every file of the bundle (except `.signatures.json`) must be listed
+//! with a matching digest, and every listed file must be present. Structured files
+//! (`data.json`, `data.yaml`, `.manifest`) are hashed in their canonical JSON form (see
+//! [`canonical`](super::canonical)); all others byte for byte.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use aws_lc_rs::digest;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::canonical;
+use crate::error::{PolicyError, Result};
+
+/// The name of the signature file inside a bundle.
+pub const SIGNATURES_FILE: &str = ".signatures.json";
+
+/// The key that bundle signatures must verify with (OPA's `keys` + `signing` config).
+///
+/// Built from a PEM public key (RSA, EC or Ed25519) or an HMAC secret, with the JWT algorithm
+/// the signer used. The verifier accepts exactly that one algorithm.
+#[derive(Clone)]
+pub struct SignatureVerifier {
+    key: DecodingKey,
+    algorithm: Algorithm,
+    key_id: Option<String>,
+    scope: String,
+}
+
+impl fmt::Debug for SignatureVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("SignatureVerifier")
+            .field("algorithm", &self.algorithm)
+            .field("key_id", &self.key_id)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SignatureVerifier {
+    /// A verifier for a PEM-encoded public key and a JWT algorithm name (`RS256`, `RS384`,
+    /// `RS512`, `PS256`, `PS384`, `PS512`, `ES256`, `ES384`, `EdDSA`).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Config`] if the algorithm is unknown or is an HMAC algorithm, or the PEM
+    /// does not hold a key of the algorithm's family.
+    pub fn from_public_key_pem(algorithm: &str, pem: &[u8]) -> Result<Self> {
+        let alg = parse_algorithm(algorithm)?;
+        let key = match alg {
+            Algorithm::RS256
+            | Algorithm::RS384
+            | Algorithm::RS512
+            | Algorithm::PS256
+            | Algorithm::PS384
+            | Algorithm::PS512 => DecodingKey::from_rsa_pem(pem),
+            Algorithm::ES256 | Algorithm::ES384 => DecodingKey::from_ec_pem(pem),
+            Algorithm::EdDSA => DecodingKey::from_ed_pem(pem),
+            _ => {
+                return Err(PolicyError::Config(format!(
+                    "{algorithm} is not a public-key algorithm (for HMAC use SignatureVerifier::hmac)"
+                )));
+            }
+        }
+        .map_err(|e| PolicyError::Config(format!("bundle verification key: {e}")))?;
+        Ok(Self {
+            key,
+            algorithm: alg,
+            key_id: None,
+            scope: String::new(),
+        })
+    }
+
+    /// A verifier for an HMAC shared secret (`HS256`, `HS384`, `HS512`).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Config`] if the algorithm is not an HMAC algorithm or the secret is empty.
+    pub fn hmac(algorithm: &str, secret: &[u8]) -> Result<Self> {
+        let alg = parse_algorithm(algorithm)?;
+        if !matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+            return Err(PolicyError::Config(format!(
+                "{algorithm} is not an HMAC algorithm"
+            )));
+        }
+        if secret.is_empty() {
+            return Err(PolicyError::Config("empty HMAC secret".into()));
+        }
+        Ok(Self {
+            key: DecodingKey::from_secret(secret),
+            algorithm: alg,
+            key_id: None,
+            scope: String::new(),
+        })
+    }
+
+    /// The key's id. When set, a payload naming a different `keyid` is refused; when unset,
+    /// the payload's `keyid` is not checked (there is only one key).
+    #[must_use]
+    pub fn key_id(mut self, key_id: impl Into<String>) -> Self {
+        self.key_id = Some(key_id.into());
+        self
+    }
+
+    /// The scope the signature must carry (OPA's `scope`; default empty, which requires the
+    /// payload to carry no scope or an empty one).
+    #[must_use]
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = scope.into();
+        self
+    }
+
+    /// Verifies `files` (bundle-relative path → content, including `.signatures.json`).
+    pub(crate) fn verify(&self, files: &BTreeMap<String, Vec<u8>>) -> Result<()> {
+        let sig_file = files.get(SIGNATURES_FILE).ok_or_else(|| {
+            PolicyError::Signature(format!("{SIGNATURES_FILE} is missing from the bundle"))
+        })?;
+        let sigs: SignaturesFile = serde_json::from_slice(sig_file)
+            .map_err(|e| PolicyError::Signature(format!("{SIGNATURES_FILE}: {e}")))?;
+        let token = match sigs.signatures.as_slice() {
+            [one] => one,
+            [] => {
+                return Err(PolicyError::Signature(format!(
+                    "{SIGNATURES_FILE}: no JWT (expected exactly one)"
+                )));
+            }
+            _ => {
+                return Err(PolicyError::Signature(format!(
+                    "{SIGNATURES_FILE}: several JWTs (expected exactly one)"
+                )));
+            }
+        };
+
+        let mut validation = Validation::new(self.algorithm);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        let payload = jsonwebtoken::decode::<SignedPayload>(token, &self.key, &validation)
+            .map_err(|e| PolicyError::Signature(format!("JWT does not verify: {e}")))?
+            .claims;
+
+        if let (Some(want), Some(got)) = (&self.key_id, &payload.keyid)
+            && want != got
+        {
+            return Err(PolicyError::Signature(format!(
+                "signed with key id {got:?}, expected {want:?}"
+            )));
+        }
+        if payload.scope.as_deref().unwrap_or_default() != self.scope {
+            return Err(PolicyError::Signature("scope mismatch".into()));
+        }
+
+        let mut listed: BTreeMap<String, SignedFile> = BTreeMap::new();
+        for f in payload.files {
+            let name = normalize_name(&f.name);
+            if listed.insert(name.clone(), f).is_some() {
+                return Err(PolicyError::Signature(format!(
+                    "file {name} is listed twice in the signature"
+                )));
+            }
+        }
+
+        for (path, content) in files {
+            if path == SIGNATURES_FILE {
+                continue;
+            }
+            let entry = listed.remove(path).ok_or_else(|| {
+                PolicyError::Signature(format!("file {path} is not included in the signature"))
+            })?;
+            let want = hex::decode(&entry.hash)
+                .map_err(|_| PolicyError::Signature(format!("file {path}: digest is not hex")))?;
+            let got = file_digest(path, content, &entry.algorithm)?;
+            if want != got {
+                return Err(PolicyError::Signature(format!(
+                    "file {path}: digest mismatch"
+                )));
+            }
+        }
+        if let Some(missing) = listed.keys().next() {
+            return Err(PolicyError::Signature(format!(
+                "file {missing} is listed in the signature but missing from the bundle"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn parse_algorithm(name: &str) -> Result<Algorithm> {
+    Algorithm::from_str(name)
+        .map_err(|_| PolicyError::Config(format!("unknown signing algorithm {name:?}")))
+}
+
+fn normalize_name(name: &str) -> String {
+    name.trim_start_matches("./")
+        .trim_start_matches('/')
+        .to_owned()
+}
+
+/// Whether OPA hashes this file in canonical JSON form.
+pub(crate) fn is_structured(path: &str) -> bool {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    matches!(
+        base,
+        "data.json" | "data.yaml" | ".manifest" | SIGNATURES_FILE
+    )
+}
+
+/// The digest OPA computes for a bundle file (see the module docs).
+///
+/// # Errors
+///
+/// [`PolicyError::Signature`] for an unsupported algorithm or a structured file that does not
+/// parse.
+pub(crate) fn file_digest(path: &str, content: &[u8], algorithm: &str) -> Result<Vec<u8>> {
+    let alg = match algorithm {
+        "SHA-256" => &digest::SHA256,
+        "SHA-384" => &digest::SHA384,
+        "SHA-512" => &digest::SHA512,
+        "SHA-512-256" => &digest::SHA512_256,
+        "" => {
+            return Err(PolicyError::Signature(format!(
+                "file {path}: no hashing algorithm given"
+            )));
+        }
+        other => {
+            return Err(PolicyError::Signature(format!(
+                "file {path}: unsupported hashing algorithm {other:?}"
+            )));
+        }
+    };
+    let canonical;
+    let bytes: &[u8] = if is_structured(path) {
+        let mut out = Vec::with_capacity(content.len());
+        if path.ends_with(".yaml") {
+            let v: serde_json::Value = serde_yaml::from_slice(content)
+                .map_err(|e| PolicyError::Signature(format!("file {path}: not valid YAML: {e}")))?;
+            canonical::canonical_value(&v, &mut out);
+        } else {
+            canonical::canonical_json(content, &mut out)
+                .map_err(|e| PolicyError::Signature(format!("file {path}: not valid JSON: {e}")))?;
+        }
+        canonical = out;
+        &canonical
+    } else {
+        content
+    };
+    Ok(digest::digest(alg, bytes).as_ref().to_vec())
+}
+
+#[derive(Deserialize)]
+struct SignaturesFile {
+    #[serde(default)]
+    signatures: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct SignedPayload {
+    #[serde(default)]
+    files: Vec<SignedFile>,
+    #[serde(default)]
+    keyid: Option<String>,
+    #[serde(default)]
+    scope: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SignedFile {
+    name: String,
+    hash: String,
+    #[serde(default)]
+    algorithm: String,
+}

@@ -1,0 +1,231 @@
+//! The policy engine: the policy set in force, swapped atomically on reload.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::bundle::Bundle;
+use crate::decision::PolicyDecision;
+use crate::error::Result;
+use crate::input::PolicyInput;
+use crate::log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, requested_by};
+use crate::policy::{PolicyOptions, PolicySet};
+
+/// Decides with the policy set in force and replaces it on reload.
+///
+/// Cheap to clone (all clones share the set in force). Each decision loads the current set
+/// once and uses only it, so a reload never mixes modules, data or revision of two sets.
+/// A reload compiles the new set and runs its tests *before* swapping; a set that fails is
+/// refused, logged, and the old one keeps deciding.
+#[derive(Clone)]
+pub struct PolicyEngine {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    current: ArcSwap<PolicySet>,
+    options: PolicyOptions,
+    log: Option<DecisionLogConfig>,
+    reload_lock: Mutex<()>,
+    loaded: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("current", &**self.shared.current.load())
+            .field("decision_log", &self.shared.log)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of reload attempts since the engine was created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ReloadStats {
+    /// Policy sets swapped in (not counting the first).
+    pub loaded: u64,
+    /// Policy sets refused.
+    pub refused: u64,
+}
+
+impl PolicyEngine {
+    /// Loads, compiles and tests the bundle at `path` and starts deciding with it.
+    ///
+    /// # Errors
+    ///
+    /// Any [`PolicyError`](crate::PolicyError) from [`PolicySet::load`].
+    pub fn load(path: impl AsRef<Path>, options: PolicyOptions) -> Result<Self> {
+        let set = PolicySet::load(path, &options)?;
+        Ok(Self::with_set(set, options))
+    }
+
+    /// Starts deciding with an already compiled set; later reloads use `options`.
+    pub fn with_set(set: PolicySet, options: PolicyOptions) -> Self {
+        tracing::info!(revision = %set.revision(), bundle = %set.bundle_name(), "policy set loaded");
+        Self {
+            shared: Arc::new(Shared {
+                current: ArcSwap::from_pointee(set),
+                options,
+                log: None,
+                reload_lock: Mutex::new(()),
+                loaded: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sends a decision-log record for every decision to `config`'s sink. Call before
+    /// cloning the engine (clones made earlier keep their own configuration).
+    #[must_use]
+    pub fn with_decision_log(self, config: DecisionLogConfig) -> Self {
+        let shared = &self.shared;
+        Self {
+            shared: Arc::new(Shared {
+                current: ArcSwap::new(shared.current.load_full()),
+                options: shared.options.clone(),
+                log: Some(config),
+                reload_lock: Mutex::new(()),
+                loaded: AtomicU64::new(shared.loaded.load(Ordering::Relaxed)),
+                refused: AtomicU64::new(shared.refused.load(Ordering::Relaxed)),
+            }),
+        }
+    }
+
+    /// Decides on `input` with the set in force (see [`PolicySet::decide`]) and logs the
+    /// decision when a decision log is configured.
+    pub fn decide(&self, input: &PolicyInput) -> PolicyDecision {
+        let set = self.shared.current.load();
+        let Some(log) = &self.shared.log else {
+            return set.decide(input);
+        };
+        let (decision, raw) = set.decide_raw(input);
+        let input_json = input.to_json();
+        let mut record = DecisionLogRecord {
+            decision_id: decision.decision_id.clone(),
+            labels: log.labels.clone(),
+            path: set.decision_path().to_owned(),
+            requested_by: requested_by(&input_json),
+            input: Some(input_json),
+            result: raw
+                .filter(|v| *v != regorus::Value::Undefined)
+                .and_then(|v| serde_json::to_value(&v).ok()),
+            error: None,
+            bundles: BTreeMap::from([(
+                set.bundle_name().to_owned(),
+                BundleRevision {
+                    revision: set.revision().to_owned(),
+                },
+            )]),
+            revision: set.revision().to_owned(),
+            timestamp: now_rfc3339(),
+            metrics: BTreeMap::from([("timer_rego_query_eval_ns".to_owned(), decision.eval_ns)]),
+            erased: Vec::new(),
+            masked: Vec::new(),
+        };
+        if record.result.is_none() && !decision.allow {
+            record.error = decision.reasons.first().cloned();
+        }
+        log.redact(&mut record);
+        log.sink.log(record);
+        decision
+    }
+
+    /// The set in force.
+    pub fn current(&self) -> PolicySet {
+        PolicySet::clone(&self.shared.current.load())
+    }
+
+    /// The revision in force.
+    pub fn revision(&self) -> String {
+        self.shared.current.load().revision().to_owned()
+    }
+
+    /// The options reloads use.
+    pub fn options(&self) -> &PolicyOptions {
+        &self.shared.options
+    }
+
+    /// How many reloads were accepted and refused.
+    pub fn reload_stats(&self) -> ReloadStats {
+        ReloadStats {
+            loaded: self.shared.loaded.load(Ordering::Relaxed),
+            refused: self.shared.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Loads, compiles and tests the bundle at `path`; swaps it in when all of that succeeds
+    /// and returns its revision.
+    ///
+    /// # Errors
+    ///
+    /// The reason the new set was refused; the old set stays in force.
+    pub fn reload_from_path(&self, path: impl AsRef<Path>) -> Result<String> {
+        let path = path.as_ref();
+        let _guard = self.shared.reload_lock.lock();
+        let result = self
+            .shared
+            .options
+            .loader()
+            .load_path(path)
+            .and_then(|b| PolicySet::compile(b, &self.shared.options));
+        self.finish_reload(&path.display().to_string(), result)
+    }
+
+    /// Compiles and tests an already loaded bundle; swaps it in when that succeeds.
+    ///
+    /// # Errors
+    ///
+    /// The reason the new set was refused; the old set stays in force.
+    pub fn reload_bundle(&self, bundle: Bundle) -> Result<String> {
+        let _guard = self.shared.reload_lock.lock();
+        let name = bundle.name().to_owned();
+        let result = PolicySet::compile(bundle, &self.shared.options);
+        self.finish_reload(&name, result)
+    }
+
+    /// Swaps in a set compiled elsewhere (its tests are not run again).
+    pub fn install(&self, set: PolicySet) {
+        let _guard = self.shared.reload_lock.lock();
+        tracing::info!(revision = %set.revision(), bundle = %set.bundle_name(), "policy set installed");
+        self.shared.current.store(Arc::new(set));
+        self.shared.loaded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finish_reload(&self, source: &str, result: Result<PolicySet>) -> Result<String> {
+        match result {
+            Ok(set) => {
+                let revision = set.revision().to_owned();
+                tracing::info!(
+                    revision = %revision,
+                    previous = %self.revision(),
+                    bundle = %source,
+                    "policy set reloaded"
+                );
+                self.shared.current.store(Arc::new(set));
+                self.shared.loaded.fetch_add(1, Ordering::Relaxed);
+                Ok(revision)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    bundle = %source,
+                    error = %e,
+                    revision_in_force = %self.revision(),
+                    "policy set refused; keeping the one in force"
+                );
+                self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
