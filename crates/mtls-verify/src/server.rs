@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::UnixTime;
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
 use rustls::sign::SingleCertAndKey;
 use rustls::{HandshakeKind, NamedGroup, ServerConfig, ServerConnection, SupportedProtocolVersion};
@@ -492,6 +493,12 @@ impl ServerTls {
     /// The current configuration; each new handshake should load it afresh.
     pub fn config(&self) -> Arc<ServerConfig> {
         self.shared.current.load().config.clone()
+    }
+
+    /// The current client-certificate verifier (the one inside [`config`](Self::config)),
+    /// for callers that assemble their own `rustls::ServerConfig` or measure it.
+    pub fn client_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.shared.current.load().verifier.clone()
     }
 
     /// The configured handshake timeout.

@@ -257,10 +257,22 @@ pub async fn connect_keep(
     ClientOutcome,
     Option<BufReader<tokio_rustls::client::TlsStream<TcpStream>>>,
 ) {
+    connect_named(addr, config, "localhost").await
+}
+
+/// Like [`connect_keep`], with the server name to verify.
+pub async fn connect_named(
+    addr: SocketAddr,
+    config: Arc<ClientConfig>,
+    server_name: &str,
+) -> (
+    ClientOutcome,
+    Option<BufReader<tokio_rustls::client::TlsStream<TcpStream>>>,
+) {
     let fut = async {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let connector = tokio_rustls::TlsConnector::from(config);
-        let name = ServerName::try_from("localhost").unwrap();
+        let name = ServerName::try_from(server_name.to_owned()).unwrap();
         let stream = match connector.connect(name, tcp).await {
             Ok(s) => s,
             Err(e) => {

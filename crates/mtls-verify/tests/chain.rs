@@ -1,0 +1,294 @@
+//! The chain policy rustls lacks — weak RSA keys and SHA-1 signatures anywhere in the
+//! presented chain — through `verify_client_chain` (the CLI's path) and real handshakes.
+//!
+//! rcgen cannot make RSA-1024 keys or SHA-1 signatures, so the weak certificates here are
+//! built by hand: an RSA-1024 *public* key signed by a test CA (its private half is never
+//! needed, the policy refuses before any signature check), and a SHA-256 signature whose
+//! algorithm identifier is rewritten to SHA-1. Real ones made by `openssl` are in
+//! `tests/openssl.rs`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/tls.rs"]
+mod support;
+
+use mtls_verify::{
+    ChainVerifyOptions, Error, IdentityAuthorizer, ServerConfigBuilder, verify_client_chain,
+};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PublicKeyData};
+use rustls::pki_types::CertificateDer;
+use support::{ClientOpts, TestServer, client_config, connect};
+use ztkit_test_support::{KeyAlg, TestCa, TestPki};
+
+/// An RSA public key of the given size (a fixed odd modulus with the top bit set).
+struct RsaPublicKey(Vec<u8>);
+
+impl RsaPublicKey {
+    fn of_bits(bits: usize) -> Self {
+        let n = bits / 8;
+        let mut modulus = vec![0x00, 0xc3];
+        modulus.extend(std::iter::repeat_n(0x5a, n - 2));
+        modulus.push(0x01);
+        let mut int = vec![0x02];
+        der_len(&mut int, modulus.len());
+        int.extend(modulus);
+        let mut body = int;
+        body.extend([0x02, 0x03, 0x01, 0x00, 0x01]);
+        let mut seq = vec![0x30];
+        der_len(&mut seq, body.len());
+        seq.extend(body);
+        RsaPublicKey(seq)
+    }
+}
+
+fn der_len(out: &mut Vec<u8>, len: usize) {
+    if len < 0x80 {
+        out.push(len as u8);
+    } else if len < 0x100 {
+        out.extend([0x81, len as u8]);
+    } else {
+        out.extend([0x82, (len >> 8) as u8, len as u8]);
+    }
+}
+
+impl PublicKeyData for RsaPublicKey {
+    fn der_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        &rcgen::PKCS_RSA_SHA256
+    }
+}
+
+/// An rcgen issuer for a test CA: its subject (CN and O, read back from its certificate)
+/// and its key.
+fn issuer_of(ca: &TestCa) -> Issuer<'static, KeyPair> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&ca.cert_der).unwrap();
+    let mut params = CertificateParams::default();
+    for cn in cert.subject().iter_common_name() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn.as_str().unwrap());
+    }
+    for o in cert.subject().iter_organization() {
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, o.as_str().unwrap());
+    }
+    params.key_identifier_method = rcgen::KeyIdMethod::Sha256;
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    Issuer::new(params, KeyPair::from_pem(&ca.key_pem()).unwrap())
+}
+
+/// A certificate for `key`, signed by `ca` (a leaf, or a CA when `is_ca`).
+fn cert_for_key(
+    ca: &TestCa,
+    cn: &str,
+    key: &impl PublicKeyData,
+    is_ca: bool,
+) -> CertificateDer<'static> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    if is_ca {
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    } else {
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    }
+    params.signed_by(key, &issuer_of(ca)).unwrap().der().clone()
+}
+
+/// Rewrites every sha256WithRSAEncryption identifier into sha1WithRSAEncryption (same length).
+fn claim_sha1(der: &[u8]) -> CertificateDer<'static> {
+    const SHA256_RSA: [u8; 11] = [
+        0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b,
+    ];
+    let mut out = der.to_vec();
+    let mut hits = 0;
+    for i in 0..out.len().saturating_sub(SHA256_RSA.len()) {
+        if out[i..i + SHA256_RSA.len()] == SHA256_RSA {
+            out[i + SHA256_RSA.len() - 1] = 0x05;
+            hits += 1;
+        }
+    }
+    assert_eq!(
+        hits, 2,
+        "expected the signature algorithm inside and outside the TBS"
+    );
+    CertificateDer::from(out)
+}
+
+fn options(pki: &TestPki) -> ChainVerifyOptions {
+    ChainVerifyOptions::new(vec![pki.ca.cert_der.clone()])
+}
+
+#[test]
+fn the_client_chain_verifies_like_the_server() {
+    let pki = TestPki::new();
+    let id = verify_client_chain(&pki.client.chain_der, &options(&pki)).unwrap();
+    assert_eq!(id.serial_hex(), pki.client.serial_hex());
+
+    let other = TestCa::new("other");
+    let err = verify_client_chain(
+        &other.leaf("x").client_auth().issue().chain_der,
+        &options(&pki),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Verification(_)), "{err}");
+    assert!(err.to_string().contains("trusted CA"), "{err}");
+
+    let err = verify_client_chain(&pki.server.chain_der, &options(&pki)).unwrap_err();
+    assert!(err.to_string().contains("extended key usage"), "{err}");
+
+    let strict = options(&pki).authorizer(IdentityAuthorizer::trust_domain("other.org").unwrap());
+    let err = verify_client_chain(&pki.client.chain_der, &strict).unwrap_err();
+    assert!(matches!(err, Error::NotAuthorized(_)), "{err}");
+
+    let revoked = options(&pki).crls(vec![pki.ca.crl(&[&pki.client]).der]);
+    let err = verify_client_chain(&pki.client.chain_der, &revoked).unwrap_err();
+    assert!(err.to_string().contains("revoked"), "{err}");
+
+    let later = options(&pki)
+        .at_time(std::time::SystemTime::now() + std::time::Duration::from_secs(365 * 86400));
+    let err = verify_client_chain(&pki.client.chain_der, &later).unwrap_err();
+    assert!(err.to_string().contains("expired at"), "{err}");
+
+    assert!(matches!(
+        verify_client_chain(&[], &options(&pki)),
+        Err(Error::NoPeerCertificate)
+    ));
+    let empty = ChainVerifyOptions::new(vec![]);
+    assert!(matches!(
+        verify_client_chain(&pki.client.chain_der, &empty),
+        Err(Error::EmptyCaBundle { .. })
+    ));
+}
+
+#[test]
+fn rsa_1024_leaf_is_refused() {
+    let pki = TestPki::new();
+    let weak = cert_for_key(&pki.ca, "weak", &RsaPublicKey::of_bits(1024), false);
+    let err = verify_client_chain(&[weak], &options(&pki)).unwrap_err();
+    assert!(matches!(err, Error::Certificate(_)), "{err}");
+    assert!(err.to_string().contains("1024-bit RSA key"), "{err}");
+
+    // The same construction at 2048 bits passes the chain checks.
+    let ok = cert_for_key(&pki.ca, "ok", &RsaPublicKey::of_bits(2048), false);
+    verify_client_chain(&[ok], &options(&pki)).unwrap();
+}
+
+#[test]
+fn rsa_1024_intermediate_is_refused_even_if_not_needed_for_the_path() {
+    let pki = TestPki::new();
+    let weak_ca = cert_for_key(&pki.ca, "weak CA", &RsaPublicKey::of_bits(1024), true);
+    let chain = vec![pki.client.cert_der.clone(), weak_ca];
+    let err = verify_client_chain(&chain, &options(&pki)).unwrap_err();
+    assert!(
+        err.to_string().contains("intermediate certificate #1")
+            && err.to_string().contains("1024-bit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sha1_signed_leaf_and_intermediate_are_refused() {
+    let rsa_root = TestCa::with_key_alg("rsa root", KeyAlg::Rsa2048);
+    let options = ChainVerifyOptions::new(vec![rsa_root.cert_der.clone()]);
+    let leaf = rsa_root.leaf("leaf").client_auth().issue();
+    // Untouched, the RSA-signed leaf verifies.
+    verify_client_chain(&leaf.chain_der, &options).unwrap();
+
+    let sha1_leaf = claim_sha1(&leaf.cert_der);
+    let err = verify_client_chain(&[sha1_leaf], &options).unwrap_err();
+    assert!(matches!(err, Error::Certificate(_)), "{err}");
+    assert!(err.to_string().contains("sha1WithRSAEncryption"), "{err}");
+
+    // A SHA-1 intermediate that path building would not even use is refused too.
+    let sha1_ca = claim_sha1(&rsa_root.intermediate("mid").cert_der);
+    let err = verify_client_chain(&[leaf.cert_der.clone(), sha1_ca], &options).unwrap_err();
+    assert!(
+        err.to_string().contains("intermediate certificate #1")
+            && err.to_string().contains("SHA-1"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn weak_intermediates_are_refused_in_a_real_handshake() {
+    let pki = TestPki::new();
+    let tls = ServerConfigBuilder::from_pem(
+        pki.server.chain_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+        pki.ca.cert_pem.as_bytes(),
+    )
+    .build()
+    .unwrap();
+    let mut srv = TestServer::start(tls).await;
+    let rsa_root = TestCa::with_key_alg("rsa root", KeyAlg::Rsa2048);
+    for (extra, want) in [
+        (
+            cert_for_key(&pki.ca, "weak CA", &RsaPublicKey::of_bits(1024), true),
+            "1024-bit RSA key",
+        ),
+        (claim_sha1(&rsa_root.intermediate("mid").cert_der), "SHA-1"),
+    ] {
+        let chain = vec![pki.client.cert_der.clone(), extra];
+        let config = client_config(
+            &pki.ca,
+            Some((&chain, pki.client.private_key())),
+            &ClientOpts::default(),
+        );
+        let out = connect(srv.addr, config).await;
+        assert!(!out.accepted(), "{out:?}");
+        let reason = srv.next_event().await.refused_reason();
+        assert!(reason.contains(want), "{reason}");
+    }
+    // The plain chain is fine.
+    let config = client_config(
+        &pki.ca,
+        Some((&pki.client.chain_der, pki.client.private_key())),
+        &ClientOpts::default(),
+    );
+    assert!(connect(srv.addr, config).await.accepted());
+}
+
+#[test]
+fn a_verifier_obtained_from_the_server_applies_the_same_policy() {
+    use rustls::pki_types::UnixTime;
+    let pki = TestPki::new();
+    let tls = ServerConfigBuilder::from_pem(
+        pki.server.chain_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+        pki.ca.cert_pem.as_bytes(),
+    )
+    .max_chain_depth(2)
+    .build()
+    .unwrap();
+    let verifier = tls.client_verifier();
+    assert!(verifier.client_auth_mandatory());
+    verifier
+        .verify_client_cert(&pki.client.cert_der, &[], UnixTime::now())
+        .unwrap();
+    let deep = pki
+        .ca
+        .intermediate("a")
+        .intermediate("b")
+        .leaf("c")
+        .client_auth()
+        .issue();
+    let (ee, ints) = deep.chain_der.split_first().unwrap();
+    let err = verifier
+        .verify_client_cert(ee, ints, UnixTime::now())
+        .unwrap_err();
+    assert!(
+        mtls_verify::human_reason(&err).contains("maximum depth of 2"),
+        "{err}"
+    );
+}
