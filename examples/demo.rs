@@ -31,7 +31,9 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use zt_tower::{RequestIdentityExt, RequireIdentityLayer, TlsConnectInfo, TlsListener, VerifiedPeer};
+use zt_tower::{
+    RequestIdentityExt, RequireIdentityLayer, TlsConnectInfo, TlsListener, VerifiedPeer,
+};
 use ztkit_test_support::{TestCa, TestCert};
 use ztkit_testproto::greeter_client::GreeterClient;
 use ztkit_testproto::greeter_server::{Greeter, GreeterServer};
@@ -71,8 +73,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .spiffe_id("spiffe://example.org/ns/default/sa/intruder")
         .client_auth()
         .issue();
-    let foreign = other_ca.leaf("foreign").spiffe_id(ALLOWED).client_auth().issue();
-    let expired = ca.leaf("expired").spiffe_id(ALLOWED).client_auth().expired().issue();
+    let foreign = other_ca
+        .leaf("foreign")
+        .spiffe_id(ALLOWED)
+        .client_auth()
+        .issue();
+    let expired = ca
+        .leaf("expired")
+        .spiffe_id(ALLOWED)
+        .client_auth()
+        .expired()
+        .issue();
 
     println!("ztkit demo: PKI in {}", dir.path().display());
 
@@ -96,9 +107,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (name, expect, cert, want_ok) in [
         ("valid client certificate", "200 / OK", Some(&valid), true),
         ("no client certificate", "handshake refused", None, false),
-        ("certificate from another CA", "handshake refused", Some(&foreign), false),
-        ("expired certificate", "handshake refused", Some(&expired), false),
-        ("SPIFFE ID not authorized", "403 / PERMISSION_DENIED", Some(&intruder), false),
+        (
+            "certificate from another CA",
+            "handshake refused",
+            Some(&foreign),
+            false,
+        ),
+        (
+            "expired certificate",
+            "handshake refused",
+            Some(&expired),
+            false,
+        ),
+        (
+            "SPIFFE ID not authorized",
+            "403 / PERMISSION_DENIED",
+            Some(&intruder),
+            false,
+        ),
     ] {
         let cfg = client_config(&roots, cert);
         let http = http_get(&cfg, http_addr, "/").await;
@@ -154,24 +180,27 @@ fn server_cert(ca: &TestCa) -> TestCert {
         .issue()
 }
 
-async fn start_axum(
-    tls: ServerTls,
-    authorizer: IdentityAuthorizer,
-) -> std::io::Result<SocketAddr> {
+async fn start_axum(tls: ServerTls, authorizer: IdentityAuthorizer) -> std::io::Result<SocketAddr> {
     let app = Router::new()
         .route(
             "/",
             get(|VerifiedPeer(peer): VerifiedPeer| async move {
-                format!("hello, {}", peer.spiffe_id().map(|s| s.as_str()).unwrap_or("?"))
+                format!(
+                    "hello, {}",
+                    peer.spiffe_id().map(|s| s.as_str()).unwrap_or("?")
+                )
             }),
         )
         .layer(RequireIdentityLayer::new(authorizer));
     let listener = TlsListener::bind("127.0.0.1:0".parse().unwrap(), tls).await?;
     let addr = listener.local_addr();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<TlsConnectInfo>())
-            .await
-            .unwrap();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<TlsConnectInfo>(),
+        )
+        .await
+        .unwrap();
     });
     Ok(addr)
 }
@@ -246,8 +275,8 @@ async fn http_get(cfg: &Arc<ClientConfig>, addr: SocketAddr, path: &str) -> Stri
         )
         .await?;
         tokio::spawn(conn);
-        let req = http::Request::get(format!("https://localhost{path}"))
-            .body(Empty::<Bytes>::new())?;
+        let req =
+            http::Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new())?;
         let res = sender.send_request(req).await?;
         let status = res.status();
         let body = res.into_body().collect().await?.to_bytes();

@@ -42,9 +42,8 @@ pub(crate) struct TlsArgs {
 impl TlsArgs {
     /// Builds and validates the server TLS material; typed error naming the file on failure.
     pub(crate) fn server_tls(&self) -> Result<ServerTls, mtls_verify::Error> {
-        let mut builder =
-            ServerConfigBuilder::from_files(&self.cert, &self.key, &self.client_ca)
-                .reload_interval(Duration::from_millis(self.reload_ms));
+        let mut builder = ServerConfigBuilder::from_files(&self.cert, &self.key, &self.client_ca)
+            .reload_interval(Duration::from_millis(self.reload_ms));
         for crl in &self.crl {
             builder = builder.crl_file(crl);
         }

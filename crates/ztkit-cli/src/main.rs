@@ -1,2 +1,56 @@
-//! The `ztkit` command-line tool.
-fn main() {}
+//! The `ztkit` command: check certificates (and, as ztkit grows, tokens, policies and
+//! audit logs) exactly as the libraries do at run time.
+//!
+//! Exit codes: 0 success, 1 the thing checked was refused (the reason is printed),
+//! 2 bad usage or unreadable input.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cert;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ztkit",
+    version,
+    about = "ztkit: inspect and verify zero-trust material"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// X.509 certificates: inspect, verify a client chain.
+    #[command(subcommand)]
+    Cert(cert::CertCommand),
+}
+
+/// How a command ended.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The input was checked and refused (exit 1).
+    Refused(String),
+    /// The input could not be read or the call was wrong (exit 2).
+    Usage(String),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Cert(cmd) => cert::run(cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Refused(reason)) => {
+            eprintln!("refused: {reason}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Usage(reason)) => {
+            eprintln!("error: {reason}");
+            ExitCode::from(2)
+        }
+    }
+}
