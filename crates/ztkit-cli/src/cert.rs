@@ -1,6 +1,6 @@
 //! `ztkit cert …`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use mtls_verify::{ChainVerifyOptions, IdentityAuthorizer, PeerIdentity, pem};
@@ -86,7 +86,7 @@ pub(crate) fn run(cmd: CertCommand) -> Result<(), Failure> {
     }
 }
 
-fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, Failure> {
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, Failure> {
     pem::read_certificates_file(path).map_err(|e| Failure::Usage(e.to_string()))
 }
 
