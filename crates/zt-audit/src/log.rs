@@ -347,6 +347,8 @@ impl AuditLog {
             },
             line: Vec::with_capacity(1024),
             last_batch_sync: Instant::now(),
+            #[cfg(test)]
+            fail_fsyncs: 0,
         };
         let shared = Arc::new(Shared {
             config: Config {
@@ -637,6 +639,9 @@ struct State {
     stats: AuditStats,
     line: Vec<u8>,
     last_batch_sync: Instant,
+    /// Unit tests: make this many upcoming fsyncs fail.
+    #[cfg(test)]
+    fail_fsyncs: u32,
 }
 
 impl State {
@@ -795,8 +800,20 @@ impl Shared {
         };
         let file = Arc::clone(&st.file);
         let path = st.path.clone();
+        #[cfg(test)]
+        let inject = st.fail_fsyncs > 0;
+        #[cfg(test)]
+        {
+            st.fail_fsyncs = st.fail_fsyncs.saturating_sub(1);
+        }
         drop(st);
         let res = file.sync_data();
+        #[cfg(test)]
+        let res = if inject {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else {
+            res
+        };
         let mut st = self.lock();
         st.syncing = false;
         st.stats.fsyncs += 1;
@@ -977,5 +994,105 @@ impl Shared {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify_files;
+
+    fn open(dir: &Path, durability: Durability, mode: FailureMode) -> AuditLog {
+        AuditLog::builder(dir)
+            .durability(durability)
+            .failure_mode(mode)
+            .open()
+            .unwrap()
+    }
+
+    fn fail_next_fsyncs(log: &AuditLog, n: u32) {
+        log.inner.shared.lock().fail_fsyncs = n;
+    }
+
+    fn file_len(log: &AuditLog) -> u64 {
+        std::fs::metadata(log.current_file()).unwrap().len()
+    }
+
+    #[test]
+    fn always_fsync_failure_fails_the_append_and_cuts_the_record_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), Durability::Always, FailureMode::Closed);
+        log.append(Record::new("ok")).unwrap();
+        let len = file_len(&log);
+        fail_next_fsyncs(&log, 1);
+        let err = log.append(Record::new("lost")).unwrap_err();
+        assert!(matches!(err, AuditError::Io { op: "fsync", .. }), "{err}");
+        assert_eq!(
+            file_len(&log),
+            len,
+            "the unacknowledged record must be cut off"
+        );
+        let stats = log.stats();
+        assert_eq!((stats.fsync_errors, stats.durable_seq), (1, 1));
+        assert!(stats.alarm);
+        // The chain goes on from the last durable record; seq 2 is taken again.
+        assert_eq!(log.append(Record::new("next")).unwrap().seq(), Some(2));
+        let report = verify_files(&log.files().unwrap()).unwrap();
+        assert!(report.is_intact());
+        assert_eq!(report.records, 2);
+        assert!(
+            !std::fs::read_to_string(log.current_file())
+                .unwrap()
+                .contains("lost")
+        );
+    }
+
+    #[test]
+    fn one_failed_group_fsync_fails_every_waiter_of_the_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), Durability::Always, FailureMode::Closed);
+        let futures: Vec<_> = (0..3)
+            .map(|_| log.append_async(Record::new("lost")))
+            .collect();
+        fail_next_fsyncs(&log, 1);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        for f in futures {
+            assert!(rt.block_on(f).is_err());
+        }
+        assert_eq!(file_len(&log), 0);
+        assert_eq!(
+            rt.block_on(log.append_async(Record::new("k")))
+                .unwrap()
+                .seq(),
+            Some(1)
+        );
+        assert!(verify_files(&log.files().unwrap()).unwrap().is_intact());
+    }
+
+    #[test]
+    fn fail_open_fsync_failure_drops_and_raises_the_alarm() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), Durability::Always, FailureMode::Open);
+        fail_next_fsyncs(&log, 1);
+        assert_eq!(log.append(Record::new("lost")).unwrap(), Receipt::Dropped);
+        assert!(log.alarm());
+        assert_eq!(log.stats().dropped, 1);
+        assert_eq!(log.append(Record::new("k")).unwrap().seq(), Some(1));
+    }
+
+    #[test]
+    fn batched_fsync_failure_keeps_the_records_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = open(dir.path(), Durability::None, FailureMode::Closed);
+        log.append(Record::new("a")).unwrap();
+        fail_next_fsyncs(&log, 1);
+        assert!(log.sync().is_err());
+        assert!(log.alarm());
+        assert_eq!(log.stats().durable_seq, 0);
+        log.sync().unwrap();
+        assert_eq!(log.stats().durable_seq, 1);
+        assert_eq!(verify_files(&log.files().unwrap()).unwrap().records, 1);
     }
 }

@@ -305,7 +305,7 @@ impl Record {
         put_str(&mut out, "reason", self.reason.as_deref());
         for (k, v) in &self.extra {
             out.push(b',');
-            write_json(&mut out, &Value::String(k.clone()));
+            write_json(&mut out, k.as_str());
             out.push(b':');
             write_json(&mut out, v);
         }
@@ -319,14 +319,14 @@ fn put_str(out: &mut Vec<u8>, key: &str, value: Option<&str>) {
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(b"\":");
     match value {
-        Some(v) => write_json(out, &Value::String(v.to_owned())),
+        Some(v) => write_json(out, v),
         None => out.extend_from_slice(b"null"),
     }
 }
 
-fn write_json(out: &mut Vec<u8>, v: &Value) {
-    // Writing a `Value` into a Vec cannot fail: keys are strings and non-finite
-    // floats cannot be represented in a `Value`.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing a string or a `Value` into a Vec cannot fail: keys are strings and
+    // non-finite floats cannot be represented in a `Value`.
     if serde_json::to_writer(&mut *out, v).is_err() {
         out.extend_from_slice(b"null");
     }

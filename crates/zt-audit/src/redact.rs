@@ -223,9 +223,9 @@ impl Redactor {
             .into_iter()
             .flatten()
             {
-                *s = self.scrub_str(s);
+                self.scrub_in_place(s);
             }
-            rec.kind = self.scrub_str(&rec.kind);
+            self.scrub_in_place(&mut rec.kind);
         }
     }
 
@@ -241,12 +241,14 @@ impl Redactor {
                 }
             }
             Value::Array(items) => items.iter_mut().for_each(|v| self.walk(v)),
-            Value::String(s) => {
-                if self.jwt_like {
-                    *s = self.scrub_str(s);
-                }
-            }
+            Value::String(s) => self.scrub_in_place(s),
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+
+    fn scrub_in_place(&self, s: &mut String) {
+        if self.jwt_like && s.contains("eyJ") {
+            *s = self.scrub_str(s);
         }
     }
 
