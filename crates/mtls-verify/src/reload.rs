@@ -128,6 +128,8 @@ pub(crate) trait Reload: Send + Sync + 'static {
     fn check_expiry(&self);
     /// Serializes `apply` between the reloader thread and `reload_now`.
     fn reload_lock(&self) -> &Mutex<()>;
+    /// Called with the hash of every snapshot the poller reads (a hook for tests).
+    fn observed(&self, _hash: &[u8; 32]) {}
 }
 
 /// One reload attempt without waiting for the files to settle: for `reload_now`.
@@ -218,7 +220,7 @@ pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHan
     let (tx, rx) = mpsc::channel::<()>();
     let spawned = std::thread::Builder::new()
         .name(format!("mtls-reload-{what}"))
-        .spawn(move || poll_loop(&weak, &rx, interval));
+        .spawn(move || poll_loop(&weak, &rx, interval, SETTLE.min(interval)));
     match spawned {
         Ok(thread) => ReloadHandle {
             stop: Some(tx),
@@ -231,8 +233,12 @@ pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHan
     }
 }
 
-fn poll_loop<R: Reload>(target: &Weak<R>, stop: &mpsc::Receiver<()>, interval: Duration) {
-    let settle = SETTLE.min(interval);
+fn poll_loop<R: Reload>(
+    target: &Weak<R>,
+    stop: &mpsc::Receiver<()>,
+    interval: Duration,
+    settle: Duration,
+) {
     let mut wait = interval;
     // The hash seen once and waiting for a confirming read.
     let mut pending: Option<[u8; 32]> = None;
@@ -273,6 +279,7 @@ fn poll_loop<R: Reload>(target: &Weak<R>, stop: &mpsc::Receiver<()>, interval: D
                 continue;
             }
         };
+        target.observed(&snap.hash);
         if snap.hash == target.applied_hash() {
             pending = None;
             target.check_expiry();
@@ -299,5 +306,154 @@ fn poll_loop<R: Reload>(target: &Weak<R>, stop: &mpsc::Receiver<()>, interval: D
                 target.status_cell().reject(target.what(), e);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A reload target over one file that accepts only content ending in "END\n" and
+    /// records every content it was asked to apply.
+    struct Fake {
+        sources: Vec<Source>,
+        reads: AtomicUsize,
+        seen: Mutex<Vec<[u8; 32]>>,
+        applied: Mutex<Vec<String>>,
+        hash: Mutex<[u8; 32]>,
+        status: StatusCell,
+        lock: Mutex<()>,
+    }
+
+    impl Reload for Fake {
+        fn what(&self) -> &'static str {
+            "fake"
+        }
+        fn sources(&self) -> &[Source] {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            &self.sources
+        }
+        fn applied_hash(&self) -> [u8; 32] {
+            *self.hash.lock().unwrap()
+        }
+        fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
+            let text = String::from_utf8_lossy(&snapshot.contents[0]).into_owned();
+            self.applied.lock().unwrap().push(text.clone());
+            if !text.ends_with("END\n") {
+                return Err(Error::Certificate("incomplete".into()));
+            }
+            *self.hash.lock().unwrap() = snapshot.hash;
+            Ok(())
+        }
+        fn status_cell(&self) -> &StatusCell {
+            &self.status
+        }
+        fn check_expiry(&self) {}
+        fn observed(&self, hash: &[u8; 32]) {
+            self.seen.lock().unwrap().push(*hash);
+        }
+        fn reload_lock(&self) -> &Mutex<()> {
+            &self.lock
+        }
+    }
+
+    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+        let start = Instant::now();
+        while !cond() {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "timed out: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_change_is_applied_only_once_two_reads_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: PathBuf = dir.path().join("material");
+        std::fs::write(&file, "v1 END\n").unwrap();
+        let sources = vec![Source::File(file.clone())];
+        let first = snapshot(&sources).unwrap();
+        let fake = Arc::new(Fake {
+            sources,
+            reads: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+            applied: Mutex::new(Vec::new()),
+            hash: Mutex::new(first.hash),
+            status: StatusCell::default(),
+            lock: Mutex::new(()),
+        });
+        // A long settle delay gives this test ample time between the reloader's reads.
+        let (tx, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&fake);
+        let thread = std::thread::spawn(move || {
+            poll_loop(
+                &weak,
+                &rx,
+                Duration::from_millis(20),
+                Duration::from_millis(1500),
+            )
+        });
+
+        // Half a write: seen once, then replaced by the complete content before the
+        // confirming read. The half-written content must never reach `apply`.
+        std::fs::write(&file, "v2 partial").unwrap();
+        let partial = snapshot(&[Source::File(file.clone())]).unwrap().hash;
+        wait_until("the reloader to see the partial file", || {
+            fake.seen.lock().unwrap().contains(&partial)
+        });
+        std::fs::write(&file, "v2 complete END\n").unwrap();
+        wait_until("v2 applied", || !fake.applied.lock().unwrap().is_empty());
+        assert_eq!(*fake.applied.lock().unwrap(), ["v2 complete END\n"]);
+        assert_eq!(fake.status.rejected(), 0);
+
+        // Content that stays bad is validated once, counted once, and not retried.
+        std::fs::write(&file, "v3 broken").unwrap();
+        wait_until("v3 rejected", || fake.status.rejected() == 1);
+        let reads = fake.reads.load(Ordering::SeqCst);
+        wait_until("more polls", || {
+            fake.reads.load(Ordering::SeqCst) >= reads + 5
+        });
+        assert_eq!(fake.status.rejected(), 1);
+        assert_eq!(fake.applied.lock().unwrap().len(), 2);
+        assert!(fake.status.last_error().is_some());
+
+        drop(tx);
+        thread.join().unwrap();
+    }
+
+    #[test]
+    fn the_reloader_stops_when_its_handle_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("material");
+        std::fs::write(&file, "v1 END\n").unwrap();
+        let sources = vec![Source::File(file)];
+        let first = snapshot(&sources).unwrap();
+        let fake = Arc::new(Fake {
+            sources,
+            reads: AtomicUsize::new(0),
+            seen: Mutex::new(Vec::new()),
+            applied: Mutex::new(Vec::new()),
+            hash: Mutex::new(first.hash),
+            status: StatusCell::default(),
+            lock: Mutex::new(()),
+        });
+        let handle = spawn(&fake, Duration::from_millis(10));
+        assert!(handle.is_running());
+        wait_until("a poll", || fake.reads.load(Ordering::SeqCst) > 0);
+        // The thread holds the only weak reference; it is gone once the thread has exited.
+        assert_eq!(Arc::weak_count(&fake), 1);
+        drop(handle);
+        wait_until("the reloader thread to exit", || {
+            Arc::weak_count(&fake) == 0
+        });
+
+        let handle = spawn(&fake, Duration::from_millis(10));
+        assert!(handle.is_running());
+        handle.stop();
+        assert_eq!(Arc::weak_count(&fake), 0);
     }
 }

@@ -1,0 +1,185 @@
+//! Weak certificates made by the real `openssl` CLI (RSA-1024 keys, SHA-1 signatures, which
+//! rcgen cannot produce), presented by `openssl s_client` to a `ServerTls` server.
+//! Run by `cargo xtask test` (`cargo test -- --ignored` with openssl installed).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/tls.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use mtls_verify::{ChainVerifyOptions, Error, ServerConfigBuilder, verify_client_chain};
+use support::TestServer;
+use ztkit_test_support::TestPki;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issues `name.crt`/`name.key` with openssl: a new key (`keyalg` args for genpkey), signed
+/// by the test CA with `digest`, clientAuth EKU.
+fn openssl_client_cert(dir: &Path, pki: &TestPki, name: &str, keyalg: &[&str], digest: &str) {
+    std::fs::write(dir.join("ca.crt"), &pki.ca.cert_pem).unwrap();
+    std::fs::write(dir.join("ca.key"), pki.ca.key_pem()).unwrap();
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let key = format!("{name}.key");
+    let csr = format!("{name}.csr");
+    let crt = format!("{name}.crt");
+    let mut genpkey = vec!["genpkey", "-out", &key];
+    genpkey.extend_from_slice(keyalg);
+    openssl(dir, &genpkey);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-subj",
+            &format!("/CN={name}"),
+            "-out",
+            &csr,
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            digest,
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            &crt,
+        ],
+    );
+}
+
+/// Runs `openssl s_client` with the given client certificate against `srv` and returns the
+/// server's refusal reason.
+async fn s_client_reason(srv: &mut TestServer, dir: &Path, name: &str) -> String {
+    let addr = srv.addr.to_string();
+    let dir = dir.to_owned();
+    let name = name.to_owned();
+    let child = tokio::task::spawn_blocking(move || {
+        Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr,
+                "-servername",
+                "localhost",
+                "-tls1_3",
+                "-cert",
+                &format!("{name}.crt"),
+                "-key",
+                &format!("{name}.key"),
+                "-CAfile",
+                "ca.crt",
+                // Let openssl itself use the weak material; the server must refuse it.
+                "-cipher",
+                "DEFAULT:@SECLEVEL=0",
+            ])
+            .current_dir(&dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run openssl s_client")
+    });
+    let ev = srv.next_event().await;
+    let _ = child.await;
+    ev.refused_reason()
+}
+
+async fn server(pki: &TestPki) -> TestServer {
+    let tls = ServerConfigBuilder::from_pem(
+        pki.server.chain_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+        pki.ca.cert_pem.as_bytes(),
+    )
+    .build()
+    .unwrap();
+    TestServer::start(tls).await
+}
+
+fn chain_of(dir: &Path, name: &str) -> Vec<rustls::pki_types::CertificateDer<'static>> {
+    mtls_verify::pem::read_certificates_file(&dir.join(format!("{name}.crt"))).unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs openssl: run by cargo xtask test"]
+async fn openssl_rsa_1024_client_certificate_is_refused() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    openssl_client_cert(
+        dir.path(),
+        &pki,
+        "weak",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:1024"],
+        "-sha256",
+    );
+    let options = ChainVerifyOptions::new(vec![pki.ca.cert_der.clone()]);
+    let err = verify_client_chain(&chain_of(dir.path(), "weak"), &options).unwrap_err();
+    assert!(matches!(err, Error::Certificate(_)), "{err}");
+    assert!(err.to_string().contains("1024-bit RSA key"), "{err}");
+
+    let mut srv = server(&pki).await;
+    let reason = s_client_reason(&mut srv, dir.path(), "weak").await;
+    assert!(reason.contains("1024-bit RSA key"), "{reason}");
+
+    // Control: an openssl-made RSA-2048 certificate from the same CA is accepted.
+    openssl_client_cert(
+        dir.path(),
+        &pki,
+        "strong",
+        &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"],
+        "-sha256",
+    );
+    verify_client_chain(&chain_of(dir.path(), "strong"), &options).unwrap();
+    let reason = s_client_reason(&mut srv, dir.path(), "strong").await;
+    assert_eq!(reason, "", "strong certificate refused");
+}
+
+#[tokio::test]
+#[ignore = "needs openssl: run by cargo xtask test"]
+async fn openssl_sha1_signed_client_certificate_is_refused() {
+    let pki = TestPki::new();
+    let dir = tempfile::tempdir().unwrap();
+    openssl_client_cert(
+        dir.path(),
+        &pki,
+        "sha1",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+        "-sha1",
+    );
+    let options = ChainVerifyOptions::new(vec![pki.ca.cert_der.clone()]);
+    let err = verify_client_chain(&chain_of(dir.path(), "sha1"), &options).unwrap_err();
+    assert!(err.to_string().contains("ecdsa-with-SHA1"), "{err}");
+
+    let mut srv = server(&pki).await;
+    let reason = s_client_reason(&mut srv, dir.path(), "sha1").await;
+    assert!(reason.contains("SHA-1"), "{reason}");
+}
