@@ -429,7 +429,11 @@ impl JwtAuthenticator {
         }
 
         // Claims, unverified: only to pick the issuer (exact match) before any key is used.
-        let payload_json = tri!(token::b64_decode(seg.payload, "payload is not base64url"));
+        let payload_bytes = tri!(token::b64_decode(seg.payload, "payload is not base64url"));
+        let payload_json = tri!(
+            std::str::from_utf8(&payload_bytes)
+                .map_err(|_| AuthError::Malformed("claims set is not UTF-8"))
+        );
         let raw = tri!(token::parse_claims(&payload_json));
         let Some(iss) = raw.iss.as_deref() else {
             return AuthError::UnknownIssuer { iss: "".into() }.into();
@@ -513,7 +517,8 @@ impl JwtAuthenticator {
         tri!(key.verify(seg.signing_input, sig));
 
         // Claims.
-        let claims = tri!(self.build_claims(&raw, &payload_json, issuer, key));
+        tri!(token::check_depth(payload_json.as_bytes()));
+        let claims = tri!(self.build_claims(&raw, payload_json, issuer, key));
         tri!(self.check_request(&claims, ctx, now));
         let claims = Arc::new(claims);
         if let (Some(cache), Some(digest)) = (&inner.cache, digest)
@@ -564,7 +569,7 @@ impl JwtAuthenticator {
     fn build_claims(
         &self,
         raw: &RawClaims<'_>,
-        payload_json: &[u8],
+        payload_json: &str,
         issuer: &IssuerState,
         key: &VerifyingKey,
     ) -> Result<Claims, AuthError> {
@@ -627,8 +632,6 @@ impl JwtAuthenticator {
             (None, Some(scp)) => scp.iter().collect::<Vec<_>>().join(" ").into(),
             (None, None) => "".into(),
         };
-        let payload = std::str::from_utf8(payload_json)
-            .map_err(|_| AuthError::Malformed("claims set is not UTF-8"))?;
         Ok(Claims {
             issuer: issuer.issuer.clone(),
             subject: raw.sub.as_deref().map(Into::into),
@@ -641,7 +644,7 @@ impl JwtAuthenticator {
             cert_thumbprint,
             key_id: key.kid().map(Into::into),
             algorithm: key.algorithm(),
-            payload: payload.into(),
+            payload: payload_json.into(),
             roles_path: cfg.roles_path.clone(),
             raw: std::sync::OnceLock::new(),
             roles: std::sync::OnceLock::new(),

@@ -88,6 +88,49 @@ impl TestKey {
         }
     }
 
+    /// Generates an ES256/ES384/EdDSA key and returns it with its PKCS#8 DER encoding (for
+    /// other JWT libraries, such as `jsonwebtoken`'s `EncodingKey::from_ec_der`).
+    ///
+    /// # Panics
+    /// For RSA algorithms, or if key generation fails.
+    #[must_use]
+    #[allow(clippy::expect_used, clippy::panic)]
+    pub fn generate_with_pkcs8(alg: Algorithm, kid: &str) -> (Self, Vec<u8>) {
+        let rng = SystemRandom::new();
+        let (signer, der) = match alg {
+            Algorithm::Es256 | Algorithm::Es384 => {
+                let a = if alg == Algorithm::Es256 {
+                    &sig::ECDSA_P256_SHA256_FIXED_SIGNING
+                } else {
+                    &sig::ECDSA_P384_SHA384_FIXED_SIGNING
+                };
+                let doc = EcdsaKeyPair::generate_pkcs8(a, &rng).expect("EC key");
+                let der = doc.as_ref().to_vec();
+                (
+                    Signer::Ec(EcdsaKeyPair::from_pkcs8(a, &der).expect("EC key")),
+                    der,
+                )
+            }
+            Algorithm::EdDsa => {
+                let doc = Ed25519KeyPair::generate_pkcs8(&rng).expect("Ed25519 key");
+                let der = doc.as_ref().to_vec();
+                (
+                    Signer::Ed(Ed25519KeyPair::from_pkcs8(&der).expect("Ed25519 key")),
+                    der,
+                )
+            }
+            _ => panic!("generate_with_pkcs8 supports ES256, ES384 and EdDSA"),
+        };
+        (
+            Self {
+                kid: kid.to_owned(),
+                alg,
+                signer,
+            },
+            der,
+        )
+    }
+
     /// The key's `kid`.
     #[must_use]
     pub fn kid(&self) -> &str {

@@ -100,7 +100,10 @@ pub(crate) fn parse_header(json: &[u8]) -> Result<RawHeader<'_>, AuthError> {
     if !starts_with_object(json) {
         return Err(AuthError::Malformed("header is not a JSON object"));
     }
-    serde_json::from_slice(json).map_err(|_| AuthError::Malformed("header is not valid JSON"))
+    let text =
+        std::str::from_utf8(json).map_err(|_| AuthError::Malformed("header is not UTF-8"))?;
+    check_depth(json)?;
+    serde_json::from_str(text).map_err(|_| AuthError::Malformed("header is not valid JSON"))
 }
 
 /// A string that borrows from the input when it has no escapes.
@@ -244,17 +247,52 @@ pub(crate) struct RawClaims<'a> {
     pub(crate) client_id: Option<Cow<'a, str>>,
 }
 
-pub(crate) fn parse_claims(json: &[u8]) -> Result<RawClaims<'_>, AuthError> {
-    if !starts_with_object(json) {
+pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
+    if !starts_with_object(json.as_bytes()) {
         return Err(AuthError::Malformed("claims set is not a JSON object"));
     }
-    serde_json::from_slice(json).map_err(|_| {
+    serde_json::from_str(json).map_err(|_| {
         AuthError::Malformed("claims set is not valid JSON or a claim has the wrong type")
     })
 }
 
+/// Deepest JSON nesting accepted in a claims set.
+pub(crate) const MAX_DEPTH: usize = 32;
+
+/// Refuses claims sets nested deeper than [`MAX_DEPTH`]. A quick count of brackets skips the
+/// scan for ordinary tokens.
+pub(crate) fn check_depth(json: &[u8]) -> Result<(), AuthError> {
+    if json.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_DEPTH {
+        return Ok(());
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(AuthError::Malformed("JSON is nested too deeply"));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// The top-level member names of a claims set (for required-claim checks).
-pub(crate) fn claim_names(json: &[u8]) -> Result<Vec<BorrowedStr<'_>>, AuthError> {
+pub(crate) fn claim_names(json: &str) -> Result<Vec<BorrowedStr<'_>>, AuthError> {
     struct V;
     impl<'de> Visitor<'de> for V {
         type Value = Vec<BorrowedStr<'de>>;
@@ -272,7 +310,7 @@ pub(crate) fn claim_names(json: &[u8]) -> Result<Vec<BorrowedStr<'_>>, AuthError
             Ok(names)
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut de = serde_json::Deserializer::from_str(json);
     de::Deserializer::deserialize_map(&mut de, V)
         .map_err(|_| AuthError::Malformed("claims set is not valid JSON"))
 }
@@ -294,18 +332,28 @@ mod tests {
 
     #[test]
     fn arrays_and_duplicates_are_not_claims_sets() {
-        assert!(parse_claims(br#"["x", null, 5]"#).is_err());
-        assert!(parse_claims(br#"{"iss":"a","iss":"b"}"#).is_err());
-        assert!(parse_claims(br#"{"exp":-1}"#).is_err());
-        assert!(parse_claims(br#"{"exp":"tomorrow"}"#).is_err());
-        let c = parse_claims(br#"{"exp":1.9e9,"aud":["a","b"],"x":[[[]]]}"#).unwrap();
+        assert!(parse_claims(r#"["x", null, 5]"#).is_err());
+        assert!(parse_claims(r#"{"iss":"a","iss":"b"}"#).is_err());
+        assert!(parse_claims(r#"{"exp":-1}"#).is_err());
+        assert!(parse_claims(r#"{"exp":"tomorrow"}"#).is_err());
+        let c = parse_claims(r#"{"exp":1.9e9,"aud":["a","b"],"x":[[[]]]}"#).unwrap();
         assert_eq!(c.exp.map(|d| d.0), Some(1_900_000_000));
         assert_eq!(c.aud.unwrap().iter().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]
+    fn depth_is_limited_outside_strings_only() {
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
+        assert!(check_depth(deep.as_bytes()).is_err());
+        let in_string = format!("{{\"a\":\"{}\"}}", "[".repeat(400));
+        assert!(check_depth(in_string.as_bytes()).is_ok());
+        let wide = format!("{{\"a\":[{}]}}", vec!["[]"; 100].join(","));
+        assert!(check_depth(wide.as_bytes()).is_ok());
+    }
+
+    #[test]
     fn cnf_reports_other_methods() {
-        let c = parse_claims(br#"{"cnf":{"jkt":"abc"}}"#).unwrap();
+        let c = parse_claims(r#"{"cnf":{"jkt":"abc"}}"#).unwrap();
         let cnf = c.cnf.unwrap();
         assert!(cnf.other_methods && cnf.x5t_s256.is_none());
     }
