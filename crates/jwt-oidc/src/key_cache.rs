@@ -101,6 +101,9 @@ pub struct KeySetStatus {
 #[derive(Default)]
 struct RefreshBook {
     last_attempt: Option<Instant>,
+    /// Last refresh caused by an unknown `kid` (the cooldown counts from here, so a scheduled
+    /// refresh just before a rotation does not delay the new key).
+    last_miss_refresh: Option<Instant>,
     next_refresh: Option<Instant>,
     consecutive_failures: u32,
 }
@@ -202,12 +205,18 @@ impl IssuerState {
         if snap.generation != seen_generation {
             return;
         }
-        let cooldown = if snap.loaded {
-            settings.unknown_kid_cooldown
-        } else {
-            settings.retry_min
-        };
-        if book.last_attempt.is_some_and(|t| t.elapsed() < cooldown) {
+        if snap.loaded {
+            if book
+                .last_miss_refresh
+                .is_some_and(|t| t.elapsed() < settings.unknown_kid_cooldown)
+            {
+                return;
+            }
+            book.last_miss_refresh = Some(Instant::now());
+        } else if book
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < settings.retry_min)
+        {
             return;
         }
         drop(snap);
