@@ -1,9 +1,11 @@
 //! Compiled policy sets and how they evaluate.
 
+mod rvm_guard;
+
 use std::cell::RefCell;
 use std::num::NonZeroU32;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,11 +27,14 @@ use crate::testing::{TestOutcome, TestReport, TestResult};
 #[non_exhaustive]
 pub enum Evaluator {
     /// The compiled form (regorus's RVM bytecode) when the decision rule compiles to it,
-    /// otherwise the interpreter (the choice is logged).
+    /// otherwise the interpreter (the choice is logged). The first 16 decisions of each set
+    /// and every 1024th after that are also evaluated by the interpreter; if the two ever
+    /// disagree the interpreter's answer is used, the disagreement is logged as an error and
+    /// the set switches to the interpreter for good.
     #[default]
     Auto,
-    /// The compiled form only; a policy set whose decision rule does not compile to it is
-    /// refused.
+    /// The compiled form only, without the interpreter cross-checks of [`Evaluator::Auto`];
+    /// a policy set whose decision rule does not compile to it is refused.
     Compiled,
     /// regorus's tree-walking interpreter.
     Interpreter,
@@ -50,7 +55,7 @@ pub enum EngineReuse {
 /// How a policy set is loaded, compiled and evaluated.
 ///
 /// Defaults: decision rule `data.http.authz.allow`, [`Evaluator::Auto`],
-/// [`EngineReuse::PerThread`], a 5 ms time budget and a 5,000,000-instruction budget per
+/// [`EngineReuse::PerThread`], a 50 ms time budget and a 5,000,000-instruction budget per
 /// decision, the set's own tests run on load (10 s budget each), default [`BundleLimits`], no
 /// signature required.
 #[derive(Debug, Clone)]
@@ -71,7 +76,7 @@ impl Default for PolicyOptions {
             decision_rule: "data.http.authz.allow".into(),
             evaluator: Evaluator::Auto,
             reuse: EngineReuse::PerThread,
-            time_budget: Duration::from_millis(5),
+            time_budget: Duration::from_millis(50),
             max_instructions: 5_000_000,
             run_tests: true,
             test_time_budget: Duration::from_secs(10),
@@ -186,6 +191,8 @@ struct SetInner {
     log_path: String,
     template: Engine,
     program: Option<Arc<Program>>,
+    vm_disabled: AtomicBool,
+    decisions: AtomicU64,
     data: Value,
     test_rules: Vec<(String, bool)>,
     options: PolicyOptions,
@@ -336,17 +343,10 @@ impl PolicySet {
         let program = match options.evaluator {
             Evaluator::Interpreter => None,
             Evaluator::Compiled | Evaluator::Auto => {
-                match Compiler::compile_from_policy(&compiled, &[rule.as_str()]) {
-                    Ok(p) => {
-                        // Catches data/rule conflicts once instead of on every thread.
-                        let mut vm = RegoVM::new();
-                        vm.load_program(p.clone());
-                        vm.set_data(engine.get_data())
-                            .map_err(|e| compile_err(format!("data conflicts with rules: {e}")))?;
-                        Some(p)
-                    }
+                match compile_bytecode(&mut engine, &bundle, &rule) {
+                    Ok(p) => Some(p),
                     Err(e) if options.evaluator == Evaluator::Compiled => {
-                        return Err(compile_err(e.to_string()));
+                        return Err(compile_err(e));
                     }
                     Err(e) => {
                         tracing::info!(
@@ -375,6 +375,8 @@ impl PolicySet {
                 data: engine.get_data(),
                 template: engine,
                 program,
+                vm_disabled: AtomicBool::new(false),
+                decisions: AtomicU64::new(0),
                 test_rules,
                 options: options.clone(),
                 vm_pool: Mutex::new(Vec::new()),
@@ -427,7 +429,7 @@ impl PolicySet {
 
     /// Whether decisions run on the compiled (bytecode) form.
     pub fn is_compiled(&self) -> bool {
-        self.inner.program.is_some()
+        self.inner.program.is_some() && !self.inner.vm_disabled.load(Ordering::Relaxed)
     }
 
     /// The options the set was compiled with.
@@ -475,22 +477,52 @@ impl PolicySet {
     }
 
     fn evaluate(&self, input: &Value) -> std::result::Result<Value, String> {
-        match &self.inner.program {
-            Some(program) => self.with_vm(program, |vm| {
-                vm.set_input(input.clone());
-                let r = vm.execute().map_err(|e| e.to_string());
-                vm.set_input(Value::Undefined);
-                r
-            }),
-            None => self.with_engine(|engine| {
-                engine.set_input(input.clone());
-                let r = engine
-                    .eval_rule(self.inner.rule.clone())
-                    .map_err(|e| e.to_string());
-                engine.set_input(Value::Undefined);
-                r
-            }),
+        let inner = &self.inner;
+        let Some(program) = &inner.program else {
+            return self.interpret(input);
+        };
+        if inner.vm_disabled.load(Ordering::Relaxed) {
+            return self.interpret(input);
         }
+        let vm_result = self.with_vm(program, |vm| {
+            vm.set_input(input.clone());
+            let r = vm.execute().map_err(|e| e.to_string());
+            vm.set_input(Value::Undefined);
+            r
+        });
+        if inner.options.evaluator == Evaluator::Auto {
+            let n = inner.decisions.fetch_add(1, Ordering::Relaxed);
+            if n < SHADOW_FIRST || n.is_multiple_of(SHADOW_EVERY) {
+                let checked = self.interpret(input);
+                let agree = match (&vm_result, &checked) {
+                    (Ok(a), Ok(b)) => a == b,
+                    (Err(_), Err(_)) => true,
+                    _ => false,
+                };
+                if !agree {
+                    tracing::error!(
+                        rule = %inner.rule,
+                        revision = %inner.revision,
+                        "bytecode and interpreter disagree on a decision; \
+                         this policy set now uses the interpreter only"
+                    );
+                    inner.vm_disabled.store(true, Ordering::Relaxed);
+                    return checked;
+                }
+            }
+        }
+        vm_result
+    }
+
+    fn interpret(&self, input: &Value) -> std::result::Result<Value, String> {
+        self.with_engine(|engine| {
+            engine.set_input(input.clone());
+            let r = engine
+                .eval_rule(self.inner.rule.clone())
+                .map_err(|e| e.to_string());
+            engine.set_input(Value::Undefined);
+            r
+        })
     }
 
     fn new_vm(&self, program: &Arc<Program>) -> std::result::Result<RegoVM, String> {
@@ -511,6 +543,7 @@ impl PolicySet {
         match self.inner.options.reuse {
             EngineReuse::PerThread => with_thread_slot(
                 self.inner.id,
+                0,
                 || self.new_vm(program).map(|vm| Slot::Vm(Box::new(vm))),
                 |slot| match slot {
                     Slot::Vm(vm) => f(vm),
@@ -541,6 +574,7 @@ impl PolicySet {
         match self.inner.options.reuse {
             EngineReuse::PerThread => with_thread_slot(
                 self.inner.id,
+                1,
                 || Ok(Slot::Engine(Box::new(self.inner.template.clone()))),
                 |slot| match slot {
                     Slot::Engine(e) => f(e),
@@ -654,6 +688,45 @@ impl PolicySet {
     }
 }
 
+/// Compiles the decision rule to RVM bytecode from a guarded copy of the modules (see
+/// [`rvm_guard`]) and checks the data against the program once.
+fn compile_bytecode(
+    engine: &mut Engine,
+    bundle: &Bundle,
+    rule: &str,
+) -> std::result::Result<Arc<Program>, String> {
+    let mut guarded = Engine::new();
+    if bundle.manifest.rego_version == Some(0) {
+        guarded.set_rego_v0(true);
+    }
+    for module in engine.get_modules().iter() {
+        let path = module.package.span.source.get_path().clone();
+        let src = rvm_guard::guarded_source(module)
+            .ok_or_else(|| format!("{path}: cannot prepare the module for bytecode"))?;
+        guarded
+            .add_policy(path, src)
+            .map_err(|e| format!("guarded copy does not parse: {e}"))?;
+    }
+    guarded
+        .add_data(engine.get_data())
+        .map_err(|e| e.to_string())?;
+    let compiled = guarded
+        .compile_with_entrypoint(&rule.into())
+        .map_err(|e| e.to_string())?;
+    let program = Compiler::compile_from_policy(&compiled, &[rule]).map_err(|e| e.to_string())?;
+    // Catches data/rule conflicts once instead of on every thread.
+    let mut vm = RegoVM::new();
+    vm.load_program(program.clone());
+    vm.set_data(engine.get_data())
+        .map_err(|e| format!("data conflicts with rules: {e}"))?;
+    Ok(program)
+}
+
+/// Decisions of an [`Evaluator::Auto`] set that are cross-checked by the interpreter: the
+/// first `SHADOW_FIRST`, then one in `SHADOW_EVERY`.
+const SHADOW_FIRST: u64 = 16;
+const SHADOW_EVERY: u64 = 1024;
+
 fn timer(limit: Duration, check_interval: u32) -> ExecutionTimerConfig {
     ExecutionTimerConfig {
         limit,
@@ -668,16 +741,17 @@ enum Slot {
     Engine(Box<Engine>),
 }
 
-/// How many policy sets' evaluators a thread keeps (the newest first). Two cover a reload;
-/// the rest serve processes with several engines.
-const THREAD_SLOTS: usize = 4;
+/// How many evaluators a thread keeps (most recently used first): a bytecode VM and an
+/// interpreter for the old and the new set during a reload, and room for a few more engines.
+const THREAD_SLOTS: usize = 6;
 
 thread_local! {
-    static SLOTS: RefCell<Vec<(u64, Slot)>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: RefCell<Vec<((u64, u8), Slot)>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_thread_slot(
     set_id: u64,
+    kind: u8,
     init: impl FnOnce() -> std::result::Result<Slot, String>,
     f: impl FnOnce(&mut Slot) -> std::result::Result<Value, String>,
 ) -> std::result::Result<Value, String> {
@@ -687,14 +761,15 @@ fn with_thread_slot(
             // use a fresh evaluator.
             return f(&mut init()?);
         };
-        let idx = match slots.iter().position(|(id, _)| *id == set_id) {
+        let key = (set_id, kind);
+        let idx = match slots.iter().position(|(k, _)| *k == key) {
             Some(i) => i,
             None => {
                 let slot = init()?;
                 if slots.len() >= THREAD_SLOTS {
                     slots.pop();
                 }
-                slots.insert(0, (set_id, slot));
+                slots.insert(0, (key, slot));
                 0
             }
         };
