@@ -286,3 +286,24 @@ struct SignedFile {
     #[serde(default)]
     algorithm: String,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn structured_files_hash_like_opa() {
+        // OPA's own test (v1/bundle/verify_test.go, "bad_digest") reports the MD5 of the
+        // manifest `{"revision": "quickbrownfaux"}` as a005c38a509dc2d5a7407b9494efb2ad, which
+        // is the MD5 of its canonical form `{"revision":"quickbrownfaux"}`. Its SHA-256:
+        let want = "507a2c38a1441db58d2cb87982c42aa91a4342ef422a6b542eddebeef6f0412f";
+        let got =
+            file_digest(".manifest", br#"{"revision": "quickbrownfaux"}"#, "SHA-256").unwrap();
+        assert_eq!(hex::encode(got), want);
+        // Unstructured files are hashed as they are.
+        let raw = file_digest("x.rego", br#"{"revision": "quickbrownfaux"}"#, "SHA-256").unwrap();
+        assert_ne!(hex::encode(raw), want);
+        assert!(file_digest("x.rego", b"", "MD5").is_err());
+        assert!(file_digest("x.rego", b"", "").is_err());
+    }
+}
