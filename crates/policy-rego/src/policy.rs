@@ -707,6 +707,21 @@ fn compile_bytecode(
             .add_policy(path, src)
             .map_err(|e| format!("guarded copy does not parse: {e}"))?;
     }
+    // A bracket that landed inside a string literal would change the program silently:
+    // compare every module's literals with the original's.
+    let originals: Vec<Vec<String>> = engine
+        .get_modules()
+        .iter()
+        .map(|m| rvm_guard::string_literals(m))
+        .collect();
+    let copies: Vec<Vec<String>> = guarded
+        .get_modules()
+        .iter()
+        .map(|m| rvm_guard::string_literals(m))
+        .collect();
+    if originals != copies {
+        return Err("guarded copy differs in its string literals".into());
+    }
     guarded
         .add_data(engine.get_data())
         .map_err(|e| e.to_string())?;

@@ -86,6 +86,48 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
         Some("[1]"),
     ),
     (
+        "string literal holding a bracket",
+        r#"r := x if { x := "]" }"#,
+        "{}",
+        Some(r#""]""#),
+    ),
+    (
+        "raw string literal holding a bracket",
+        "r := x if { x := `[` }",
+        "{}",
+        Some(r#""[""#),
+    ),
+    (
+        "string comparison on the right-hand side",
+        r#"r := x if { x := "a" == "b" }"#,
+        "{}",
+        Some("false"),
+    ),
+    (
+        "membership with strings at both edges",
+        r#"r := x if { x := "a" in {"a"} }"#,
+        "{}",
+        Some("true"),
+    ),
+    (
+        "parenthesized right-hand sides",
+        r#"r := [x, y, z] if { x := ("a"); y := (1) + (2); z = (3) }"#,
+        "{}",
+        Some(r#"["a", 3, 3]"#),
+    ),
+    (
+        "unification with a string on the left",
+        r#"r := x if { "k" = x }"#,
+        "{}",
+        Some(r#""k""#),
+    ),
+    (
+        "several statements on one line",
+        r#"r := [x, y] if { x := "a"; y := input.b }"#,
+        r#"{"b": "]"}"#,
+        Some(r#"["a", "]"]"#),
+    ),
+    (
         "assignment in an every body",
         "r if { every k in [\"a\"] { v := input[k] } }",
         "{}",
