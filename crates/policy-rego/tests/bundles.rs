@@ -19,7 +19,10 @@ fn manifest(revision: &str, roots: Option<&[&str]>) -> Manifest {
 
 /// A raw tar.gz whose entries are written byte for byte (so tests can build what
 /// `tar::Builder` refuses to: `..` paths, links, duplicates).
-fn raw_tar_gz(entries: &[(&[u8], tar::EntryType, &[u8], Option<&[u8]>)]) -> Vec<u8> {
+/// (path, type, content, link target)
+type RawEntry<'a> = (&'a [u8], tar::EntryType, &'a [u8], Option<&'a [u8]>);
+
+fn raw_tar_gz(entries: &[RawEntry<'_>]) -> Vec<u8> {
     let mut tar = Vec::new();
     for (path, kind, content, link) in entries {
         let mut h = tar::Header::new_old();
