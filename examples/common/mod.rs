@@ -37,13 +37,17 @@ pub(crate) struct TlsArgs {
     /// How often the cert/key/CA/CRL files are checked for changes, in milliseconds.
     #[arg(long, env = "ZTKIT_RELOAD_MS", default_value_t = 1000)]
     pub(crate) reload_ms: u64,
+    /// How long a client may take to complete the TLS handshake, in milliseconds.
+    #[arg(long, env = "ZTKIT_HANDSHAKE_TIMEOUT_MS", default_value_t = 10_000)]
+    pub(crate) handshake_timeout_ms: u64,
 }
 
 impl TlsArgs {
     /// Builds and validates the server TLS material; typed error naming the file on failure.
     pub(crate) fn server_tls(&self) -> Result<ServerTls, mtls_verify::Error> {
         let mut builder = ServerConfigBuilder::from_files(&self.cert, &self.key, &self.client_ca)
-            .reload_interval(Duration::from_millis(self.reload_ms));
+            .reload_interval(Duration::from_millis(self.reload_ms))
+            .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms));
         for crl in &self.crl {
             builder = builder.crl_file(crl);
         }

@@ -3,6 +3,12 @@
 // happened in one line, exit code 0 when the HTTPS request succeeded.
 //
 //	go run go_tls_client.go -addr 127.0.0.1:8443 -ca ca.pem -cert client.pem -key client.key
+//
+// Output, one line:
+//
+//	STATUS <code> <HTTP proto> <TLS version> <body>   the server answered (exit 0 for 200, 3 otherwise)
+//	REFUSED <error>                                    no HTTP response (exit 1)
+//	SETUP-ERROR <error>                                bad arguments or files (exit 2)
 package main
 
 import (
@@ -13,8 +19,20 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
+
+func tlsVersion(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "TLS1.3"
+	case tls.VersionTLS12:
+		return "TLS1.2"
+	default:
+		return fmt.Sprintf("TLS-0x%04x", v)
+	}
+}
 
 func main() {
 	addr := flag.String("addr", "", "host:port of the server")
@@ -42,11 +60,16 @@ func main() {
 			fmt.Printf("SETUP-ERROR cannot load client certificate: %v\n", err)
 			os.Exit(2)
 		}
-		cfg.Certificates = []tls.Certificate{pair}
+		// Present the certificate whatever CA names the server asks for (Go would otherwise
+		// send none when its issuer is not in the list), so the server's own check is tested.
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &pair, nil
+		}
 	}
 	client := &http.Client{
-		Timeout:   10 * time.Second,
-		Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true},
+		Timeout: 10 * time.Second,
+		// One attempt, no connection reuse: each run is exactly one handshake.
+		Transport: &http.Transport{TLSClientConfig: cfg, ForceAttemptHTTP2: true, DisableKeepAlives: true},
 	}
 	resp, err := client.Get("https://" + *addr + *path)
 	if err != nil {
@@ -55,7 +78,11 @@ func main() {
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(resp.Body)
-	fmt.Printf("STATUS %d %s %s\n", resp.StatusCode, resp.Proto, string(body))
+	version := "unknown"
+	if resp.TLS != nil {
+		version = tlsVersion(resp.TLS.Version)
+	}
+	fmt.Printf("STATUS %d %s %s %s\n", resp.StatusCode, resp.Proto, version, strings.TrimSpace(string(body)))
 	if resp.StatusCode != 200 {
 		os.Exit(3)
 	}
