@@ -41,6 +41,10 @@
 //! # Ok::<(), mtls_verify::Error>(())
 //! ```
 
+/// The rustls this crate is built against (0.23, aws-lc-rs), re-exported so callers use the
+/// same version.
+pub use rustls;
+
 pub use authorizer::{AuthorizeIdentity, IdentityAuthorizer, Rejection};
 pub use client::{ClientConfigBuilder, ClientTls};
 pub use error::Error;
