@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Empty};
@@ -104,7 +104,14 @@ pub struct ExampleServer {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
+    stderr: Arc<Log>,
+}
+
+/// Text a child printed, with a condition variable signalled at each new line.
+#[derive(Default)]
+struct Log {
+    text: Mutex<String>,
+    grew: Condvar,
 }
 
 impl ExampleServer {
@@ -121,7 +128,7 @@ impl ExampleServer {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start example {example}: {e}"));
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Log::default());
         drain_into(child.stderr.take().expect("stderr piped"), stderr.clone());
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel::<SocketAddr>();
@@ -162,7 +169,33 @@ impl ExampleServer {
 
     /// What the server logged so far.
     pub fn stderr(&self) -> String {
-        self.stderr.lock().map(|s| s.clone()).unwrap_or_default()
+        self.stderr
+            .text
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the server has logged `count` lines containing all of `words`; panics
+    /// with the log after the guard timeout.
+    pub fn wait_for_log_lines(&self, words: &[&str], count: usize) {
+        let matching = |text: &String| {
+            text.lines()
+                .filter(|l| words.iter().all(|w| l.contains(w)))
+                .count()
+        };
+        let text = self.stderr.text.lock().expect("log lock");
+        let (text, timeout) = self
+            .stderr
+            .grew
+            .wait_timeout_while(text, GUARD, |t| matching(t) < count)
+            .expect("log lock");
+        assert!(
+            !timeout.timed_out(),
+            "the server logged {} of {count} lines with {words:?}:\n{}",
+            matching(&text),
+            *text
+        );
     }
 
     /// Whether the process is still running.
@@ -189,15 +222,16 @@ impl Drop for ExampleServer {
     }
 }
 
-fn drain_into<R: Read + Send + 'static>(from: R, into: Arc<Mutex<String>>) {
+fn drain_into<R: Read + Send + 'static>(from: R, into: Arc<Log>) {
     std::thread::spawn(move || {
         let reader = BufReader::new(from);
         for line in reader.lines() {
             let Ok(line) = line else { return };
-            if let Ok(mut s) = into.lock() {
+            if let Ok(mut s) = into.text.lock() {
                 s.push_str(&line);
                 s.push('\n');
             }
+            into.grew.notify_all();
         }
     });
 }
