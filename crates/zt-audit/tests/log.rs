@@ -211,7 +211,7 @@ fn batched_mode_fsyncs_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::builder(dir.path())
         .durability(Durability::Batched {
-            interval: Duration::from_millis(5),
+            interval: Duration::from_millis(20),
         })
         .open()
         .unwrap();
