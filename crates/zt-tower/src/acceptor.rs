@@ -180,10 +180,15 @@ async fn accept_loop(
     }
 }
 
-async fn handshake(socket: TcpStream, remote_addr: SocketAddr, tls: &ServerTls) -> Option<TlsStream> {
+async fn handshake(
+    socket: TcpStream,
+    remote_addr: SocketAddr,
+    tls: &ServerTls,
+) -> Option<TlsStream> {
     let local_addr = socket.local_addr().ok();
     let acceptor = TlsAcceptor::from(tls.config());
-    let stream = match tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(socket)).await {
+    let stream = match tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(socket)).await
+    {
         Ok(Ok(stream)) => stream,
         Ok(Err(err)) => {
             tracing::info!(%remote_addr, error = %err, "TLS handshake refused");
@@ -210,7 +215,10 @@ async fn handshake(socket: TcpStream, remote_addr: SocketAddr, tls: &ServerTls) 
         server_name: conn.server_name().map(str::to_owned),
         resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),
     };
-    Some(TlsStream { inner: stream, info })
+    Some(TlsStream {
+        inner: stream,
+        info,
+    })
 }
 
 /// One accepted, verified TLS connection.

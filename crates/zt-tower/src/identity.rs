@@ -125,8 +125,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for VerifiedPeer {
     ) -> Result<Self, Self::Rejection> {
         match peer_identity(&parts.extensions) {
             Some(id) => Ok(VerifiedPeer(id.clone())),
-            None => Err(crate::Rejection::permission_denied("client certificate required")
-                .into_response(&parts.headers)),
+            None => Err(
+                crate::Rejection::permission_denied("client certificate required")
+                    .into_response(&parts.headers),
+            ),
         }
     }
 }

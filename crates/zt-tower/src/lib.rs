@@ -5,15 +5,20 @@
 //!   that verifies client certificates with [`mtls_verify`] and attaches a
 //!   [`TlsConnectInfo`] (with the [`PeerIdentity`](mtls_verify::PeerIdentity)) to every request.
 //! * [`RequireIdentityLayer`] — allow or deny by the verified identity.
+//! * `JwtAuthLayer`, `RequireScopeLayer` (feature `jwt`) — bearer tokens with
+//!   [`jwt_oidc`](https://docs.rs/jwt-oidc), certificate-bound to the mTLS identity.
 //! * [`rejection`] — the single place where a denial becomes an HTTP or gRPC response.
 //!
 //! Identity flows down as request extensions; nothing is read from headers that claim one.
 //!
-//! Features: `axum` (the [`VerifiedPeer`] extractor and `axum::serve` support), `tonic`
-//! (tonic's `Connected` for [`TlsStream`] and [`RequestIdentityExt`]).
+//! Features: `axum` (the `VerifiedPeer` extractor and `axum::serve` support), `tonic`
+//! (tonic's `Connected` for [`TlsStream`] and `RequestIdentityExt`), `jwt` (the bearer-token
+//! layers).
 
 mod acceptor;
 mod identity;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 pub mod rejection;
 mod require_identity;
 
@@ -23,5 +28,14 @@ pub use identity::RequestIdentityExt;
 #[cfg(feature = "axum")]
 pub use identity::VerifiedPeer;
 pub use identity::{TlsConnectInfo, connect_info, peer_identity};
+#[cfg(all(feature = "jwt", feature = "tonic"))]
+pub use jwt::RequestClaimsExt;
+#[cfg(all(feature = "jwt", feature = "axum"))]
+pub use jwt::TokenClaims;
+#[cfg(feature = "jwt")]
+pub use jwt::{
+    CheckClaims, JwtAuth, JwtAuthLayer, JwtResponseFuture, RequireClaims, RequireClaimsLayer,
+    RequireScopeLayer, request_claims,
+};
 pub use rejection::Rejection;
 pub use require_identity::{RequireIdentity, RequireIdentityLayer, ResponseFuture};

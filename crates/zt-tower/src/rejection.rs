@@ -177,8 +177,9 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
-            ct.strip_prefix("application/grpc")
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('+') || rest.starts_with(';'))
+            ct.strip_prefix("application/grpc").is_some_and(|rest| {
+                rest.is_empty() || rest.starts_with('+') || rest.starts_with(';')
+            })
         })
 }
 
@@ -221,13 +222,19 @@ mod tests {
             .with_bearer_error("invalid_token")
             .into_http_response();
         assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(res.headers()[WWW_AUTHENTICATE], "Bearer error=\"invalid_token\"");
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"invalid_token\""
+        );
 
         let res: Response<()> = Rejection::permission_denied("x")
             .with_bearer_error("insufficient_scope")
             .into_http_response();
         assert_eq!(res.status(), StatusCode::FORBIDDEN);
-        assert_eq!(res.headers()[WWW_AUTHENTICATE], "Bearer error=\"insufficient_scope\"");
+        assert_eq!(
+            res.headers()[WWW_AUTHENTICATE],
+            "Bearer error=\"insufficient_scope\""
+        );
 
         let res: Response<()> = Rejection::permission_denied("x").into_http_response();
         assert!(res.headers().get(WWW_AUTHENTICATE).is_none());
@@ -238,8 +245,8 @@ mod tests {
 
     #[test]
     fn grpc_trailers_only() {
-        let res: Response<()> =
-            Rejection::unauthenticated("bad token").into_response(&grpc_headers("application/grpc"));
+        let res: Response<()> = Rejection::unauthenticated("bad token")
+            .into_response(&grpc_headers("application/grpc"));
         assert_eq!(res.status(), StatusCode::OK);
         assert_eq!(res.headers()["grpc-status"], "16");
         assert_eq!(res.headers()["grpc-message"], "bad token");

@@ -56,7 +56,8 @@ impl RequireIdentityLayer {
 
 impl fmt::Debug for RequireIdentityLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequireIdentityLayer").finish_non_exhaustive()
+        f.debug_struct("RequireIdentityLayer")
+            .finish_non_exhaustive()
     }
 }
 
