@@ -82,13 +82,21 @@ fn check_failure_then_recovery(
             }
         }
     }
+    // The async API reports the same.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    match rt.block_on(log.append_async(record(0))) {
+        Err(e) => assert!(closed && io_errno(&e) == Some(expected_errno), "{e}"),
+        Ok(r) => assert!(!closed && r == Receipt::Dropped, "{r:?}"),
+    }
     let stats = log.stats();
     assert!(stats.alarm, "{stats:?}");
-    assert!(stats.write_errors >= 6, "{stats:?}");
+    assert!(stats.write_errors >= 7, "{stats:?}");
     if closed {
         assert_eq!(stats.dropped, 0);
     } else {
-        assert!(stats.dropped >= 6, "{stats:?}");
+        assert!(stats.dropped >= 7, "{stats:?}");
         assert!(log.alarm());
     }
     assert_intact(log, written);
