@@ -35,7 +35,8 @@ pub const GUARD: Duration = Duration::from_secs(60);
 /// `target/<profile>/deps/<test>-<hash>` → `target/<profile>/examples/<name>`.
 ///
 /// `cargo test` builds the examples with the tests, but `cargo test --test X` does not; when
-/// the binary is missing it is built once with the same cargo and profile.
+/// the binary is missing, or older than a file in `examples/`, the examples are built once
+/// with the same cargo, profile and target dir.
 pub fn example_bin(name: &str) -> PathBuf {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let exe = std::env::current_exe().expect("current_exe");
@@ -44,7 +45,7 @@ pub fn example_bin(name: &str) -> PathBuf {
         .and_then(Path::parent)
         .expect("test binary lives in target/<profile>/deps");
     let bin = profile_dir.join("examples").join(name);
-    if bin.exists() {
+    if !needs_build(&bin) {
         return bin;
     }
     let built = BUILT.get_or_init(|| build_examples(profile_dir));
@@ -55,11 +56,38 @@ pub fn example_bin(name: &str) -> PathBuf {
             bin.display()
         ),
         Err(why) => panic!(
-            "example binary {} is missing and could not be built ({why}); run \
+            "example binary {} is missing or stale and could not be built ({why}); run \
              `cargo build --examples` (with the same profile and target dir) first",
             bin.display()
         ),
     }
+}
+
+/// Whether `bin` is missing or older than a source file under `examples/`.
+fn needs_build(bin: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(bin).and_then(|m| m.modified()) else {
+        return true;
+    };
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut dirs = vec![examples];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|changed| changed > built)
+            {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 fn build_examples(profile_dir: &Path) -> Result<(), String> {
@@ -129,7 +157,7 @@ impl ExampleServer {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start example {example}: {e}"));
         let stderr = Arc::new(Log::default());
-        drain_into(child.stderr.take().expect("stderr piped"), stderr.clone());
+        let stderr_done = drain_into(child.stderr.take().expect("stderr piped"), stderr.clone());
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = mpsc::channel::<SocketAddr>();
         std::thread::spawn(move || {
@@ -152,9 +180,13 @@ impl ExampleServer {
         match rx.recv_timeout(GUARD) {
             Ok(addr) => server.addr = addr,
             Err(_) => {
-                let status = server.child.try_wait().ok().flatten();
+                let _ = server.child.kill();
+                let status = server.child.wait();
+                let _ = stderr_done.join();
                 panic!(
-                    "example {example} did not print `listening on` (exit: {status:?}); stderr:\n{}",
+                    "example {example} ({}) did not print `listening on` (exit: {status:?}); \
+                     stderr:\n{}",
+                    example_bin(example).display(),
                     server.stderr()
                 );
             }
@@ -222,7 +254,7 @@ impl Drop for ExampleServer {
     }
 }
 
-fn drain_into<R: Read + Send + 'static>(from: R, into: Arc<Log>) {
+fn drain_into<R: Read + Send + 'static>(from: R, into: Arc<Log>) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let reader = BufReader::new(from);
         for line in reader.lines() {
@@ -233,7 +265,7 @@ fn drain_into<R: Read + Send + 'static>(from: R, into: Arc<Log>) {
             }
             into.grew.notify_all();
         }
-    });
+    })
 }
 
 /// How a run of an example that should not start ended.
