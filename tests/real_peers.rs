@@ -21,7 +21,8 @@
 //! look for the alert and for the absence of an HTTP response, never at an exit code alone.
 //!
 //! The tests need the tools, so they are `#[ignore]`d; `cargo xtask test` installs the Debian
-//! packages `openssl curl golang-go` and the PyPI package `grpcio` and runs them.
+//! packages `openssl curl golang-go` and the PyPI package `grpcio`
+//! (`tests/peers/requirements.txt`) and runs them.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;

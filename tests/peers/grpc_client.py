@@ -86,7 +86,7 @@ def main() -> int:
     try:
         import grpc
     except ImportError as err:
-        print(f"SETUP-ERROR grpcio is not installed (pip install grpcio): {err}")
+        print(f"SETUP-ERROR grpcio is not installed (pip install -r tests/peers/requirements.txt): {err}")
         return 2
 
     try:
