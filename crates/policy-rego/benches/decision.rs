@@ -120,15 +120,37 @@ fn rbac_inputs() -> (PolicyInput, PolicyInput) {
 
 fn envoy_inputs() -> (PolicyInput, PolicyInput) {
     (
-        http_input("GET", "/api/v1/products", "spiffe://example.org/x", Some("bob")),
-        http_input("GET", "/api/v1/products", "spiffe://example.org/x", Some("alice")),
+        http_input(
+            "GET",
+            "/api/v1/products",
+            "spiffe://example.org/x",
+            Some("bob"),
+        ),
+        http_input(
+            "GET",
+            "/api/v1/products",
+            "spiffe://example.org/x",
+            Some("alice"),
+        ),
     )
 }
 
 const VARIANTS: [(Evaluator, EngineReuse, &str); 4] = [
-    (Evaluator::Interpreter, EngineReuse::PerThread, "interpreter/per_thread"),
-    (Evaluator::Interpreter, EngineReuse::Pool, "interpreter/pool"),
-    (Evaluator::Auto, EngineReuse::PerThread, "compiled/per_thread"),
+    (
+        Evaluator::Interpreter,
+        EngineReuse::PerThread,
+        "interpreter/per_thread",
+    ),
+    (
+        Evaluator::Interpreter,
+        EngineReuse::Pool,
+        "interpreter/pool",
+    ),
+    (
+        Evaluator::Auto,
+        EngineReuse::PerThread,
+        "compiled/per_thread",
+    ),
     (Evaluator::Auto, EngineReuse::Pool, "compiled/pool"),
 ];
 
@@ -210,42 +232,74 @@ fn histogram(label: &str, engine: &PolicyEngine, input: &PolicyInput) {
     );
 }
 
-fn decisions_per_sec(engine: &PolicyEngine, input: &PolicyInput, threads: usize) -> f64 {
-    let per_thread = Duration::from_secs(2);
+/// CPU time of the calling thread (Linux: /proc/thread-self/schedstat), so scaling can be
+/// judged on a machine shared with other work.
+fn thread_cpu_ns() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace().next()?.parse().ok()
+}
+
+struct Rates {
+    /// Decisions per wall-clock second, all threads together.
+    wall: f64,
+    /// Decisions per CPU second, summed over threads: the rate if each had a core.
+    cpu: Option<f64>,
+}
+
+fn decisions_per_sec(engine: &PolicyEngine, input: &PolicyInput, threads: usize) -> Rates {
+    const PER_THREAD: u64 = 60_000;
     let start = std::sync::Barrier::new(threads);
-    let total: u64 = std::thread::scope(|s| {
+    let t0 = Instant::now();
+    let results: Vec<(u64, Option<u64>)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 let engine = engine.clone();
                 let start = &start;
+                // Each thread decides on its own copy, as separate requests would.
+                let input = PolicyInput::from_json(input.to_json());
                 s.spawn(move || {
                     for _ in 0..1_000 {
-                        black_box(engine.decide(input));
+                        black_box(engine.decide(&input));
                     }
                     start.wait();
-                    let t = Instant::now();
-                    let mut n = 0u64;
-                    while t.elapsed() < per_thread {
-                        for _ in 0..100 {
-                            black_box(engine.decide(input));
-                        }
-                        n += 100;
+                    let cpu0 = thread_cpu_ns();
+                    for _ in 0..PER_THREAD {
+                        black_box(engine.decide(&input));
                     }
-                    n
+                    let cpu = cpu0.zip(thread_cpu_ns()).map(|(a, b)| b.saturating_sub(a));
+                    (PER_THREAD, cpu)
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).sum()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    total as f64 / per_thread.as_secs_f64()
+    let wall = t0.elapsed().as_secs_f64();
+    let total: u64 = results.iter().map(|r| r.0).sum();
+    let cpu = results
+        .iter()
+        .map(|(n, cpu)| cpu.map(|c| *n as f64 / (c as f64 / 1e9)))
+        .sum::<Option<f64>>();
+    Rates {
+        wall: total as f64 / wall,
+        cpu,
+    }
 }
 
 fn scaling(label: &str, engine: &PolicyEngine, input: &PolicyInput) {
     let one = decisions_per_sec(engine, input, 1);
     let two = decisions_per_sec(engine, input, 2);
+    let cpu = match (one.cpu, two.cpu) {
+        (Some(a), Some(b)) => format!(
+            "per CPU-second 1 thread {a:>8.0}/s  2 threads {b:>8.0}/s  ratio {:.2}",
+            b / a
+        ),
+        _ => "CPU time unavailable".into(),
+    };
     println!(
-        "throughput {label:<37} 1 thread {one:>10.0}/s  2 threads {two:>10.0}/s  ratio {:.2}",
-        two / one
+        "throughput {label:<37} wall 1 thread {:>8.0}/s  2 threads {:>8.0}/s  ratio {:.2} | {cpu}",
+        one.wall,
+        two.wall,
+        two.wall / one.wall
     );
 }
 
@@ -271,7 +325,11 @@ fn main() {
         histogram(&format!("envoy deny {label}"), &envoy, &envoy_deny);
     }
     for (evaluator, reuse, label) in VARIANTS {
-        scaling(&format!("rbac allow {label}"), &rbac_engine(evaluator, reuse), &rbac_allow);
+        scaling(
+            &format!("rbac allow {label}"),
+            &rbac_engine(evaluator, reuse),
+            &rbac_allow,
+        );
     }
     scaling(
         "envoy allow compiled/per_thread",
