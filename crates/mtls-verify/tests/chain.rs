@@ -292,3 +292,64 @@ fn a_verifier_obtained_from_the_server_applies_the_same_policy() {
         "{err}"
     );
 }
+
+/// A CRL from `ca` whose nextUpdate was yesterday.
+fn expired_crl(ca: &TestCa) -> rcgen::CertificateRevocationList {
+    let now = time::OffsetDateTime::now_utc();
+    rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::days(2),
+        next_update: now - time::Duration::days(1),
+        crl_number: rcgen::SerialNumber::from_slice(&[7]),
+        issuing_distribution_point: None,
+        revoked_certs: Vec::new(),
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    }
+    .signed_by(&issuer_of(ca))
+    .unwrap()
+}
+
+#[test]
+fn expired_crls_are_refused_unless_allowed() {
+    let pki = TestPki::new();
+    let crl = expired_crl(&pki.ca);
+    let crl_pem = crl.pem().unwrap();
+    let builder = || {
+        ServerConfigBuilder::from_pem(
+            pki.server.chain_pem.as_bytes(),
+            pki.server.key_pem.as_bytes(),
+            pki.ca.cert_pem.as_bytes(),
+        )
+        .crl_pem(crl_pem.as_bytes())
+    };
+    let err = builder().build().unwrap_err();
+    assert!(matches!(err, Error::Crl { .. }), "{err}");
+    assert!(err.to_string().contains("expired"), "{err}");
+    builder().allow_expired_crls().build().unwrap();
+
+    let err = verify_client_chain(
+        &pki.client.chain_der,
+        &options(&pki).crls(vec![crl.der().clone()]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Crl { .. }), "{err}");
+    let relaxed = options(&pki)
+        .crls(vec![crl.der().clone()])
+        .allow_expired_crls();
+    verify_client_chain(&pki.client.chain_der, &relaxed).unwrap();
+}
+
+#[test]
+fn a_crl_that_expires_while_serving_fails_closed() {
+    let pki = TestPki::new();
+    // Valid now (nextUpdate in a day); verify as of two days from now.
+    let crl = pki.ca.crl(&[]);
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2 * 86400);
+    let strict = options(&pki).crls(vec![crl.der.clone()]).at_time(later);
+    let err = verify_client_chain(&pki.client.chain_der, &strict).unwrap_err();
+    assert!(err.to_string().contains("nextUpdate"), "{err}");
+    let relaxed = options(&pki)
+        .crls(vec![crl.der.clone()])
+        .allow_expired_crls()
+        .at_time(later);
+    verify_client_chain(&pki.client.chain_der, &relaxed).unwrap();
+}
