@@ -542,7 +542,7 @@ impl PolicySet {
     ) -> std::result::Result<Value, String> {
         match self.inner.options.reuse {
             EngineReuse::PerThread => with_thread_slot(
-                self.inner.id,
+                &self.inner,
                 0,
                 || self.new_vm(program).map(|vm| Slot::Vm(Box::new(vm))),
                 |slot| match slot {
@@ -573,7 +573,7 @@ impl PolicySet {
     ) -> std::result::Result<Value, String> {
         match self.inner.options.reuse {
             EngineReuse::PerThread => with_thread_slot(
-                self.inner.id,
+                &self.inner,
                 1,
                 || Ok(Slot::Engine(Box::new(self.inner.template.clone()))),
                 |slot| match slot {
@@ -760,12 +760,16 @@ enum Slot {
 /// interpreter for the old and the new set during a reload, and room for a few more engines.
 const THREAD_SLOTS: usize = 6;
 
+/// A thread's evaluator for one policy set: (set id, kind), the set (weakly, so evaluators
+/// of replaced sets are dropped), the evaluator.
+type SlotEntry = ((u64, u8), std::sync::Weak<SetInner>, Slot);
+
 thread_local! {
-    static SLOTS: RefCell<Vec<((u64, u8), Slot)>> = const { RefCell::new(Vec::new()) };
+    static SLOTS: RefCell<Vec<SlotEntry>> = const { RefCell::new(Vec::new()) };
 }
 
 fn with_thread_slot(
-    set_id: u64,
+    set: &Arc<SetInner>,
     kind: u8,
     init: impl FnOnce() -> std::result::Result<Slot, String>,
     f: impl FnOnce(&mut Slot) -> std::result::Result<Value, String>,
@@ -776,19 +780,21 @@ fn with_thread_slot(
             // use a fresh evaluator.
             return f(&mut init()?);
         };
-        let key = (set_id, kind);
-        let idx = match slots.iter().position(|(k, _)| *k == key) {
+        let key = (set.id, kind);
+        let idx = match slots.iter().position(|(k, _, _)| *k == key) {
             Some(i) => i,
             None => {
                 let slot = init()?;
+                // Drop evaluators of sets that were replaced and are gone.
+                slots.retain(|(_, weak, _)| weak.strong_count() > 0);
                 if slots.len() >= THREAD_SLOTS {
                     slots.pop();
                 }
-                slots.insert(0, (key, slot));
+                slots.insert(0, (key, Arc::downgrade(set), slot));
                 0
             }
         };
-        let Some((_, slot)) = slots.get_mut(idx) else {
+        let Some((_, _, slot)) = slots.get_mut(idx) else {
             return Err("internal: evaluator slot vanished".into());
         };
         let r = f(slot);
