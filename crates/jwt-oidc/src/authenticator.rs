@@ -16,7 +16,7 @@ use crate::key_cache::{
 };
 use crate::source::{HttpJwksSource, HttpMode, JwksSource};
 use crate::token::{self, RawClaims};
-use crate::token_cache::{self, Entry, TokenCache};
+use crate::token_cache::{Entry, TokenCache};
 use crate::{Algorithm, AuthError, Claims};
 
 /// A custom check run on every validation (cache hits included) after the built-in ones.
@@ -368,9 +368,9 @@ impl JwtAuthenticator {
             .into();
         }
         let now = unix_secs(ctx.now);
-        let digest = inner.cache.as_ref().map(|_| token_cache::digest(token));
-        if let (Some(cache), Some(d)) = (&inner.cache, &digest)
-            && let Some(hit) = cache.with_hit(d, |e| self.check_hit(e, ctx, now))
+        let hash = inner.cache.as_ref().map(|c| c.hash(token));
+        if let (Some(cache), Some(h)) = (&inner.cache, hash)
+            && let Some(hit) = cache.with_hit(token, h, |e| self.check_hit(e, ctx, now))
             && let Some(result) = hit
         {
             return Step::Done(result);
@@ -378,8 +378,19 @@ impl JwtAuthenticator {
 
         // Header.
         let seg = tri!(token::split(token));
-        let header_json = tri!(token::b64_decode(seg.header, "header is not base64url"));
-        let header = tri!(token::parse_header(&header_json));
+        let mut header_buf = [0u8; 768];
+        let header_vec;
+        let header_json: &[u8] = if seg.header.len() <= 1020 {
+            tri!(token::b64_decode_into(
+                seg.header,
+                &mut header_buf,
+                "header is not base64url"
+            ))
+        } else {
+            header_vec = tri!(token::b64_decode(seg.header, "header is not base64url"));
+            &header_vec
+        };
+        let header = tri!(token::parse_header(header_json));
         for (present, name) in [
             (header.jwk.is_some(), "jwk"),
             (header.jku.is_some(), "jku"),
@@ -431,7 +442,7 @@ impl JwtAuthenticator {
         // Claims, unverified: only to pick the issuer (exact match) before any key is used.
         let payload_bytes = tri!(token::b64_decode(seg.payload, "payload is not base64url"));
         let payload_json = tri!(
-            std::str::from_utf8(&payload_bytes)
+            String::from_utf8(payload_bytes)
                 .map_err(|_| AuthError::Malformed("claims set is not UTF-8"))
         );
         let raw = tri!(token::parse_claims(&payload_json));
@@ -518,15 +529,18 @@ impl JwtAuthenticator {
 
         // Claims.
         tri!(token::check_depth(payload_json.as_bytes()));
-        let claims = tri!(self.build_claims(&raw, payload_json, issuer, key));
+        let mut claims = tri!(self.build_claims(&raw, &payload_json, issuer, key));
+        drop(raw);
+        claims.payload = payload_json;
         tri!(self.check_request(&claims, ctx, now));
         let claims = Arc::new(claims);
-        if let (Some(cache), Some(digest)) = (&inner.cache, digest)
+        if let (Some(cache), Some(hash)) = (&inner.cache, hash)
             && now < claims.expires_at
         {
             cache.insert(
                 Entry {
-                    digest,
+                    hash,
+                    token: token.into(),
                     claims: Arc::clone(&claims),
                     key: Arc::clone(key),
                     issuer: issuer_index,
@@ -644,7 +658,7 @@ impl JwtAuthenticator {
             cert_thumbprint,
             key_id: key.kid().map(Into::into),
             algorithm: key.algorithm(),
-            payload: payload_json.into(),
+            payload: String::new(),
             roles_path: cfg.roles_path.clone(),
             raw: std::sync::OnceLock::new(),
             roles: std::sync::OnceLock::new(),

@@ -23,7 +23,7 @@ pub struct Claims {
     pub(crate) cert_thumbprint: Option<[u8; 32]>,
     pub(crate) key_id: Option<Box<str>>,
     pub(crate) algorithm: Algorithm,
-    pub(crate) payload: Box<str>,
+    pub(crate) payload: String,
     pub(crate) roles_path: Option<Arc<[Box<str>]>>,
     pub(crate) raw: OnceLock<serde_json::Value>,
     pub(crate) roles: OnceLock<Box<[Box<str>]>>,

@@ -37,9 +37,9 @@
 //! # How validation works
 //!
 //! 1. Tokens longer than the limit (8 KiB) are refused unparsed.
-//! 2. With the token cache on, the SHA-256 of the token is looked up; a hit still runs the
-//!    per-request checks (time, certificate binding, required scopes, custom check) and is
-//!    dropped when its key leaves the JWKS or its `exp` passes.
+//! 2. With the token cache on, the token is looked up (by a hash, then compared whole); a hit
+//!    still runs the per-request checks (time, certificate binding, required scopes, custom
+//!    check) and is dropped when its key leaves the JWKS or its `exp` passes.
 //! 3. The header is parsed: `jwk`, `jku`, `x5u`, `x5c` are refused, `alg` must be an
 //!    asymmetric algorithm in the allow-list, unknown `crit` entries are refused, `typ` is
 //!    checked when required.

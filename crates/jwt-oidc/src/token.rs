@@ -23,14 +23,17 @@ pub(crate) struct Segments<'t> {
 
 pub(crate) fn split(token: &str) -> Result<Segments<'_>, AuthError> {
     let bytes = token.as_bytes();
-    let mut dots = bytes
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| **b == b'.')
-        .map(|(i, _)| i);
-    let (Some(first), Some(second), None) = (dots.next(), dots.next(), dots.next()) else {
+    // Only the first and the last dot are searched for: a dot between them lands in the
+    // payload, which base64url decoding then refuses, so the payload is not scanned twice.
+    let (Some(first), Some(second)) = (
+        bytes.iter().position(|b| *b == b'.'),
+        bytes.iter().rposition(|b| *b == b'.'),
+    ) else {
         return Err(AuthError::Malformed("not three dot-separated segments"));
     };
+    if first == second {
+        return Err(AuthError::Malformed("not three dot-separated segments"));
+    }
     let (header, rest) = bytes.split_at(first);
     let payload = &rest[1..second - first];
     let signature = &bytes[second + 1..];
@@ -322,9 +325,13 @@ mod tests {
     #[test]
     fn split_needs_exactly_three_non_empty_parts() {
         assert!(split("a.b.c").is_ok());
-        for bad in ["", "a.b", "a.b.c.d", ".b.c", "a..c", "a.b.", "...."] {
+        for bad in ["", "a.b", ".b.c", "a..c", "a.b.", "...", "abc"] {
             assert!(split(bad).is_err(), "{bad}");
         }
+        // Extra dots end up in the payload, where base64url decoding refuses them.
+        let extra = split("a.b.c.d").unwrap();
+        assert_eq!(extra.payload, b"b.c");
+        assert!(b64_decode(extra.payload, "payload").is_err());
         let s = split("aa.bb.cc").unwrap();
         assert_eq!(s.signing_input, b"aa.bb");
         assert_eq!(s.signature, b"cc");

@@ -436,3 +436,22 @@ async fn jsonwebtoken_minted_tokens_verify_through_every_entry_point() {
         .unwrap();
     assert!(jsonwebtoken::decode::<Value>(&tokens[1], &dk, &v).is_ok());
 }
+
+/// Tower layers and spawned tasks need `Send` futures and a `Send + Sync` authenticator.
+#[test]
+fn futures_are_send_and_the_authenticator_is_shareable() {
+    fn send<T: Send>(_: &T) {}
+    fn shareable<T: Send + Sync + Clone + 'static>(_: &T) {}
+    let key = TestKey::generate(Algorithm::Es256, "k1");
+    let auth = auth_for(&[&key]);
+    shareable(&auth);
+    let ctx = RequestContext::new();
+    let token = key.token(&claims());
+    let validate = auth.validate(&token, &ctx);
+    send(&validate);
+    let refresh = auth.refresh(ISS);
+    send(&refresh);
+    let ensure = auth.ensure_keys();
+    send(&ensure);
+    drop((validate, refresh, ensure));
+}
