@@ -57,7 +57,7 @@ use jwt_oidc::{AuthError, BearerError, Claims, JwtAuthenticator, RequestContext}
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Rejection, ResponseFuture, peer_identity};
+use crate::{Rejection, ResponseFuture, notes, peer_identity};
 
 // === impl JwtAuthLayer ===
 
@@ -218,6 +218,7 @@ where
             }
             Err(TokenError::Missing) => {
                 tracing::info!("request refused: no bearer token");
+                notes::denied(req.extensions(), "jwt", "missing bearer token");
                 let res = invalid_token("missing bearer token").into_response(req.headers());
                 return JwtResponseFuture::new(async move { Ok(res) });
             }
@@ -226,6 +227,7 @@ where
                     reason = why,
                     "request refused: malformed Authorization header"
                 );
+                notes::denied(req.extensions(), "jwt", why);
                 let res = invalid_token("invalid token").into_response(req.headers());
                 return JwtResponseFuture::new(async move { Ok(res) });
             }
@@ -238,6 +240,9 @@ where
         JwtResponseFuture::new(async move {
             match auth.validate(&token, &ctx).await {
                 Ok(claims) => {
+                    notes::note(req.extensions(), |n| {
+                        n.token_subject = claims.subject().map(str::to_owned);
+                    });
                     req.extensions_mut().insert(claims);
                     inner.call(req).await
                 }
@@ -247,7 +252,9 @@ where
                     } else {
                         tracing::info!(error = %err, "request refused: invalid token");
                     }
-                    Ok(rejection_for(&err).into_response(req.headers()))
+                    let rejection = rejection_for(&err);
+                    notes::denied(req.extensions(), "jwt", &err.to_string());
+                    Ok(rejection.into_response(req.headers()))
                 }
             }
         })
@@ -459,7 +466,10 @@ where
         };
         match verdict {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
-            Err(rejection) => ResponseFuture::rejected(rejection.into_response(req.headers())),
+            Err(rejection) => {
+                notes::denied(req.extensions(), "scope", rejection.reason());
+                ResponseFuture::rejected(rejection.into_response(req.headers()))
+            }
         }
     }
 }

@@ -9,20 +9,32 @@
 //!   [`jwt_oidc`](https://docs.rs/jwt-oidc), certificate-bound to the mTLS identity.
 //! * [`rejection`] — the single place where a denial becomes an HTTP or gRPC response.
 //!
+//! * `PolicyLayer` (feature `policy`) — Rego decisions with `policy-rego`.
+//! * `AuditLayer` (feature `audit`) — one hash-chained audit record per request with `zt-audit`.
+//!
 //! Identity flows down as request extensions; nothing is read from headers that claim one.
 //!
 //! Features: `axum` (the `VerifiedPeer` extractor and `axum::serve` support), `tonic`
 //! (tonic's `Connected` for [`TlsStream`] and `RequestIdentityExt`), `jwt` (the bearer-token
-//! layers).
+//! layers), `policy`, `audit`.
 
 mod acceptor;
+#[cfg(feature = "audit")]
+pub mod audit;
 mod identity;
 #[cfg(feature = "jwt")]
 pub mod jwt;
+mod notes;
+#[cfg(feature = "policy")]
+pub mod policy;
 pub mod rejection;
 mod require_identity;
 
 pub use acceptor::{TlsIncoming, TlsListener, TlsListenerOptions, TlsStream};
+#[cfg(all(feature = "audit", feature = "policy"))]
+pub use audit::decision_log_sink;
+#[cfg(feature = "audit")]
+pub use audit::{Audit, AuditLayer, AuditResponseFuture};
 #[cfg(feature = "tonic")]
 pub use identity::RequestIdentityExt;
 #[cfg(feature = "axum")]
@@ -37,5 +49,9 @@ pub use jwt::{
     CheckClaims, JwtAuth, JwtAuthLayer, JwtResponseFuture, RequireClaims, RequireClaimsLayer,
     RequireScopeLayer, request_claims,
 };
+#[cfg(all(feature = "policy", feature = "axum"))]
+pub use policy::Decision;
+#[cfg(feature = "policy")]
+pub use policy::{Policy, PolicyLayer, policy_input, request_decision};
 pub use rejection::Rejection;
 pub use require_identity::{RequireIdentity, RequireIdentityLayer, ResponseFuture};

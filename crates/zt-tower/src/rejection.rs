@@ -183,6 +183,13 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
         })
 }
 
+/// `/package.Service/Method` → (`package.Service`, `Method`).
+pub(crate) fn grpc_method(path: &str) -> Option<(&str, &str)> {
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
+        .then_some((service, method))
+}
+
 /// gRPC's `grpc-message` encoding: printable ASCII except `%` as is, everything else `%XX`.
 fn percent_encode_grpc_message(msg: &str) -> String {
     let mut out = String::with_capacity(msg.len());
@@ -254,6 +261,17 @@ mod tests {
 
         let res: Response<()> = Rejection::unavailable("down").into_grpc_response();
         assert_eq!(res.headers()["grpc-status"], "14");
+    }
+
+    #[test]
+    fn grpc_paths() {
+        assert_eq!(
+            grpc_method("/helloworld.Greeter/SayHello"),
+            Some(("helloworld.Greeter", "SayHello"))
+        );
+        assert_eq!(grpc_method("/x"), None);
+        assert_eq!(grpc_method("/a/b/c"), None);
+        assert_eq!(grpc_method("//m"), None);
     }
 
     #[test]

@@ -141,6 +141,7 @@ where
         match verdict {
             Ok(()) => ResponseFuture::inner(self.inner.call(req)),
             Err(rejection) => {
+                crate::notes::denied(req.extensions(), "identity", rejection.reason());
                 let res = rejection.into_response(req.headers());
                 ResponseFuture::rejected(res)
             }

@@ -1,0 +1,234 @@
+//! Authorization by Rego policy with [`policy_rego`].
+//!
+//! [`PolicyLayer`] builds the OPA-Envoy-style input document from the request, the verified
+//! [`PeerIdentity`](mtls_verify::PeerIdentity) of its connection and the verified token
+//! claims (when [`JwtAuthLayer`](crate::JwtAuthLayer) runs before it), asks the
+//! [`PolicyEngine`] in force, and either passes the request on with the
+//! [`PolicyDecision`] in its extensions (`Arc<PolicyDecision>`) or refuses it: 403 for HTTP,
+//! `PERMISSION_DENIED` for gRPC, with the policy's first reason. An evaluation error, a
+//! timeout or an undefined decision denies (the engine turns each into a deny decision).
+//!
+//! The input carries `attributes.request.http` (method, path with query, host, headers
+//! without `authorization`/`cookie`/`proxy-authorization`), `attributes.source.address`
+//! and `attributes.source.principal` (the SPIFFE ID, else the certificate subject),
+//! `parsed_path`, `parsed_query`, `identity` (the peer identity JSON), `token` (the claims)
+//! and, for gRPC, `grpc.service` / `grpc.method`.
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use http::{Request, Response, StatusCode};
+//! use policy_rego::{BundleLoader, BundleWriter, PolicyEngine, PolicyOptions, PolicySet};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use zt_tower::PolicyLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let archive = BundleWriter::new()
+//!     .file("authz.rego", "package http.authz\n\ndefault allow := false\n\nallow if input.attributes.request.http.method == \"GET\"\n")
+//!     .to_tar_gz()
+//!     .unwrap();
+//! let bundle = BundleLoader::new().load_tar_gz("inline", &archive).unwrap();
+//! let options = PolicyOptions::new();
+//! let engine = PolicyEngine::with_set(PolicySet::compile(bundle, &options).unwrap(), options);
+//!
+//! let svc = ServiceBuilder::new()
+//!     .layer(PolicyLayer::new(engine))
+//!     .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
+//! let get = Request::get("/orders").body(()).unwrap();
+//! assert_eq!(svc.clone().oneshot(get).await.unwrap().status(), StatusCode::OK);
+//! let delete = Request::delete("/orders/1").body(()).unwrap();
+//! assert_eq!(svc.oneshot(delete).await.unwrap().status(), StatusCode::FORBIDDEN);
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use policy_rego::{InputBuilder, InputOptions, PolicyDecision, PolicyEngine, PolicyInput};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::rejection::{grpc_method, is_grpc};
+use crate::{Rejection, ResponseFuture, connect_info, notes, peer_identity};
+
+/// Layer that applies [`Policy`]; see the module docs.
+#[derive(Clone)]
+pub struct PolicyLayer {
+    engine: PolicyEngine,
+    options: Arc<InputOptions>,
+}
+
+impl PolicyLayer {
+    /// Decides every request with `engine` (whose policy set may be reloaded underneath).
+    pub fn new(engine: PolicyEngine) -> Self {
+        PolicyLayer {
+            engine,
+            options: Arc::new(InputOptions::default()),
+        }
+    }
+
+    /// How the input document is built (which headers are left out, …).
+    pub fn input_options(mut self, options: InputOptions) -> Self {
+        self.options = Arc::new(options);
+        self
+    }
+}
+
+impl fmt::Debug for PolicyLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PolicyLayer")
+            .field("revision", &self.engine.revision())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for PolicyLayer {
+    type Service = Policy<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Policy {
+            inner,
+            engine: self.engine.clone(),
+            options: self.options.clone(),
+        }
+    }
+}
+
+/// Middleware applied by [`PolicyLayer`].
+#[derive(Clone)]
+pub struct Policy<S> {
+    inner: S,
+    engine: PolicyEngine,
+    options: Arc<InputOptions>,
+}
+
+impl<S> Policy<S> {
+    /// The wrapped service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The wrapped service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Policy<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The policy input for a request, as [`PolicyLayer`] builds it.
+pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput {
+    let mut builder =
+        InputBuilder::new(req.method(), req.uri(), req.headers()).version(req.version());
+    if let Some(info) = connect_info(req.extensions()) {
+        builder = builder.peer_addr(info.remote_addr());
+        if let Some(local) = info.local_addr() {
+            builder = builder.local_addr(local);
+        }
+    }
+    if let Some(peer) = peer_identity(req.extensions()) {
+        let principal = peer
+            .spiffe_id()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_else(|| peer.subject().to_owned());
+        builder = builder.principal(principal);
+        if let Ok(json) = serde_json::to_value(&**peer) {
+            builder = builder.identity(json);
+        }
+    }
+    #[cfg(feature = "jwt")]
+    if let Some(claims) = crate::request_claims(req.extensions()) {
+        builder = builder.token(claims.raw().clone());
+    }
+    if is_grpc(req.headers()) {
+        if let Some((service, method)) = grpc_method(req.uri().path()) {
+            builder = builder.grpc(service, method);
+        }
+    }
+    builder.build(options)
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Policy<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let input = policy_input(&req, &self.options);
+        let decision = self.engine.decide(&input);
+        notes::note(req.extensions(), |n| {
+            n.decision = Some(if decision.allow { "allow" } else { "deny" });
+            n.decided_by = Some("policy");
+            n.reasons = decision.reasons.clone();
+            n.policy = Some((decision.decision_id.clone(), decision.revision.clone()));
+        });
+        if decision.allow {
+            req.extensions_mut().insert(Arc::new(decision));
+            ResponseFuture::inner(self.inner.call(req))
+        } else {
+            let reason = decision
+                .reasons
+                .first()
+                .cloned()
+                .unwrap_or_else(|| "denied by policy".into());
+            tracing::info!(
+                decision_id = %decision.decision_id,
+                revision = %decision.revision,
+                %reason,
+                "request refused by policy"
+            );
+            ResponseFuture::rejected(
+                Rejection::permission_denied(reason).into_response(req.headers()),
+            )
+        }
+    }
+}
+
+/// The policy decision that allowed a request, if [`PolicyLayer`] decided it.
+pub fn request_decision(extensions: &http::Extensions) -> Option<&Arc<PolicyDecision>> {
+    extensions.get::<Arc<PolicyDecision>>()
+}
+
+/// Axum extractor for the [`PolicyDecision`] that allowed the request.
+#[cfg(feature = "axum")]
+#[derive(Debug, Clone)]
+pub struct Decision(pub Arc<PolicyDecision>);
+
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Decision {
+    type Rejection = axum::response::Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match request_decision(&parts.extensions) {
+            Some(d) => Ok(Decision(d.clone())),
+            // The route is not behind a PolicyLayer: fail closed.
+            None => {
+                Err(Rejection::permission_denied("no policy decision")
+                    .into_response(&parts.headers))
+            }
+        }
+    }
+}
