@@ -253,3 +253,24 @@ fn engines_in_one_thread_do_not_share_evaluators() {
         );
     }
 }
+
+#[test]
+fn public_types_can_cross_threads() {
+    fn send_sync<T: Send + Sync + 'static>() {}
+    send_sync::<PolicyEngine>();
+    send_sync::<PolicySet>();
+    send_sync::<PolicyInput>();
+    send_sync::<PolicyDecision>();
+    send_sync::<DecisionLogRecord>();
+    send_sync::<policy_rego::PolicyWatcher>();
+    send_sync::<policy_rego::PolicyError>();
+    // An engine moves into another thread and decides there.
+    let engine = PolicyEngine::with_set(
+        set("data.http.authz.allow", PolicyOptions::new()),
+        PolicyOptions::new(),
+    );
+    let d = std::thread::spawn(move || engine.decide(&request("GET")))
+        .join()
+        .unwrap();
+    assert!(d.allow);
+}
