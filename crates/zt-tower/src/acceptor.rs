@@ -187,11 +187,12 @@ async fn handshake(
 ) -> Option<TlsStream> {
     let local_addr = socket.local_addr().ok();
     let acceptor = TlsAcceptor::from(tls.config());
-    let stream = match tokio::time::timeout(tls.handshake_timeout(), acceptor.accept(socket)).await
-    {
+    let accept = acceptor.accept(socket).into_fallible();
+    let stream = match tokio::time::timeout(tls.handshake_timeout(), accept).await {
         Ok(Ok(stream)) => stream,
-        Ok(Err(err)) => {
+        Ok(Err((err, socket))) => {
             tracing::info!(%remote_addr, error = %err, "TLS handshake refused");
+            tokio::spawn(linger_close(socket));
             return None;
         }
         Err(_) => {
@@ -219,6 +220,31 @@ async fn handshake(
         inner: stream,
         info,
     })
+}
+
+/// Closes a refused connection so the client can read our alert.
+///
+/// In TLS 1.3 the client sends its certificate and its first request together; closing
+/// the socket while that request is unread makes the kernel send a reset, and the client
+/// may then report "connection reset" instead of the alert that says why. So: shut our
+/// side (the alert is already written), read and discard what the client still sends,
+/// for a short, bounded time, then close.
+async fn linger_close(mut socket: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const LINGER: Duration = Duration::from_millis(500);
+    const MAX_DRAIN: usize = 64 * 1024;
+    let _ = socket.shutdown().await;
+    let drain = async {
+        let mut buf = [0u8; 4096];
+        let mut drained = 0;
+        while drained < MAX_DRAIN {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => drained += n,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
 /// One accepted, verified TLS connection.

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use http::Extensions;
 
 /// One request's verdicts, filled by the deciding layers.
+#[cfg_attr(not(feature = "audit"), allow(dead_code))]
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Notes {
     /// The token subject, when a bearer token was verified.
@@ -28,6 +29,7 @@ pub(crate) struct Notes {
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RequestNotes(Arc<Mutex<Notes>>);
 
+#[cfg_attr(not(feature = "audit"), allow(dead_code))]
 impl RequestNotes {
     pub(crate) fn take(&self) -> Notes {
         match self.0.lock() {

@@ -184,6 +184,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// `/package.Service/Method` → (`package.Service`, `Method`).
+#[cfg_attr(not(any(feature = "policy", feature = "audit")), allow(dead_code))]
 pub(crate) fn grpc_method(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
