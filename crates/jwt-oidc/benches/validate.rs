@@ -322,20 +322,23 @@ fn refresh_under_load() {
     }
 }
 
-/// The ratio validated/s ÷ raw-verify/s, measured in alternating batches so that load
-/// changes on a shared machine hit both sides alike; median of the rounds.
+/// The ratio validated/s ÷ raw-verify/s, measured in alternating small batches so that load
+/// changes on a shared machine hit both sides alike. Reported two ways: from the fastest
+/// batch of each side (preemption only ever adds time, so the minimum is the undisturbed
+/// cost) and as the median of per-round ratios.
 fn interleaved_ratios() {
     for case in cases() {
         let floor = raw(&case);
         let auth = authenticator(&case.key, 0);
         let ctx = RequestContext::new();
         let n = match case.key.algorithm() {
-            Algorithm::Rs256 => 1000,
-            Algorithm::Es256 => 300,
-            _ => 500,
+            Algorithm::Rs256 => 50,
+            Algorithm::Es256 => 15,
+            _ => 25,
         };
+        let (mut raw_min, mut ours_min) = (Duration::MAX, Duration::MAX);
         let mut ratios = Vec::new();
-        for _ in 0..21 {
+        for _ in 0..400 {
             let t = Instant::now();
             for _ in 0..n {
                 floor
@@ -349,16 +352,18 @@ fn interleaved_ratios() {
                 ready(auth.validate(black_box(&case.token), &ctx)).unwrap();
             }
             let ours = t.elapsed();
+            raw_min = raw_min.min(raw_time);
+            ours_min = ours_min.min(ours);
             ratios.push(raw_time.as_secs_f64() / ours.as_secs_f64());
         }
         ratios.sort_by(f64::total_cmp);
         println!(
-            "interleaved/{}: jwt_oidc (cache off) reaches {:.3} of raw aws-lc-rs verification (median of {} rounds, min {:.3}, max {:.3})",
+            "interleaved/{}: raw verify {:.2} µs, jwt_oidc validate (cache off) {:.2} µs, ratio {:.3} (fastest batches); median of per-round ratios {:.3}",
             case.name,
+            raw_min.as_secs_f64() * 1e6 / f64::from(n),
+            ours_min.as_secs_f64() * 1e6 / f64::from(n),
+            raw_min.as_secs_f64() / ours_min.as_secs_f64(),
             ratios[ratios.len() / 2],
-            ratios.len(),
-            ratios[0],
-            ratios[ratios.len() - 1]
         );
     }
 }

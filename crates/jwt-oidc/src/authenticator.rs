@@ -8,6 +8,7 @@ use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 use url::Url;
 
+use crate::claims::Text;
 use crate::error::untrusted;
 use crate::http::{HttpFetcher, tls_config, webpki_roots};
 use crate::jwks::{Jwks, VerifyingKey};
@@ -15,7 +16,7 @@ use crate::key_cache::{
     IssuerState, KeyCacheSettings, KeySetStatus, RefreshHost, background_refresh, unix_secs,
 };
 use crate::source::{HttpJwksSource, HttpMode, JwksSource};
-use crate::token::{self, RawClaims};
+use crate::token::{self, RawClaims, StrList};
 use crate::token_cache::{Entry, TokenCache};
 use crate::{Algorithm, AuthError, Claims};
 
@@ -529,7 +530,7 @@ impl JwtAuthenticator {
 
         // Claims.
         tri!(token::check_depth(payload_json.as_bytes()));
-        let mut claims = tri!(self.build_claims(&raw, &payload_json, issuer, key));
+        let mut claims = tri!(self.build_claims(&raw, &payload_json, key));
         drop(raw);
         claims.payload = payload_json;
         tri!(self.check_request(&claims, ctx, now));
@@ -584,30 +585,38 @@ impl JwtAuthenticator {
         &self,
         raw: &RawClaims<'_>,
         payload_json: &str,
-        issuer: &IssuerState,
         key: &VerifyingKey,
     ) -> Result<Claims, AuthError> {
         let cfg = &self.inner.config;
+        let text = |value: &str| Text::new(payload_json, value);
         let exp = raw
             .exp
             .ok_or_else(|| AuthError::MissingClaim {
                 claim: "exp".into(),
             })?
             .0;
-        let audiences: Box<[Box<str>]> = match &raw.aud {
-            Some(aud) => aud.iter().map(Into::into).collect(),
-            None => Box::default(),
-        };
         if !cfg.any_audience {
-            if raw.aud.is_none() {
-                return Err(AuthError::MissingClaim {
-                    claim: "aud".into(),
-                });
-            }
-            if !audiences.iter().any(|a| cfg.audiences.contains(a)) {
-                return Err(AuthError::WrongAudience);
+            match &raw.aud {
+                None => {
+                    return Err(AuthError::MissingClaim {
+                        claim: "aud".into(),
+                    });
+                }
+                Some(aud) => {
+                    if !aud.iter().any(|a| cfg.audiences.iter().any(|c| **c == *a)) {
+                        return Err(AuthError::WrongAudience);
+                    }
+                }
             }
         }
+        let (audience, more_audiences) = match &raw.aud {
+            None => (None, Box::default()),
+            Some(StrList::One(a)) => (Some(text(a)), Box::default()),
+            Some(StrList::Many(list)) => {
+                let mut all = list.iter().map(|a| text(&a.0));
+                (all.next(), all.collect())
+            }
+        };
         if !cfg.required_claims.is_empty() {
             let names = token::claim_names(payload_json)?;
             for required in &cfg.required_claims {
@@ -622,18 +631,16 @@ impl JwtAuthenticator {
             None => None,
             Some(cnf) => match &cnf.x5t_s256 {
                 Some(t) => {
+                    let invalid = || AuthError::InvalidClaim {
+                        claim: "cnf",
+                        reason: "x5t#S256 is not a base64url SHA-256 thumbprint",
+                    };
                     let mut out = [0u8; 32];
                     let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
                         .decode_slice(t.as_bytes(), &mut out)
-                        .map_err(|_| AuthError::InvalidClaim {
-                            claim: "cnf",
-                            reason: "x5t#S256 is not a base64url SHA-256 thumbprint",
-                        })?;
+                        .map_err(|_| invalid())?;
                     if n != 32 {
-                        return Err(AuthError::InvalidClaim {
-                            claim: "cnf",
-                            reason: "x5t#S256 is not a base64url SHA-256 thumbprint",
-                        });
+                        return Err(invalid());
                     }
                     Some(out)
                 }
@@ -641,20 +648,27 @@ impl JwtAuthenticator {
                 None => None,
             },
         };
-        let scope: Box<str> = match (&raw.scope, &raw.scp) {
-            (Some(s), _) => s.as_ref().into(),
-            (None, Some(scp)) => scp.iter().collect::<Vec<_>>().join(" ").into(),
-            (None, None) => "".into(),
+        let scope = match (&raw.scope, &raw.scp) {
+            (Some(s), _) => Some(text(s)),
+            (None, Some(StrList::One(s))) => Some(text(s)),
+            (None, Some(scp)) => Some(Text::Owned(scp.iter().collect::<Vec<_>>().join(" ").into())),
+            (None, None) => None,
         };
+        let issuer = raw
+            .iss
+            .as_deref()
+            .map(text)
+            .unwrap_or(Text::Owned("".into()));
         Ok(Claims {
-            issuer: issuer.issuer.clone(),
-            subject: raw.sub.as_deref().map(Into::into),
-            audiences,
+            issuer,
+            subject: raw.sub.as_deref().map(text),
+            audience,
+            more_audiences,
             expires_at: exp,
             issued_at: raw.iat.map(|d| d.0),
             not_before: raw.nbf.map(|d| d.0),
             scope,
-            client_id: raw.client_id.as_deref().map(Into::into),
+            client_id: raw.client_id.as_deref().map(text),
             cert_thumbprint,
             key_id: key.kid().map(Into::into),
             algorithm: key.algorithm(),

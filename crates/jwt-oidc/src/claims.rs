@@ -11,33 +11,70 @@ use crate::Algorithm;
 /// signed JSON text and parsed into a [`serde_json::Value`] only when [`Claims::raw`] is first
 /// called. Roles are read the same way, lazily, from the configured claim path.
 pub struct Claims {
-    pub(crate) issuer: Box<str>,
-    pub(crate) subject: Option<Box<str>>,
-    pub(crate) audiences: Box<[Box<str>]>,
+    pub(crate) issuer: Text,
+    pub(crate) subject: Option<Text>,
+    pub(crate) audience: Option<Text>,
+    pub(crate) more_audiences: Box<[Text]>,
     pub(crate) expires_at: u64,
     pub(crate) issued_at: Option<u64>,
     pub(crate) not_before: Option<u64>,
     /// Space-separated scopes (from `scope`, else `scp` joined with spaces).
-    pub(crate) scope: Box<str>,
-    pub(crate) client_id: Option<Box<str>>,
+    pub(crate) scope: Option<Text>,
+    pub(crate) client_id: Option<Text>,
     pub(crate) cert_thumbprint: Option<[u8; 32]>,
     pub(crate) key_id: Option<Box<str>>,
     pub(crate) algorithm: Algorithm,
+    /// The signed claims set; most strings above are spans into it (no copies).
     pub(crate) payload: String,
     pub(crate) roles_path: Option<Arc<[Box<str>]>>,
     pub(crate) raw: OnceLock<serde_json::Value>,
     pub(crate) roles: OnceLock<Box<[Box<str>]>>,
 }
 
+/// A claim's text: a span of the payload when it had no JSON escapes, else a copy.
+#[derive(Clone, Debug)]
+pub(crate) enum Text {
+    Span(u32, u32),
+    Owned(Box<str>),
+}
+
+impl Text {
+    /// `value` borrowed from `payload` becomes a span; anything else is copied.
+    pub(crate) fn new(payload: &str, value: &str) -> Self {
+        let offset = (value.as_ptr() as usize).wrapping_sub(payload.as_ptr() as usize);
+        match (u32::try_from(offset), u32::try_from(value.len())) {
+            (Ok(start), Ok(len))
+                if offset
+                    .checked_add(value.len())
+                    .is_some_and(|end| end <= payload.len())
+                    && payload.get(offset..offset + value.len()).is_some() =>
+            {
+                Text::Span(start, len)
+            }
+            _ => Text::Owned(value.into()),
+        }
+    }
+
+    pub(crate) fn get<'a>(&'a self, payload: &'a str) -> &'a str {
+        match self {
+            Text::Span(start, len) => {
+                let (start, len) = (*start as usize, *len as usize);
+                payload.get(start..start + len).unwrap_or_default()
+            }
+            Text::Owned(s) => s,
+        }
+    }
+}
+
 impl std::fmt::Debug for Claims {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Claims")
-            .field("issuer", &self.issuer)
-            .field("subject", &self.subject)
-            .field("audiences", &self.audiences)
+            .field("issuer", &self.issuer())
+            .field("subject", &self.subject())
+            .field("audiences", &self.audiences().collect::<Vec<_>>())
             .field("expires_at", &self.expires_at)
-            .field("scope", &self.scope)
-            .field("client_id", &self.client_id)
+            .field("scope", &self.scope.as_ref().map(|s| s.get(&self.payload)))
+            .field("client_id", &self.client_id())
             .field("certificate_bound", &self.cert_thumbprint.is_some())
             .finish_non_exhaustive()
     }
@@ -51,19 +88,22 @@ impl Claims {
     /// `iss`: the issuer, exactly as configured.
     #[must_use]
     pub fn issuer(&self) -> &str {
-        &self.issuer
+        self.issuer.get(&self.payload)
     }
 
     /// `sub`, when present.
     #[must_use]
     pub fn subject(&self) -> Option<&str> {
-        self.subject.as_deref()
+        self.subject.as_ref().map(|t| t.get(&self.payload))
     }
 
-    /// `aud`: one or more audiences (one of them is a configured audience).
-    #[must_use]
-    pub fn audiences(&self) -> &[Box<str>] {
-        &self.audiences
+    /// `aud`: one or more audiences (one of them is a configured audience, unless the
+    /// audience check was switched off).
+    pub fn audiences(&self) -> impl Iterator<Item = &str> + '_ {
+        self.audience
+            .iter()
+            .chain(self.more_audiences.iter())
+            .map(|t| t.get(&self.payload))
     }
 
     /// `exp`.
@@ -93,7 +133,8 @@ impl Claims {
     /// The granted scopes, from `scope` (RFC 8693/9068, space-separated) or else `scp`
     /// (a string or an array, as Azure AD and Okta send it).
     pub fn scopes(&self) -> impl Iterator<Item = &str> + '_ {
-        self.scope.split(' ').filter(|s| !s.is_empty())
+        let scope = self.scope.as_ref().map_or("", |s| s.get(&self.payload));
+        scope.split(' ').filter(|s| !s.is_empty())
     }
 
     /// True when `scope` is among [`Claims::scopes`] (exact, case-sensitive).
@@ -105,7 +146,7 @@ impl Claims {
     /// `client_id` (RFC 9068), when present.
     #[must_use]
     pub fn client_id(&self) -> Option<&str> {
-        self.client_id.as_deref()
+        self.client_id.as_ref().map(|t| t.get(&self.payload))
     }
 
     /// The SHA-256 thumbprint from `cnf.x5t#S256` when the token is certificate-bound
@@ -186,5 +227,23 @@ impl Claims {
     #[must_use]
     pub fn has_role(&self, role: &str) -> bool {
         self.roles().iter().any(|r| r.as_ref() == role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Text;
+
+    #[test]
+    fn spans_only_for_text_inside_the_payload() {
+        let payload = String::from(r#"{"sub":"alice"}"#);
+        let inside = &payload[8..13];
+        let t = Text::new(&payload, inside);
+        assert!(matches!(t, Text::Span(8, 5)));
+        assert_eq!(t.get(&payload), "alice");
+        let outside = String::from("alice");
+        let t = Text::new(&payload, &outside);
+        assert!(matches!(t, Text::Owned(_)));
+        assert_eq!(t.get(&payload), "alice");
     }
 }

@@ -25,10 +25,8 @@ pub(crate) fn split(token: &str) -> Result<Segments<'_>, AuthError> {
     let bytes = token.as_bytes();
     // Only the first and the last dot are searched for: a dot between them lands in the
     // payload, which base64url decoding then refuses, so the payload is not scanned twice.
-    let (Some(first), Some(second)) = (
-        bytes.iter().position(|b| *b == b'.'),
-        bytes.iter().rposition(|b| *b == b'.'),
-    ) else {
+    let (Some(first), Some(second)) = (memchr::memchr(b'.', bytes), memchr::memrchr(b'.', bytes))
+    else {
         return Err(AuthError::Malformed("not three dot-separated segments"));
     };
     if first == second {
@@ -265,7 +263,7 @@ pub(crate) const MAX_DEPTH: usize = 32;
 /// Refuses claims sets nested deeper than [`MAX_DEPTH`]. A quick count of brackets skips the
 /// scan for ordinary tokens.
 pub(crate) fn check_depth(json: &[u8]) -> Result<(), AuthError> {
-    if json.iter().filter(|b| matches!(b, b'[' | b'{')).count() <= MAX_DEPTH {
+    if memchr::memchr2_iter(b'[', b'{', json).count() <= MAX_DEPTH {
         return Ok(());
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);

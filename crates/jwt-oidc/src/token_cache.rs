@@ -145,13 +145,14 @@ mod tests {
 
     fn entry(token: &str, hash: u64, key: &Arc<VerifyingKey>) -> Entry {
         let claims = Claims {
-            issuer: "i".into(),
+            issuer: crate::claims::Text::Owned("i".into()),
             subject: None,
-            audiences: Box::default(),
+            audience: None,
+            more_audiences: Box::default(),
             expires_at: u64::MAX,
             issued_at: None,
             not_before: None,
-            scope: "".into(),
+            scope: None,
             client_id: None,
             cert_thumbprint: None,
             key_id: None,
