@@ -6,7 +6,10 @@
 //! | feature | crate | what it does |
 //! |---|---|---|
 //! | `mtls-verify` (default) | [`mtls_verify`] | hardened rustls configs, client-chain verification, `PeerIdentity`, hot reload |
-//! | `zt-tower` (default) | [`zt_tower`] | the TLS acceptor for axum/tonic and the tower layers |
+//! | `jwt-oidc` (default) | [`jwt_oidc`] | OIDC discovery, JWKS cache, strict JWT validation |
+//! | `policy-rego` (default) | [`policy_rego`] | Rego policies and OPA bundles with hot reload |
+//! | `zt-audit` (default) | [`zt_audit`] | append-only, hash-chained audit log |
+//! | `zt-tower` (default) | [`zt_tower`] | the TLS acceptor for axum/tonic and the tower layers (with the layers of the crates enabled above) |
 //!
 //! ```
 //! use ztkit::mtls_verify::SpiffeId;
@@ -17,5 +20,11 @@
 
 #[cfg(feature = "mtls-verify")]
 pub use mtls_verify;
+#[cfg(feature = "jwt-oidc")]
+pub use jwt_oidc;
+#[cfg(feature = "policy-rego")]
+pub use policy_rego;
+#[cfg(feature = "zt-audit")]
+pub use zt_audit;
 #[cfg(feature = "zt-tower")]
 pub use zt_tower;

@@ -24,6 +24,9 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("npm", "npm"),
 ];
 
+/// Python packages the gRPC peer test needs (a real gRPC client: grpcio).
+const PIP_REQUIREMENTS: &str = "tests/peers/requirements.txt";
+
 /// Directories with a `package-lock.json` whose packages tests start (`npm ci`).
 const NPM_PROJECTS: &[&str] = &["crates/jwt-oidc/tests/oidc-provider"];
 
@@ -108,6 +111,23 @@ fn deps() -> Result<(), String> {
                 missing.join(" ")
             ));
         }
+    }
+    let have_grpc = Command::new("python3")
+        .args(["-c", "import grpc"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !have_grpc && root_dir().join(PIP_REQUIREMENTS).exists() {
+        run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            "-r",
+            PIP_REQUIREMENTS,
+        ]))
+        .map_err(|e| format!("pip install -r {PIP_REQUIREMENTS}: {e}"))?;
     }
     for project in NPM_PROJECTS {
         let dir = root_dir().join(project);
