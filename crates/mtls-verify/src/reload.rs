@@ -168,11 +168,19 @@ pub(crate) async fn reload_now<R: Reload>(target: Arc<R>) -> Result<(), Error> {
         .map_err(|e| Error::Task(format!("reload task: {e}")))?
 }
 
-/// Handle to a background reloader; dropping it (or calling [`stop`](Self::stop)) stops the
-/// polling.
+/// What the handle tells the reloader thread.
 #[derive(Debug)]
+pub(crate) enum Command {
+    /// Keep polling until the TLS handle itself is dropped.
+    Detach,
+}
+
+/// Handle to a background reloader; dropping it (or calling [`stop`](Self::stop)) stops the
+/// polling, [`detach`](Self::detach) lets it run for as long as the TLS handle lives.
+#[derive(Debug)]
+#[must_use = "the reloader stops when its handle is dropped; keep it or call .detach()"]
 pub struct ReloadHandle {
-    stop: Option<mpsc::Sender<()>>,
+    stop: Option<mpsc::Sender<Command>>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -188,6 +196,14 @@ impl ReloadHandle {
     /// Whether a reloader is polling files.
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Lets the reloader run until the `ServerTls`/`ClientTls` (all clones) is dropped.
+    pub fn detach(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(Command::Detach);
+        }
+        self.thread.take();
     }
 
     /// Stops polling and waits for the reloader to finish its current step.
@@ -217,7 +233,7 @@ pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHan
     }
     let weak = Arc::downgrade(target);
     let what = target.what();
-    let (tx, rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Command>();
     let spawned = std::thread::Builder::new()
         .name(format!("mtls-reload-{what}"))
         .spawn(move || poll_loop(&weak, &rx, interval, SETTLE.min(interval)));
@@ -235,7 +251,7 @@ pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHan
 
 fn poll_loop<R: Reload>(
     target: &Weak<R>,
-    stop: &mpsc::Receiver<()>,
+    stop: &mpsc::Receiver<Command>,
     interval: Duration,
     settle: Duration,
 ) {
@@ -247,10 +263,16 @@ fn poll_loop<R: Reload>(
     // A read error seen once (files may be mid-swap) and one already reported.
     let mut pending_read_error: Option<String> = None;
     let mut reported_read_error: Option<String> = None;
+    let mut detached = false;
     loop {
-        match stop.recv_timeout(wait) {
-            Err(RecvTimeoutError::Timeout) => {}
-            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        if detached {
+            std::thread::sleep(wait);
+        } else {
+            match stop.recv_timeout(wait) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(Command::Detach) => detached = true,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
         let Some(target) = target.upgrade() else {
             return;
@@ -455,5 +477,17 @@ mod tests {
         assert!(handle.is_running());
         handle.stop();
         assert_eq!(Arc::weak_count(&fake), 0);
+
+        // A detached reloader keeps polling until the target itself is dropped.
+        spawn(&fake, Duration::from_millis(10)).detach();
+        let reads = fake.reads.load(Ordering::SeqCst);
+        wait_until("polls after detach", || {
+            fake.reads.load(Ordering::SeqCst) > reads + 2
+        });
+
+        // Any reloader exits once the TLS handle it serves is gone.
+        let handle = spawn(&fake, Duration::from_millis(10));
+        drop(fake);
+        wait_until("the reloader to exit", || !handle.is_running());
     }
 }

@@ -549,7 +549,8 @@ impl ServerTls {
 
     /// Starts polling the material files every `reload_interval` on a background thread
     /// (no async runtime needed). Returns an inert handle when all material was given as
-    /// bytes. Polling stops when the handle is dropped.
+    /// bytes. Polling stops when the handle is dropped; call
+    /// [`ReloadHandle::detach`] to keep it running for the lifetime of this `ServerTls`.
     pub fn spawn_reloader(&self) -> ReloadHandle {
         reload::spawn(&self.shared, self.shared.parts.common.reload_interval)
     }
