@@ -1,5 +1,5 @@
-//! The `ztkit` command: check certificates (and, as ztkit grows, tokens, policies and
-//! audit logs) exactly as the libraries do at run time.
+//! The `ztkit` command: check certificates, tokens, policies and audit logs exactly as
+//! the libraries do at run time.
 //!
 //! Exit codes: 0 success, 1 the thing checked was refused (the reason is printed),
 //! 2 bad usage or unreadable input.
@@ -8,7 +8,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod audit;
 mod cert;
+mod jwt;
+mod policy;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +29,15 @@ enum Command {
     /// X.509 certificates: inspect, verify a client chain.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// JWT access tokens: verify.
+    #[command(subcommand)]
+    Jwt(jwt::JwtCommand),
+    /// Rego policies: evaluate, test.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Audit logs: verify the hash chain.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 /// How a command ended.
@@ -41,6 +53,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Cert(cmd) => cert::run(cmd),
+        Command::Jwt(cmd) => jwt::run(cmd),
+        Command::Policy(cmd) => policy::run(cmd),
+        Command::Audit(cmd) => audit::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
