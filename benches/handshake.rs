@@ -16,7 +16,9 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls, crypto_provider};
 use rustls::client::Resumption;
 use rustls::server::WebPkiClientVerifier;
-use rustls::{ClientConfig, ClientConnection, NamedGroup, RootCertStore, ServerConfig, ServerConnection};
+use rustls::{
+    ClientConfig, ClientConnection, NamedGroup, RootCertStore, ServerConfig, ServerConnection,
+};
 use ztkit_test_support::{KeyAlg, TestCa, TestCert};
 
 struct Pki {
@@ -146,7 +148,10 @@ fn handshake(client_cfg: &Arc<ClientConfig>, server_cfg: Arc<ServerConfig>) -> S
 
 fn bench_handshakes(c: &mut Criterion) {
     let x25519 = [NamedGroup::X25519];
-    for (alg_name, alg) in [("ecdsa-p256", KeyAlg::EcdsaP256), ("rsa-2048", KeyAlg::Rsa2048)] {
+    for (alg_name, alg) in [
+        ("ecdsa-p256", KeyAlg::EcdsaP256),
+        ("rsa-2048", KeyAlg::Rsa2048),
+    ] {
         let pki = pki(alg);
         for (kx_name, groups) in [("default-pq-hybrid", None), ("x25519", Some(&x25519[..]))] {
             let client_cfg = client_config(&pki, groups);

@@ -18,10 +18,10 @@
 //! assert_eq!(id.trust_domain(), "example.org");
 //! ```
 
-#[cfg(feature = "mtls-verify")]
-pub use mtls_verify;
 #[cfg(feature = "jwt-oidc")]
 pub use jwt_oidc;
+#[cfg(feature = "mtls-verify")]
+pub use mtls_verify;
 #[cfg(feature = "policy-rego")]
 pub use policy_rego;
 #[cfg(feature = "zt-audit")]

@@ -149,12 +149,23 @@ fn test(extra: &[String]) -> Result<(), String> {
     deps()?;
     let extra: Vec<&String> = extra.iter().filter(|a| a.as_str() != "--").collect();
     // 1. Everything that runs on a Rust-only machine.
-    run(cargo().args(["test", "--workspace", "--all-targets"]).arg("--").args(&extra))?;
+    run(cargo()
+        .args(["test", "--workspace", "--all-targets"])
+        .arg("--")
+        .args(&extra))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
     // 2. The tests that need outside tools (and root, when we are root).
     let mut ignored = cargo();
     ignored
-        .args(["test", "--workspace", "--lib", "--bins", "--tests", "--", "--ignored"])
+        .args([
+            "test",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--",
+            "--ignored",
+        ])
         .args(&extra)
         .env("ZTKIT_XTASK", "1");
     if !is_root() {
@@ -169,7 +180,16 @@ fn test(extra: &[String]) -> Result<(), String> {
 /// Lists the `root_*` tests that will not run, so "not run" is visible, not silent.
 fn report_root_tests() -> Result<(), String> {
     let out = cargo()
-        .args(["test", "--workspace", "--lib", "--bins", "--tests", "--", "--list", "--ignored"])
+        .args([
+            "test",
+            "--workspace",
+            "--lib",
+            "--bins",
+            "--tests",
+            "--",
+            "--list",
+            "--ignored",
+        ])
         .current_dir(root_dir())
         .output()
         .map_err(|e| format!("cannot list tests: {e}"))?;
@@ -177,7 +197,11 @@ fn report_root_tests() -> Result<(), String> {
     let root_tests: Vec<&str> = listing
         .lines()
         .filter_map(|l| l.strip_suffix(": test"))
-        .filter(|name| name.rsplit("::").next().is_some_and(|n| n.starts_with("root_")))
+        .filter(|name| {
+            name.rsplit("::")
+                .next()
+                .is_some_and(|n| n.starts_with("root_"))
+        })
         .collect();
     if !root_tests.is_empty() {
         eprintln!(

@@ -159,7 +159,9 @@ impl TestCa {
     pub fn intermediate(&self, common_name: &str) -> TestCa {
         let params = Self::ca_params(common_name, None);
         let key = KeyAlg::EcdsaP256.generate();
-        let cert = params.signed_by(&key, &self.issuer()).expect("sign intermediate");
+        let cert = params
+            .signed_by(&key, &self.issuer())
+            .expect("sign intermediate");
         let mut chain_der = vec![cert.der().clone()];
         chain_der.extend(self.chain_der.iter().cloned());
         TestCa {

@@ -5,7 +5,12 @@
 //! prost's derive, the client and server stubs come from tonic-build's manual builder.
 //! The wire format is the same as the upstream `helloworld.proto`, so any gRPC client
 //! (grpcurl, Python grpcio) can call it.
-#![allow(missing_docs, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
+#![allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
 
 /// `helloworld.HelloRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
