@@ -8,7 +8,7 @@ use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 use url::Url;
 
-use crate::claims::Text;
+use crate::claims::{ShortText, Text};
 use crate::error::untrusted;
 use crate::http::{HttpFetcher, tls_config, webpki_roots};
 use crate::jwks::{Jwks, VerifyingKey};
@@ -250,6 +250,18 @@ macro_rules! tri {
 }
 
 /// Normalises a media type for `typ` comparison (RFC 7515 §4.1.9, RFC 9068 §4).
+/// `typ` equals the (normalised) `expected`, ignoring ASCII case and an `application/`
+/// prefix, without allocating.
+fn same_media_type(typ: &str, expected: &str) -> bool {
+    let bare = match typ.get(..12) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("application/") && !typ[12..].contains('/') => {
+            &typ[12..]
+        }
+        _ => typ,
+    };
+    bare.eq_ignore_ascii_case(expected)
+}
+
 fn media_type(t: &str) -> String {
     let t = t.to_ascii_lowercase();
     match t.strip_prefix("application/") {
@@ -379,9 +391,9 @@ impl JwtAuthenticator {
 
         // Header.
         let seg = tri!(token::split(token));
-        let mut header_buf = [0u8; 768];
+        let mut header_buf = [0u8; 240];
         let header_vec;
-        let header_json: &[u8] = if seg.header.len() <= 1020 {
+        let header_json: &[u8] = if seg.header.len() <= 320 {
             tri!(token::b64_decode_into(
                 seg.header,
                 &mut header_buf,
@@ -432,7 +444,10 @@ impl JwtAuthenticator {
                 .into();
         }
         if let Some(expected) = &cfg.required_type
-            && header.typ.as_deref().map(media_type).as_deref() != Some(&**expected)
+            && !header
+                .typ
+                .as_deref()
+                .is_some_and(|t| same_media_type(t, expected))
         {
             return AuthError::WrongType {
                 expected: expected.clone(),
@@ -450,7 +465,12 @@ impl JwtAuthenticator {
         let Some(iss) = raw.iss.as_deref() else {
             return AuthError::UnknownIssuer { iss: "".into() }.into();
         };
-        let Some(&issuer_index) = inner.by_issuer.get(iss) else {
+        let found = if inner.issuers.len() <= 8 {
+            inner.issuers.iter().position(|i| *i.issuer == *iss)
+        } else {
+            inner.by_issuer.get(iss).copied()
+        };
+        let Some(issuer_index) = found else {
             return AuthError::UnknownIssuer {
                 iss: untrusted(iss),
             }
@@ -483,7 +503,7 @@ impl JwtAuthenticator {
             .into();
         }
         let key: &Arc<VerifyingKey> = match header.kid.as_deref() {
-            Some(kid) => match snap.by_kid.get(kid) {
+            Some(kid) => match snap.keys_for(kid) {
                 Some(keys) => match keys.iter().find(|k| k.algorithm() == alg) {
                     Some(k) => k,
                     None => {
@@ -520,12 +540,25 @@ impl JwtAuthenticator {
         };
 
         // Signature, with the key parsed once at JWKS load.
-        let mut sig_buf = [0u8; 1024];
-        let sig = tri!(token::b64_decode_into(
-            seg.signature,
-            &mut sig_buf,
-            "signature is not base64url"
-        ));
+        // 512 bytes covers RSA up to 4096 bits and every EC/EdDSA signature; larger RSA
+        // signatures are decoded onto the heap.
+        let mut sig_buf = [0u8; 512];
+        let sig_vec;
+        let sig: &[u8] = if seg.signature.len() <= 680 {
+            tri!(token::b64_decode_into(
+                seg.signature,
+                &mut sig_buf,
+                "signature is not base64url"
+            ))
+        } else if seg.signature.len() <= 1368 {
+            sig_vec = tri!(token::b64_decode(
+                seg.signature,
+                "signature is not base64url"
+            ));
+            &sig_vec
+        } else {
+            return AuthError::Malformed("signature is longer than any supported key's").into();
+        };
         tri!(key.verify(seg.signing_input, sig));
 
         // Claims.
@@ -670,7 +703,7 @@ impl JwtAuthenticator {
             scope,
             client_id: raw.client_id.as_deref().map(text),
             cert_thumbprint,
-            key_id: key.kid().map(Into::into),
+            key_id: key.kid().map(ShortText::new),
             algorithm: key.algorithm(),
             payload: String::new(),
             roles_path: cfg.roles_path.clone(),

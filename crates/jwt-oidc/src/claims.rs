@@ -22,7 +22,7 @@ pub struct Claims {
     pub(crate) scope: Option<Text>,
     pub(crate) client_id: Option<Text>,
     pub(crate) cert_thumbprint: Option<[u8; 32]>,
-    pub(crate) key_id: Option<Box<str>>,
+    pub(crate) key_id: Option<ShortText>,
     pub(crate) algorithm: Algorithm,
     /// The signed claims set; most strings above are spans into it (no copies).
     pub(crate) payload: String,
@@ -36,6 +36,36 @@ pub struct Claims {
 pub(crate) enum Text {
     Span(u32, u32),
     Owned(Box<str>),
+}
+
+/// Short text (a `kid`) stored inline, longer text on the heap.
+#[derive(Clone, Debug)]
+pub(crate) enum ShortText {
+    Inline(u8, [u8; 46]),
+    Heap(Box<str>),
+}
+
+impl ShortText {
+    pub(crate) fn new(s: &str) -> Self {
+        let mut buf = [0u8; 46];
+        match (u8::try_from(s.len()), buf.get_mut(..s.len())) {
+            (Ok(len), Some(dst)) => {
+                dst.copy_from_slice(s.as_bytes());
+                ShortText::Inline(len, buf)
+            }
+            _ => ShortText::Heap(s.into()),
+        }
+    }
+
+    pub(crate) fn get(&self) -> &str {
+        match self {
+            ShortText::Inline(len, buf) => buf
+                .get(..usize::from(*len))
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or_default(),
+            ShortText::Heap(s) => s,
+        }
+    }
 }
 
 impl Text {
@@ -159,7 +189,7 @@ impl Claims {
     /// The `kid` of the key that verified the token.
     #[must_use]
     pub fn key_id(&self) -> Option<&str> {
-        self.key_id.as_deref()
+        self.key_id.as_ref().map(ShortText::get)
     }
 
     /// The algorithm of the key that verified the token.
@@ -232,7 +262,16 @@ impl Claims {
 
 #[cfg(test)]
 mod tests {
-    use super::Text;
+    use super::{ShortText, Text};
+
+    #[test]
+    fn short_text_inline_and_heap() {
+        assert!(matches!(ShortText::new("kid-1"), ShortText::Inline(5, _)));
+        assert_eq!(ShortText::new("kid-1").get(), "kid-1");
+        let long = "k".repeat(100);
+        assert!(matches!(ShortText::new(&long), ShortText::Heap(_)));
+        assert_eq!(ShortText::new(&long).get(), long);
+    }
 
     #[test]
     fn spans_only_for_text_inside_the_payload() {

@@ -53,6 +53,19 @@ pub(crate) struct KeySnapshot {
 }
 
 impl KeySnapshot {
+    /// The keys with this `kid`: a linear scan for small sets (cheaper than hashing).
+    pub(crate) fn keys_for(&self, kid: &str) -> Option<&[Arc<VerifyingKey>]> {
+        if self.all.len() <= 8 {
+            let start = self.all.iter().position(|k| k.kid() == Some(kid))?;
+            let rest = self.all.get(start..)?;
+            let len = rest.iter().take_while(|k| k.kid() == Some(kid)).count();
+            if len == rest.iter().filter(|k| k.kid() == Some(kid)).count() {
+                return rest.get(..len);
+            }
+        }
+        self.by_kid.get(kid).map(Vec::as_slice)
+    }
+
     fn new(generation: u64, keys: Vec<Arc<VerifyingKey>>, stale_after: Option<SystemTime>) -> Self {
         let mut by_kid: HashMap<Box<str>, Vec<Arc<VerifyingKey>>> = HashMap::new();
         for k in &keys {
