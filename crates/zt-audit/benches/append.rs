@@ -2,6 +2,7 @@
 //!
 //! - `batched/append` (appends/s in `Batched` mode; target ≥ 100,000/s) vs
 //!   `baseline/write_line` (a bare `write(2)` of a line of the same size);
+//! - `none/append` (the same with no background fsyncs);
 //! - `always/append` (one durable append) vs `baseline/write_fdatasync` (a bare write
 //!   plus `fdatasync` — the floor for a durable append);
 //! - `always/64_writers` (64 threads appending in `Always` mode; time per record), and
@@ -62,6 +63,22 @@ fn batched(c: &mut Criterion) {
         .open()
         .unwrap();
     let mut i = 0u64;
+    g.bench_function("append", |b| {
+        b.iter(|| {
+            i += 1;
+            log.append(record(i)).unwrap()
+        })
+    });
+    g.finish();
+
+    // The same without background fsyncs: what the fsync thread costs the appenders.
+    let mut g = c.benchmark_group("none");
+    g.throughput(Throughput::Elements(1));
+    let dir = bench_dir();
+    let log = AuditLog::builder(dir.path())
+        .durability(Durability::None)
+        .open()
+        .unwrap();
     g.bench_function("append", |b| {
         b.iter(|| {
             i += 1;

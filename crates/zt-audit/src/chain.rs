@@ -21,6 +21,15 @@ const HASH_MEMBER: &[u8] = b",\"hash\":\"";
 /// `,"hash":"` + 64 hex digits + `"}`.
 const SUFFIX_LEN: usize = HASH_MEMBER.len() + 64 + 2;
 
+/// Lowercase hex of a hash (fast path; `hex::encode` goes through `char`s).
+pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
+    let mut buf = [0u8; 64];
+    // Encoding into a buffer of exactly twice the input length cannot fail, and hex
+    // digits are ASCII.
+    let _ = hex::encode_to_slice(bytes, &mut buf);
+    String::from_utf8(buf.to_vec()).unwrap_or_default()
+}
+
 /// Builds one complete line (with its newline) into `out` and returns its hash.
 pub(crate) fn build_line(
     out: &mut Vec<u8>,

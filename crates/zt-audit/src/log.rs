@@ -722,7 +722,7 @@ impl Shared {
         st.stats.bytes += len;
         let receipt = Receipt::Written {
             seq,
-            hash: hex::encode(hash),
+            hash: crate::chain::hex32(&hash),
         };
         match self.config.durability {
             Durability::Always => Step::Wait {

@@ -121,7 +121,10 @@ impl TraceId {
 
 impl fmt::Display for TraceId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        let mut buf = [0u8; 32];
+        // Twice the input length: cannot fail; hex digits are ASCII.
+        let _ = hex::encode_to_slice(self.0, &mut buf);
+        f.write_str(std::str::from_utf8(&buf).unwrap_or_default())
     }
 }
 
@@ -295,7 +298,9 @@ impl Record {
         let trace = self.trace_id.unwrap_or_else(TraceId::generate);
         let mut out = Vec::with_capacity(256);
         out.extend_from_slice(b",\"trace_id\":\"");
-        out.extend_from_slice(trace.to_string().as_bytes());
+        let mut hex_buf = [0u8; 32];
+        let _ = hex::encode_to_slice(trace.as_bytes(), &mut hex_buf);
+        out.extend_from_slice(&hex_buf);
         out.push(b'"');
         put_str(&mut out, "kind", Some(&self.kind));
         put_str(&mut out, "subject", self.subject.as_deref());

@@ -223,7 +223,7 @@ impl State {
                     let seq = head.next_seq.saturating_sub(1);
                     self.report.first_seq.get_or_insert(seq);
                     self.report.last_seq = Some(seq);
-                    self.report.last_hash = Some(hex::encode(head.hash));
+                    self.report.last_hash = Some(crate::chain::hex32(&head.hash));
                     self.head = Some(head);
                 }
                 Err(reason) => {
