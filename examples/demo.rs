@@ -26,13 +26,21 @@ use axum::{Router, routing::get};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use jwt_oidc::testing::{JwksServer, TestKey, b64url, jwks, now_unix};
+use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator};
 use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls};
+use policy_rego::{PolicyEngine, PolicyOptions};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
+use serde_json::json;
+use std::path::Path;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+use tower::ServiceBuilder;
+use zt_audit::AuditLog;
 use zt_tower::{
-    RequestIdentityExt, RequireIdentityLayer, TlsConnectInfo, TlsListener, VerifiedPeer,
+    AuditLayer, Decision, JwtAuthLayer, PolicyLayer, RequestIdentityExt, RequireIdentityLayer,
+    TlsConnectInfo, TlsListener, TokenClaims, VerifiedPeer,
 };
 use ztkit_test_support::{TestCa, TestCert};
 use ztkit_testproto::greeter_client::GreeterClient;
@@ -163,6 +171,151 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     });
 
     print_table(&cases);
+
+    // 5. Tokens, policy and audit: AuditLayer → JwtAuthLayer → PolicyLayer in front of
+    //    axum and tonic, keys served as a JWKS on loopback, decisions by a Rego policy.
+    let audit_dir = dir.path().join("audit");
+    let zt = start_zero_trust(tls.clone(), &audit_dir).await?;
+    let t = &zt.tokens;
+    let mine = mtls_verify::PeerIdentity::from_der(&valid.cert_der)?;
+    let bound_to_me = t.bound(mine.fingerprint_sha256());
+    let bound_to_other = t.bound(&[7u8; 32]);
+    let mut token_cases = Vec::new();
+    for (name, expect, method, path, token, want) in [
+        (
+            "valid token, scope orders:read",
+            "200 allowed by policy",
+            "GET",
+            "/orders/42",
+            Some(t.reader.as_str()),
+            "200",
+        ),
+        (
+            "no token",
+            "401 invalid_token",
+            "GET",
+            "/orders/42",
+            None,
+            "401",
+        ),
+        (
+            "expired token",
+            "401 invalid_token",
+            "GET",
+            "/orders/42",
+            Some(t.expired.as_str()),
+            "401",
+        ),
+        (
+            "token for another audience",
+            "401 invalid_token",
+            "GET",
+            "/orders/42",
+            Some(t.wrong_audience.as_str()),
+            "401",
+        ),
+        (
+            "valid token, DELETE without admin",
+            "403 denied by policy",
+            "DELETE",
+            "/orders/42",
+            Some(t.reader.as_str()),
+            "403",
+        ),
+        (
+            "admin token, DELETE",
+            "200 allowed by policy",
+            "DELETE",
+            "/orders/42",
+            Some(t.admin.as_str()),
+            "200",
+        ),
+        (
+            "token bound to this client cert",
+            "200",
+            "GET",
+            "/orders/42",
+            Some(bound_to_me.as_str()),
+            "200",
+        ),
+        (
+            "token bound to another cert",
+            "401 invalid_token",
+            "GET",
+            "/orders/42",
+            Some(bound_to_other.as_str()),
+            "401",
+        ),
+    ] {
+        let http = http_request(&valid_cfg, zt.http_addr, method, path, token).await;
+        token_cases.push(Case {
+            name,
+            expect,
+            ok: http.starts_with(want),
+            http,
+            grpc: String::new(),
+        });
+    }
+    for (name, expect, token, want) in [
+        (
+            "gRPC SayHello, valid token",
+            "OK",
+            Some(t.greeter.as_str()),
+            "OK",
+        ),
+        (
+            "gRPC SayHello, no token",
+            "UNAUTHENTICATED",
+            None,
+            "UNAUTHENTICATED",
+        ),
+        (
+            "gRPC SayHello, token without scope",
+            "PERMISSION_DENIED",
+            Some(t.reader.as_str()),
+            "PERMISSION_DENIED",
+        ),
+    ] {
+        let grpc = grpc_hello_with(&valid_cfg, zt.grpc_addr, token).await;
+        token_cases.push(Case {
+            name,
+            expect,
+            ok: grpc.starts_with(want),
+            http: String::new(),
+            grpc,
+        });
+    }
+    println!(
+        "
+tokens, policy and audit (client certificate: {ALLOWED})
+"
+    );
+    print_table(&token_cases);
+
+    // 6. The audit trail: one hash-chained record per request, denials included.
+    let files = zt.audit.files()?;
+    let report = zt_audit::verify_files(&files)?;
+    println!(
+        "
+audit log {}: {} records in {} file(s), chain {}",
+        audit_dir.display(),
+        report.records,
+        report.files,
+        match &report.problem {
+            None => "intact".to_owned(),
+            Some(p) => format!("BROKEN at {p}"),
+        }
+    );
+    let audit_ok = report.problem.is_none() && report.records >= token_cases.len() as u64;
+    cases.push(Case {
+        name: "audit chain verifies",
+        expect: "intact",
+        ok: audit_ok,
+        http: String::new(),
+        grpc: String::new(),
+    });
+    cases.extend(token_cases);
+
     let failed = cases.iter().filter(|c| !c.ok).count();
     if failed > 0 {
         println!("\n{failed} case(s) did not behave as expected");
@@ -170,6 +323,156 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\nall {} cases behaved as expected", cases.len());
     Ok(())
+}
+
+/// The demo's Rego policy: readers may GET orders, only admins may DELETE, the Greeter
+/// needs scope `greet`; each decision says why.
+const POLICY: &str = r#"package demo.authz
+
+default decision := {"allow": false, "reasons": ["no rule allows this request"]}
+
+decision := {"allow": true, "reasons": [sprintf("%s may read orders", [input.token.sub])]} if {
+    input.attributes.request.http.method == "GET"
+    input.parsed_path[0] == "orders"
+    "orders:read" in split(input.token.scope, " ")
+}
+
+decision := {"allow": false, "reasons": ["only admins may delete orders"]} if {
+    input.attributes.request.http.method == "DELETE"
+    not "admin" in input.token.roles
+}
+
+decision := {"allow": true, "reasons": ["admin may delete orders"]} if {
+    input.attributes.request.http.method == "DELETE"
+    "admin" in input.token.roles
+}
+
+decision := {"allow": true, "reasons": ["greeting allowed"]} if {
+    input.grpc.service == "helloworld.Greeter"
+    "greet" in split(input.token.scope, " ")
+}
+"#;
+
+/// Tokens the demo's little identity provider hands out.
+struct DemoTokens {
+    key: TestKey,
+    issuer: String,
+    reader: String,
+    admin: String,
+    greeter: String,
+    expired: String,
+    wrong_audience: String,
+}
+
+impl DemoTokens {
+    fn new(key: TestKey, issuer: String) -> Self {
+        let mint = |aud: &str, exp_in: i64, extra: serde_json::Value| {
+            let exp = (now_unix() as i64 + exp_in) as u64;
+            let mut claims =
+                json!({"iss": issuer, "aud": aud, "sub": "alice", "exp": exp, "iat": now_unix()});
+            if let (Some(c), Some(e)) = (claims.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            key.token(&claims)
+        };
+        DemoTokens {
+            reader: mint("orders", 300, json!({"scope": "orders:read"})),
+            admin: mint(
+                "orders",
+                300,
+                json!({"scope": "orders:read", "roles": ["admin"]}),
+            ),
+            greeter: mint("orders", 300, json!({"scope": "greet"})),
+            expired: mint("orders", -3600, json!({"scope": "orders:read"})),
+            wrong_audience: mint("billing", 300, json!({"scope": "orders:read"})),
+            key,
+            issuer,
+        }
+    }
+
+    /// A reader token bound to a client certificate (RFC 8705 `cnf.x5t#S256`).
+    fn bound(&self, thumbprint: &[u8; 32]) -> String {
+        self.key.token(&json!({
+            "iss": self.issuer, "aud": "orders", "sub": "alice", "exp": now_unix() + 300,
+            "scope": "orders:read", "cnf": {"x5t#S256": b64url(thumbprint)},
+        }))
+    }
+}
+
+struct ZeroTrust {
+    http_addr: SocketAddr,
+    grpc_addr: SocketAddr,
+    tokens: DemoTokens,
+    audit: AuditLog,
+    _jwks: JwksServer,
+}
+
+async fn start_zero_trust(
+    tls: ServerTls,
+    audit_dir: &Path,
+) -> Result<ZeroTrust, Box<dyn std::error::Error>> {
+    // A signing key and its JWKS + OIDC discovery document, served on loopback.
+    let key = TestKey::generate(Algorithm::Es256, "demo-1");
+    let jwks_server = JwksServer::start(jwks(&[&key])).await?;
+    let auth = JwtAuthenticator::builder()
+        .issuer(IssuerConfig::discover(jwks_server.issuer()))
+        .audience("orders")
+        .allow_insecure_http() // loopback demo only
+        .build()?;
+    auth.ensure_keys().await?;
+
+    let policy_dir = audit_dir.with_file_name("policy");
+    std::fs::create_dir_all(&policy_dir)?;
+    std::fs::write(policy_dir.join("authz.rego"), POLICY)?;
+    let options = PolicyOptions::new().decision_rule("data.demo.authz.decision");
+    let engine = PolicyEngine::load(&policy_dir, options)?;
+
+    let audit = AuditLog::builder(audit_dir).open()?;
+    let layers = ServiceBuilder::new()
+        .layer(AuditLayer::new(audit.clone()))
+        .layer(JwtAuthLayer::new(auth))
+        .layer(PolicyLayer::new(engine));
+
+    let app = Router::new()
+        .route("/orders/{id}", get(orders_handler).delete(orders_handler))
+        .layer(layers.clone());
+    let listener = TlsListener::bind("127.0.0.1:0".parse()?, tls.clone()).await?;
+    let http_addr = listener.local_addr();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<TlsConnectInfo>(),
+        )
+        .await
+        .unwrap();
+    });
+
+    let listener = TlsListener::bind("127.0.0.1:0".parse()?, tls).await?;
+    let grpc_addr = listener.local_addr();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .layer(layers)
+            .add_service(GreeterServer::new(DemoGreeter))
+            .serve_with_incoming(listener.into_stream())
+            .await
+            .unwrap();
+    });
+
+    Ok(ZeroTrust {
+        http_addr,
+        grpc_addr,
+        tokens: DemoTokens::new(key, jwks_server.issuer()),
+        audit,
+        _jwks: jwks_server,
+    })
+}
+
+async fn orders_handler(TokenClaims(claims): TokenClaims, Decision(decision): Decision) -> String {
+    format!(
+        "{} ({})",
+        claims.subject().unwrap_or("?"),
+        decision.reasons.join("; ")
+    )
 }
 
 fn server_cert(ca: &TestCa) -> TestCert {
@@ -267,6 +570,17 @@ async fn tls_connect(
 
 /// One HTTP/2 GET; "STATUS body" or "refused: why".
 async fn http_get(cfg: &Arc<ClientConfig>, addr: SocketAddr, path: &str) -> String {
+    http_request(cfg, addr, "GET", path, None).await
+}
+
+/// One HTTP/2 request, optionally with a bearer token; "STATUS body" or "refused: why".
+async fn http_request(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> String {
     let result = async {
         let tls = tls_connect(cfg, addr).await?;
         let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -275,13 +589,27 @@ async fn http_get(cfg: &Arc<ClientConfig>, addr: SocketAddr, path: &str) -> Stri
         )
         .await?;
         tokio::spawn(conn);
-        let req =
-            http::Request::get(format!("https://localhost{path}")).body(Empty::<Bytes>::new())?;
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://localhost{path}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let req = req.body(Empty::<Bytes>::new())?;
         let res = sender.send_request(req).await?;
         let status = res.status();
+        let www = res
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let res_challenge = move |_: &http::StatusCode, _: &Bytes| {
+            www.clone().map(|w| format!("({w})")).unwrap_or_default()
+        };
         let body = res.into_body().collect().await?.to_bytes();
+        let challenge = res_challenge(&status, &body);
         Ok::<_, Box<dyn std::error::Error + Send + Sync>>(format!(
-            "{} {}",
+            "{} {}{challenge}",
             status.as_u16(),
             String::from_utf8_lossy(&body)
         ))
@@ -295,6 +623,11 @@ async fn http_get(cfg: &Arc<ClientConfig>, addr: SocketAddr, path: &str) -> Stri
 
 /// One SayHello; "OK message", "STATUS_CODE message" or "refused: why".
 async fn grpc_hello(cfg: &Arc<ClientConfig>, addr: SocketAddr) -> String {
+    grpc_hello_with(cfg, addr, None).await
+}
+
+async fn grpc_hello_with(cfg: &Arc<ClientConfig>, addr: SocketAddr, token: Option<&str>) -> String {
+    let token = token.map(|t| format!("Bearer {t}"));
     let cfg = cfg.clone();
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let cfg = cfg.clone();
@@ -307,15 +640,22 @@ async fn grpc_hello(cfg: &Arc<ClientConfig>, addr: SocketAddr) -> String {
             .await
             .map_err(|e| format!("refused: {}", root_cause(&e)))?;
         let mut client = GreeterClient::new(channel);
-        match client
-            .say_hello(HelloRequest {
-                name: "demo".into(),
-            })
-            .await
-        {
+        let mut req = tonic::Request::new(HelloRequest {
+            name: "demo".into(),
+        });
+        if let Some(t) = &token {
+            req.metadata_mut().insert(
+                "authorization",
+                t.parse().map_err(|_| "bad token".to_owned())?,
+            );
+        }
+        match client.say_hello(req).await {
             Ok(res) => Ok(format!("OK {}", res.into_inner().message)),
             Err(status) if status.code() == tonic::Code::PermissionDenied => {
                 Ok(format!("PERMISSION_DENIED {}", status.message()))
+            }
+            Err(status) if status.code() == tonic::Code::Unauthenticated => {
+                Ok(format!("UNAUTHENTICATED {}", status.message()))
             }
             // Anything else here is the connection failing: the handshake was refused.
             Err(status) => Err(format!("refused: {:?} {}", status.code(), status.message())),
