@@ -219,7 +219,8 @@ async fn broken_signatures_are_refused() {
 #[tokio::test]
 async fn bad_time_issuer_audience_and_exp_are_refused() {
     let f = fixture();
-    let cases: Vec<(Value, fn(&AuthError) -> bool)> = vec![
+    type Expect = fn(&AuthError) -> bool;
+    let cases: Vec<(Value, Expect)> = vec![
         (json!({"exp": now_unix() - 3600}), |e| {
             *e == AuthError::Expired
         }),
