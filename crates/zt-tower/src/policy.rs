@@ -152,10 +152,10 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
     if let Some(claims) = crate::request_claims(req.extensions()) {
         builder = builder.token(claims.raw().clone());
     }
-    if is_grpc(req.headers()) {
-        if let Some((service, method)) = grpc_method(req.uri().path()) {
-            builder = builder.grpc(service, method);
-        }
+    if is_grpc(req.headers())
+        && let Some((service, method)) = grpc_method(req.uri().path())
+    {
+        builder = builder.grpc(service, method);
     }
     builder.build(options)
 }

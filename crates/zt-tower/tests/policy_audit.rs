@@ -253,7 +253,7 @@ async fn policy_reloads_under_load_are_whole_and_broken_ones_never_load() {
                     .parse()
                     .unwrap();
                 // Only valid (even) revisions are ever installed, and never go backwards.
-                if rev % 2 != 0 || rev < last_rev {
+                if !rev.is_multiple_of(2) || rev < last_rev {
                     failures.push(format!("revision {rev} after {last_rev}"));
                 }
                 last_rev = rev;
