@@ -8,6 +8,10 @@
 //! Every request's client identity was verified in the handshake; `RequireIdentityLayer`
 //! then allows only the configured SPIFFE IDs / trust domain (403 otherwise). Certificate,
 //! key, CA and CRL files are reloaded when they change. Prints `listening on ADDR` once ready.
+//!
+//! `--client-auth-optional` turns it into a plain TLS server for comparison: clients may
+//! come without a certificate and `RequireIdentityLayer` is left out (the load run's
+//! baseline, `scripts/load-mtls.sh`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -25,12 +29,17 @@ struct Args {
     tls: common::TlsArgs,
 }
 
-async fn hello(VerifiedPeer(peer): VerifiedPeer) -> String {
-    let who = peer
-        .spiffe_id()
-        .map(|id| id.to_string())
-        .or_else(|| peer.subject_cn().map(str::to_owned))
-        .unwrap_or_else(|| peer.subject().to_owned());
+async fn hello(peer: Option<VerifiedPeer>) -> String {
+    // Without --client-auth-optional every connection has a verified peer (the acceptor
+    // refuses the rest, and RequireIdentityLayer checks it again).
+    let who = match peer {
+        Some(VerifiedPeer(peer)) => peer
+            .spiffe_id()
+            .map(|id| id.to_string())
+            .or_else(|| peer.subject_cn().map(str::to_owned))
+            .unwrap_or_else(|| peer.subject().to_owned()),
+        None => "anonymous".to_owned(),
+    };
     format!("hello, {who}\n")
 }
 
@@ -47,10 +56,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let authorizer = args.tls.request_authorizer()?;
     let _reloader = tls.spawn_reloader();
 
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/", get(hello))
-        .route("/identity", get(identity))
-        .layer(RequireIdentityLayer::new(authorizer));
+        .route("/identity", get(identity));
+    if !args.tls.client_auth_optional {
+        app = app.layer(RequireIdentityLayer::new(authorizer));
+    }
 
     let listener = TlsListener::bind(args.tls.listen, tls).await?;
     println!("listening on {}", listener.local_addr());

@@ -34,6 +34,11 @@ pub(crate) struct TlsArgs {
     /// Accept TLS 1.2 as well (off: TLS 1.3 only).
     #[arg(long)]
     pub allow_tls12: bool,
+    /// Let clients connect without a certificate (a presented one is still verified).
+    /// `axum_mtls` then also leaves out `RequireIdentityLayer`: the TLS-only baseline of
+    /// the load run (`scripts/load-mtls.sh`). Off by default.
+    #[arg(long)]
+    pub(crate) client_auth_optional: bool,
     /// How often the cert/key/CA/CRL files are checked for changes, in milliseconds.
     #[arg(long, env = "ZTKIT_RELOAD_MS", default_value_t = 1000)]
     pub(crate) reload_ms: u64,
@@ -53,6 +58,9 @@ impl TlsArgs {
         }
         if self.allow_tls12 {
             builder = builder.allow_tls12();
+        }
+        if self.client_auth_optional {
+            builder = builder.client_auth_optional();
         }
         builder.build()
     }
