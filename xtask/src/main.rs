@@ -77,9 +77,11 @@ fn have(cmd: &str) -> bool {
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {
+    if cmd.get_current_dir().is_none() {
+        cmd.current_dir(root_dir());
+    }
     eprintln!("xtask: running {cmd:?}");
     let status = cmd
-        .current_dir(root_dir())
         .status()
         .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
     if status.success() {
