@@ -4,21 +4,30 @@
 #   bash scripts/load-mtls.sh
 #
 # 1. Throughput: the axum example (`examples/axum_mtls.rs`, release build) as a TLS-only
-#    server (`--client-auth-optional`: no client certificate, no RequireIdentityLayer)
-#    against the same example as an mTLS server (client certificate required, identity
-#    parsed per connection, RequireIdentityLayer checking the trust domain per request).
-#    Both are driven with keep-alive HTTP/1.1 by `examples/mtls_loadgen.rs`, alternating
-#    A B / B A over ROUNDS rounds; wrk drives the TLS-only server in each round as well, to
-#    show the load generator's figures are comparable to wrk's. (wrk cannot present a
-#    client certificate, so it cannot drive the mTLS server; the script shows that too.)
+#    server (`--client-auth-optional`: no client certificate asked of the client, no
+#    RequireIdentityLayer) against the same example as an mTLS server (client certificate
+#    required and verified, identity parsed once per connection, RequireIdentityLayer
+#    checking the trust domain on every request). Keep-alive HTTP/1.1, same run, ROUNDS
+#    rounds alternating the order (A B, B A, ...), medians reported.
+#    Two clients drive both servers:
+#    - wrk. wrk has no option for a client certificate, and OpenSSL's config file cannot
+#      add one (OpenSSL 3.0 refuses `Certificate`/`PrivateKey` in the system-wide
+#      `system_default` section that SSL_CTX_new applies; wrk never loads a section of its
+#      own). So the script compiles a 20-line LD_PRELOAD shim (below) that loads
+#      WRK_CLIENT_CERT/WRK_CLIENT_KEY into wrk's SSL_CTX right after SSL_CTX_new. Needs a C
+#      compiler (cc); without one the wrk mTLS runs are skipped.
+#    - examples/mtls_loadgen.rs, a wrk-like closed-loop client on rustls + hyper that can
+#      present a certificate by itself (and also holds the idle connections of part 2).
 #    Target: mTLS median >= 95 % of the TLS-only median.
 # 2. Memory: a fresh mTLS server, IDLE connections each served one request and then left
 #    idle; the server's VmRSS before and after. Target: <= 64 KiB per connection. The same
 #    is measured for a fresh TLS-only server for comparison.
 #
 # Knobs (environment): ROUNDS (5), DURATION (10 s), WARMUP (2 s), CONNS (50), THREADS (2),
-# IDLE (10000), PIN (split: server on CPU 0, load generators on CPU 1; none: no pinning),
-# CARGO_TARGET_DIR (default: target). Installs nothing; needs wrk (Debian: apt-get install wrk).
+# IDLE (10000), PIN (split: server on CPU 0, clients on CPU 1; none: no pinning),
+# CARGO_TARGET_DIR (default: target).
+# Installs nothing. Needs wrk (Debian: apt-get install wrk) and, for the wrk mTLS runs, cc
+# (Debian: apt-get install gcc).
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -37,6 +46,12 @@ die() { echo "load-mtls: $*" >&2; exit 1; }
 command -v wrk >/dev/null ||
     die "wrk not found; install it (Debian/Ubuntu: apt-get install wrk), then run again"
 command -v cargo >/dev/null || die "cargo not found"
+HAVE_CC=1
+command -v cc >/dev/null || {
+    HAVE_CC=0
+    echo "load-mtls: no C compiler (cc): wrk cannot be given a client certificate, so the" \
+        "wrk mTLS runs are skipped (install one: apt-get install gcc)" >&2
+}
 case "$PIN" in
 split)
     command -v taskset >/dev/null ||
@@ -79,6 +94,41 @@ trap cleanup EXIT
 
 "$LOADGEN" --gen-pki "$WORK/pki" >/dev/null
 PKI=$WORK/pki
+
+# wrk with a client certificate: after wrk's SSL_CTX_new, load WRK_CLIENT_CERT (chain,
+# PEM) and WRK_CLIENT_KEY (PEM) into the context. The OpenSSL functions resolve against
+# the libssl wrk already loads, so no OpenSSL headers or -dev package are needed.
+if [ "$HAVE_CC" = 1 ]; then
+    cat >"$WORK/wrk-client-cert.c" <<'EOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct ssl_ctx_st SSL_CTX;
+typedef struct ssl_method_st SSL_METHOD;
+int SSL_CTX_use_certificate_chain_file(SSL_CTX *ctx, const char *file);
+int SSL_CTX_use_PrivateKey_file(SSL_CTX *ctx, const char *file, int type);
+int SSL_CTX_check_private_key(const SSL_CTX *ctx);
+
+SSL_CTX *SSL_CTX_new(const SSL_METHOD *method) {
+    SSL_CTX *(*next)(const SSL_METHOD *) =
+        (SSL_CTX * (*)(const SSL_METHOD *)) dlsym(RTLD_NEXT, "SSL_CTX_new");
+    SSL_CTX *ctx = next(method);
+    const char *cert = getenv("WRK_CLIENT_CERT"), *key = getenv("WRK_CLIENT_KEY");
+    if (ctx != NULL && cert != NULL && key != NULL &&
+        (SSL_CTX_use_certificate_chain_file(ctx, cert) != 1 ||
+         SSL_CTX_use_PrivateKey_file(ctx, key, 1 /* SSL_FILETYPE_PEM */) != 1 ||
+         SSL_CTX_check_private_key(ctx) != 1)) {
+        fprintf(stderr, "wrk-client-cert: cannot use %s / %s\n", cert, key);
+        exit(1);
+    }
+    return ctx;
+}
+EOF
+    cc -O2 -shared -fPIC -o "$WORK/wrk-client-cert.so" "$WORK/wrk-client-cert.c" -ldl ||
+        die "cannot compile the wrk client-certificate shim"
+fi
 
 # start_server NAME PORT [extra flags...]: starts axum_mtls, waits for its
 # `listening on ADDR` line, sets SERVER_PID.
@@ -140,7 +190,19 @@ wrk_ok=$(awk '/requests in/ {print $1}' <<<"$wrk_check")
 if [ "${wrk_ok:-0}" != 0 ]; then
     die "wrk got answers from the mTLS server without a client certificate: $wrk_check"
 fi
-echo "wrk against the mTLS server: 0 requests (it has no way to present a client certificate)"
+echo "plain wrk against the mTLS server: 0 requests (it cannot present a client certificate)"
+wrk_mtls() {
+    WRK_CLIENT_CERT=$PKI/client.crt WRK_CLIENT_KEY=$PKI/client.key \
+        LD_PRELOAD=$WORK/wrk-client-cert.so "$@"
+}
+if [ "$HAVE_CC" = 1 ]; then
+    wrk_check=$(wrk_mtls wrk -t1 -c1 -d1s "https://127.0.0.1:$MTLS_PORT/" 2>&1 || true)
+    wrk_ok=$(awk '/requests in/ {print $1}' <<<"$wrk_check")
+    if [ "${wrk_ok:-0}" = 0 ] || grep -q "Non-2xx\|Socket errors" <<<"$wrk_check"; then
+        die "wrk with the client-certificate shim failed against the mTLS server: $wrk_check"
+    fi
+    echo "wrk with the client-certificate shim against the mTLS server: $wrk_ok requests, all 200"
+fi
 
 # rps_of FILE: the rps= field of the loadgen's RESULT line.
 rps_of() { sed -n 's/^RESULT .* rps=\([0-9]*\).*/\1/p' "$1"; }
@@ -158,60 +220,90 @@ run_loadgen() { # label port [cert args...]
     echo "$(rps_of "$f") $(field_of "$f" p50_us) $(field_of "$f" p99_us)"
 }
 
-run_wrk() {
-    local f=$WORK/wrk.$round.txt
+run_wrk() { # label port [wrapper...]
+    local label=$1 port=$2
+    shift 2
+    local f=$WORK/wrk-$label.$round.txt
     # wrk has no warm-up option: a short run first, not counted.
-    "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" "https://127.0.0.1:$TLS_PORT/" >/dev/null
-    "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
-        "https://127.0.0.1:$TLS_PORT/" >"$f"
-    if grep -q "Non-2xx\|Socket errors" "$f"; then
+    "$@" "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" \
+        "https://127.0.0.1:$port/" >/dev/null
+    "$@" "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
+        "https://127.0.0.1:$port/" >"$f"
+    if grep -q "Non-2xx\|Socket errors" "$f" || ! grep -q "^Requests/sec:" "$f"; then
         cat "$f" >&2
-        die "wrk round $round had errors"
+        die "wrk $label round $round had errors"
     fi
-    awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$f"
+    local rps p50 p99
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$f")
+    p50=$(awk '$1 == "50%" {print $2}' "$f")
+    p99=$(awk '$1 == "99%" {print $2}' "$f")
+    echo "$rps $p50 $p99"
 }
 
 echo "== throughput: $ROUNDS rounds, $CONNS connections, $THREADS client threads," \
     "${WARMUP} s warm-up + ${DURATION} s each, PIN=$PIN"
-printf '%-6s %-30s %-30s %-10s %-8s\n' round "TLS-only loadgen (rps p50 p99)" \
-    "mTLS loadgen (rps p50 p99)" "TLS wrk" "mTLS/TLS"
-A_ALL=()
-B_ALL=()
-W_ALL=()
-R_ALL=()
+printf '%-5s | %-24s %-24s %-7s | %-24s %-24s %-7s\n' round \
+    "loadgen TLS (rps p50 p99)" "loadgen mTLS" "ratio" "wrk TLS (rps p50 p99)" "wrk mTLS" ratio
+LA=()
+LB=()
+LR=()
+WA=()
+WB=()
+WR=()
+ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b / a }'; }
+pct_of() { awk -v r="$1" 'BEGIN { printf "%.1f%%", 100 * r }'; }
 for round in $(seq 1 "$ROUNDS"); do
+    wa="- - -" wb="- - -" wr=""
     if [ $((round % 2)) = 1 ]; then
-        a=$(run_loadgen tls-only $TLS_PORT)
-        b=$(run_loadgen mtls $MTLS_PORT "${CERT_ARGS[@]}")
+        la=$(run_loadgen tls-only $TLS_PORT)
+        lb=$(run_loadgen mtls $MTLS_PORT "${CERT_ARGS[@]}")
+        wa=$(run_wrk tls-only $TLS_PORT)
+        [ "$HAVE_CC" = 0 ] || wb=$(run_wrk mtls $MTLS_PORT wrk_mtls)
     else
-        b=$(run_loadgen mtls $MTLS_PORT "${CERT_ARGS[@]}")
-        a=$(run_loadgen tls-only $TLS_PORT)
+        lb=$(run_loadgen mtls $MTLS_PORT "${CERT_ARGS[@]}")
+        la=$(run_loadgen tls-only $TLS_PORT)
+        [ "$HAVE_CC" = 0 ] || wb=$(run_wrk mtls $MTLS_PORT wrk_mtls)
+        wa=$(run_wrk tls-only $TLS_PORT)
     fi
-    w=$(run_wrk)
-    a_rps=${a%% *}
-    b_rps=${b%% *}
-    ratio=$(awk -v a="$a_rps" -v b="$b_rps" 'BEGIN { printf "%.1f%%", 100 * b / a }')
-    A_ALL+=("$a_rps")
-    B_ALL+=("$b_rps")
-    W_ALL+=("$w")
-    R_ALL+=("$(awk -v a="$a_rps" -v b="$b_rps" 'BEGIN { printf "%.4f", b / a }')")
-    printf '%-6s %-30s %-30s %-10s %-8s\n' "$round" "$a" "$b" "$w" "$ratio"
+    LA+=("${la%% *}")
+    LB+=("${lb%% *}")
+    lr=$(ratio_of "${la%% *}" "${lb%% *}")
+    LR+=("$lr")
+    WA+=("${wa%% *}")
+    if [ "$HAVE_CC" = 1 ]; then
+        WB+=("${wb%% *}")
+        wr=$(ratio_of "${wa%% *}" "${wb%% *}")
+        WR+=("$wr")
+        wr=$(pct_of "$wr")
+    fi
+    printf '%-5s | %-24s %-24s %-7s | %-24s %-24s %-7s\n' "$round" "$la" "$lb" \
+        "$(pct_of "$lr")" "$wa" "$wb" "$wr"
 done
+echo "(loadgen latencies in microseconds; wrk's as wrk prints them)"
 
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
     if (NR % 2) printf "%.0f", v[(NR + 1) / 2]; else printf "%.0f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 median_ratio() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
     if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f", 100 * m }'; }
 
-A_MED=$(median "${A_ALL[@]}")
-B_MED=$(median "${B_ALL[@]}")
-W_MED=$(median "${W_ALL[@]}")
-RATIO=$(awk -v a="$A_MED" -v b="$B_MED" 'BEGIN { printf "%.1f", 100 * b / a }')
-PAIRED=$(median_ratio "${R_ALL[@]}")
-LG_VS_WRK=$(awk -v a="$A_MED" -v w="$W_MED" 'BEGIN { printf "%.1f", 100 * a / w }')
-echo "medians: TLS-only $A_MED req/s, mTLS $B_MED req/s, wrk TLS-only $W_MED req/s"
-echo "mTLS / TLS-only: $RATIO % of medians (median of per-round ratios: $PAIRED %); target >= 95 %"
-echo "loadgen / wrk on the TLS-only server: $LG_VS_WRK %"
+LA_MED=$(median "${LA[@]}")
+LB_MED=$(median "${LB[@]}")
+L_RATIO=$(awk -v a="$LA_MED" -v b="$LB_MED" 'BEGIN { printf "%.1f", 100 * b / a }')
+L_PAIRED=$(median_ratio "${LR[@]}")
+WA_MED=$(median "${WA[@]}")
+echo "loadgen medians: TLS-only $LA_MED req/s, mTLS $LB_MED req/s:" \
+    "mTLS/TLS-only $L_RATIO % (median of the per-round ratios: $L_PAIRED %)"
+if [ "$HAVE_CC" = 1 ]; then
+    WB_MED=$(median "${WB[@]}")
+    W_RATIO=$(awk -v a="$WA_MED" -v b="$WB_MED" 'BEGIN { printf "%.1f", 100 * b / a }')
+    W_PAIRED=$(median_ratio "${WR[@]}")
+    echo "wrk medians:     TLS-only $WA_MED req/s, mTLS $WB_MED req/s:" \
+        "mTLS/TLS-only $W_RATIO % (median of the per-round ratios: $W_PAIRED %)"
+else
+    echo "wrk medians:     TLS-only $WA_MED req/s (mTLS skipped: no cc)"
+fi
+echo "loadgen / wrk on the TLS-only server: $(awk -v a="$LA_MED" -v w="$WA_MED" \
+    'BEGIN { printf "%.1f", 100 * a / w }') %"
 stop_server "$TLS_PID"
 stop_server "$MTLS_PID"
 
@@ -246,5 +338,10 @@ echo "TLS-only server: VmRSS $t_before KiB -> $t_after KiB: $t_per KiB per conne
 
 echo "== summary"
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= t : v <= t; print ok ? "met" : "NOT met" }'; }
-echo "throughput: mTLS $B_MED / TLS-only $A_MED req/s = $RATIO % (target >= 95 %: $(verdict "$RATIO" 95 '>='))"
+if [ "$HAVE_CC" = 1 ]; then
+    echo "throughput (wrk):     mTLS $WB_MED / TLS-only $WA_MED req/s = $W_RATIO %" \
+        "(target >= 95 %: $(verdict "$W_RATIO" 95 '>='))"
+fi
+echo "throughput (loadgen): mTLS $LB_MED / TLS-only $LA_MED req/s = $L_RATIO %" \
+    "(target >= 95 %: $(verdict "$L_RATIO" 95 '>='))"
 echo "memory: $m_per KiB per idle mTLS connection (target <= 64 KiB: $(verdict "$m_per" 64 '<='))"
