@@ -12,6 +12,11 @@
 //! `--client-auth-optional` turns it into a plain TLS server for comparison: clients may
 //! come without a certificate and `RequireIdentityLayer` is left out (the load run's
 //! baseline, `scripts/load-mtls.sh`).
+//!
+//! With `--jwt-issuer URL --jwt-audience AUD` every request also needs a valid bearer
+//! token (`JwtAuthLayer`, checked after the identity; 401 with `WWW-Authenticate: Bearer`
+//! otherwise), and with `--jwt-require-scope S` that scope (403). `/` then names the
+//! token's subject too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -20,16 +25,20 @@ use std::io::Write;
 
 use axum::{Json, Router, routing::get};
 use clap::Parser;
-use zt_tower::{RequireIdentityLayer, TlsConnectInfo, TlsListener, VerifiedPeer};
+use zt_tower::{
+    JwtAuthLayer, RequireIdentityLayer, TlsConnectInfo, TlsListener, TokenClaims, VerifiedPeer,
+};
 
 #[derive(Debug, Parser)]
 #[command(about = "axum behind mTLS with ztkit")]
 struct Args {
     #[command(flatten)]
     tls: common::TlsArgs,
+    #[command(flatten)]
+    jwt: common::JwtArgs,
 }
 
-async fn hello(peer: Option<VerifiedPeer>) -> String {
+async fn hello(peer: Option<VerifiedPeer>, token: Option<TokenClaims>) -> String {
     // Without --client-auth-optional every connection has a verified peer (the acceptor
     // refuses the rest, and RequireIdentityLayer checks it again).
     let who = match peer {
@@ -40,7 +49,13 @@ async fn hello(peer: Option<VerifiedPeer>) -> String {
             .unwrap_or_else(|| peer.subject().to_owned()),
         None => "anonymous".to_owned(),
     };
-    format!("hello, {who}\n")
+    match token
+        .as_ref()
+        .and_then(|TokenClaims(claims)| claims.subject())
+    {
+        Some(subject) => format!("hello, {who} (token subject {subject})\n"),
+        None => format!("hello, {who}\n"),
+    }
 }
 
 async fn identity(VerifiedPeer(peer): VerifiedPeer) -> Json<mtls_verify::PeerIdentity> {
@@ -48,17 +63,29 @@ async fn identity(VerifiedPeer(peer): VerifiedPeer) -> Json<mtls_verify::PeerIde
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    common::exit_on_error(run().await);
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     common::init_tracing();
     let args = Args::parse();
     // Validate everything before listening: a bad file is a typed error naming it.
     let tls = args.tls.server_tls()?;
     let authorizer = args.tls.request_authorizer()?;
+    let jwt = args.jwt.authenticator().await?;
     let _reloader = tls.spawn_reloader();
 
     let mut app = Router::new()
         .route("/", get(hello))
         .route("/identity", get(identity));
+    // Layers added later run first: identity, then the token, then its scopes.
+    if let Some(scopes) = args.jwt.scope_layer() {
+        app = app.layer(scopes);
+    }
+    if let Some(auth) = jwt {
+        app = app.layer(JwtAuthLayer::new(auth));
+    }
     if !args.tls.client_auth_optional {
         app = app.layer(RequireIdentityLayer::new(authorizer));
     }

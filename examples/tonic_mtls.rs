@@ -7,6 +7,11 @@
 //!
 //! Unauthorized identities get `PERMISSION_DENIED` from `RequireIdentityLayer`; the handler
 //! reads the verified identity with `RequestIdentityExt`. Prints `listening on ADDR`.
+//!
+//! With `--jwt-issuer URL --jwt-audience AUD` every call also needs a valid bearer token in
+//! the `authorization` metadata (`JwtAuthLayer`, checked after the identity;
+//! `UNAUTHENTICATED` otherwise), and with `--jwt-require-scope S` that scope
+//! (`PERMISSION_DENIED`). The reply then names the token's subject too.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -15,7 +20,10 @@ use std::io::Write;
 
 use clap::Parser;
 use tonic::{Request, Response, Status};
-use zt_tower::{RequestIdentityExt, RequireIdentityLayer, TlsListener};
+use tower::util::option_layer;
+use zt_tower::{
+    JwtAuthLayer, RequestClaimsExt, RequestIdentityExt, RequireIdentityLayer, TlsListener,
+};
 use ztkit_testproto::greeter_server::{Greeter, GreeterServer};
 use ztkit_testproto::{HelloReply, HelloRequest};
 
@@ -24,6 +32,8 @@ use ztkit_testproto::{HelloReply, HelloRequest};
 struct Args {
     #[command(flatten)]
     tls: common::TlsArgs,
+    #[command(flatten)]
+    jwt: common::JwtArgs,
 }
 
 #[derive(Debug, Default)]
@@ -36,25 +46,38 @@ impl Greeter for MyGreeter {
             .peer_identity()
             .and_then(|p| p.spiffe_id().map(|id| id.to_string()))
             .unwrap_or_else(|| "unknown".into());
-        Ok(Response::new(HelloReply {
-            message: format!("Hello {} (you are {who})", req.get_ref().name),
-        }))
+        let message = match req.claims().and_then(|claims| claims.subject()) {
+            Some(subject) => format!(
+                "Hello {} (you are {who}, token subject {subject})",
+                req.get_ref().name
+            ),
+            None => format!("Hello {} (you are {who})", req.get_ref().name),
+        };
+        Ok(Response::new(HelloReply { message }))
     }
 }
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() {
+    common::exit_on_error(run().await);
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
     common::init_tracing();
     let args = Args::parse();
     let tls = args.tls.server_tls()?;
     let authorizer = args.tls.request_authorizer()?;
+    let jwt = args.jwt.authenticator().await?;
     let _reloader = tls.spawn_reloader();
 
     let listener = TlsListener::bind(args.tls.listen, tls).await?;
     println!("listening on {}", listener.local_addr());
     std::io::stdout().flush()?;
     tonic::transport::Server::builder()
+        // Identity first, then the token, then its scopes.
         .layer(RequireIdentityLayer::new(authorizer))
+        .layer(option_layer(jwt.map(JwtAuthLayer::new)))
+        .layer(option_layer(args.jwt.scope_layer()))
         .add_service(GreeterServer::new(MyGreeter))
         .serve_with_incoming(listener.into_stream())
         .await?;

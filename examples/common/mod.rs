@@ -82,6 +82,64 @@ impl TlsArgs {
     }
 }
 
+/// Optional bearer-token (JWT access token) flags. Without `--jwt-issuer` no token is
+/// asked for.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct JwtArgs {
+    /// Issuer URL whose access tokens are accepted (its keys are found by OpenID discovery).
+    /// When set, every request needs a valid `Authorization: Bearer` token.
+    #[arg(long, env = "ZTKIT_JWT_ISSUER", requires = "jwt_audience")]
+    pub(crate) jwt_issuer: Option<String>,
+    /// Audience (`aud`) the tokens must be issued for, e.g. the resource indicator.
+    #[arg(long, env = "ZTKIT_JWT_AUDIENCE", requires = "jwt_issuer")]
+    pub(crate) jwt_audience: Option<String>,
+    /// Scope the token must grant (RequireScopeLayer); may be repeated.
+    #[arg(long, requires = "jwt_issuer")]
+    pub(crate) jwt_require_scope: Vec<String>,
+    /// Allow a plain-http issuer and JWKS URL. For loopback tests only: keys fetched over
+    /// http can be replaced by anyone on the path.
+    #[arg(long, requires = "jwt_issuer")]
+    pub(crate) jwt_insecure_http: bool,
+}
+
+impl JwtArgs {
+    /// The token authenticator, `None` without `--jwt-issuer`. Fetches the issuer's keys
+    /// once, so an unreachable or wrong issuer fails at start-up with an error naming it.
+    pub(crate) async fn authenticator(
+        &self,
+    ) -> Result<Option<jwt_oidc::JwtAuthenticator>, jwt_oidc::AuthError> {
+        let Some(issuer) = &self.jwt_issuer else {
+            return Ok(None);
+        };
+        let mut builder = jwt_oidc::JwtAuthenticator::builder()
+            .issuer(jwt_oidc::IssuerConfig::discover(issuer.as_str()));
+        if let Some(audience) = &self.jwt_audience {
+            builder = builder.audience(audience.as_str());
+        }
+        if self.jwt_insecure_http {
+            builder = builder.allow_insecure_http();
+        }
+        let auth = builder.build()?;
+        auth.ensure_keys().await?;
+        Ok(Some(auth))
+    }
+
+    /// `RequireScopeLayer` for `--jwt-require-scope`, `None` when no scope is required.
+    pub(crate) fn scope_layer(&self) -> Option<zt_tower::RequireScopeLayer> {
+        (!self.jwt_require_scope.is_empty())
+            .then(|| zt_tower::RequireScopeLayer::new(self.jwt_require_scope.iter().cloned()))
+    }
+}
+
+/// Prints an error that ended the server readably (`error: …`, the `Display` text, which
+/// names the file or URL that failed) to stderr and exits 1.
+pub(crate) fn exit_on_error(result: Result<(), Box<dyn std::error::Error>>) {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
 pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

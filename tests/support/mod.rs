@@ -464,6 +464,30 @@ pub async fn https_get(
     addr: SocketAddr,
     path: &str,
 ) -> Result<(u16, String), String> {
+    https_get_with_headers(cfg, addr, path, &[])
+        .await
+        .map(|answer| (answer.status, answer.body))
+}
+
+/// An HTTP response as the tests look at it.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The response headers.
+    pub headers: http::HeaderMap,
+    /// The body, lossily decoded as UTF-8.
+    pub body: String,
+}
+
+/// One HTTP/1.1 GET with extra request `headers` on a new connection, or why there was no
+/// response.
+pub async fn https_get_with_headers(
+    cfg: &Arc<ClientConfig>,
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpAnswer, String> {
     let attempt = async {
         let tls = tls_connect(cfg, addr)
             .await
@@ -472,22 +496,28 @@ pub async fn https_get(
             .await
             .map_err(|e| format!("http1 handshake: {e}"))?;
         tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, "localhost")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
+        let mut req = http::Request::get(path).header(http::header::HOST, "localhost");
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
         let res = sender
             .send_request(req)
             .await
             .map_err(|e| format!("request: {}", error_chain(&e)))?;
         let status = res.status().as_u16();
+        let headers = res.headers().clone();
         let body = res
             .into_body()
             .collect()
             .await
             .map_err(|e| format!("body: {e}"))?
             .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        Ok(HttpAnswer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
     };
     match tokio::time::timeout(GUARD, attempt).await {
         Ok(result) => result,
