@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use support::{
     CLIENT_ID, ExampleServer, GUARD, HttpAnswer, ServerFiles, client_cert, client_config,
-    https_get_with_headers, roots, tls_connect,
+    https_get_with_headers, roots, run_to_exit, tls_connect,
 };
 use ztkit_testproto::HelloRequest;
 use ztkit_testproto::greeter_client::GreeterClient;
@@ -193,7 +193,12 @@ impl Setup {
     }
 
     fn start(&self, example: &str) -> ExampleServer {
+        self.start_with(example, &[])
+    }
+
+    fn start_with(&self, example: &str, extra: &[&str]) -> ExampleServer {
         let mut args: Vec<OsString> = self.files.server_args();
+        args.extend(extra.iter().map(OsString::from));
         args.extend(
             [
                 "--allow-spiffe-id",
@@ -313,6 +318,63 @@ async fn axum_example_validates_provider_tokens() {
     let other = setup.provider.token("urn:ztkit:api-es").await;
     let wrong_audience = get(&setup.http1, server.addr, Some(&other)).await;
     assert_eq!(wrong_audience.status, 401, "{wrong_audience:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs node: run by cargo xtask test"]
+async fn axum_example_requires_the_configured_scopes() {
+    let setup = Setup::new();
+    // The token is asked for with scope api:read only.
+    let token = setup.provider.token(RESOURCE).await;
+    let granted = setup.start_with("axum_mtls", &["--jwt-require-scope", "api:read"]);
+    let ok = get(&setup.http1, granted.addr, Some(&token)).await;
+    assert_eq!(ok.status, 200, "{ok:?}\n{}", granted.stderr());
+
+    let missing = setup.start_with(
+        "axum_mtls",
+        &[
+            "--jwt-require-scope",
+            "api:read",
+            "--jwt-require-scope",
+            "api:write",
+        ],
+    );
+    let refused = get(&setup.http1, missing.addr, Some(&token)).await;
+    assert_eq!(refused.status, 403, "{refused:?}");
+    assert!(
+        www_authenticate(&refused).contains(r#"error="insufficient_scope""#),
+        "{refused:?}"
+    );
+}
+
+/// An issuer that cannot be reached stops the server before it listens, with one readable
+/// `error:` line naming the issuer (no node needed: nothing listens on the port).
+#[test]
+fn unreachable_issuer_fails_at_start_up_readably() {
+    let files = ServerFiles::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let issuer = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    for example in ["axum_mtls", "tonic_mtls"] {
+        let mut args = files.server_args();
+        args.extend(
+            [
+                "--jwt-issuer",
+                &issuer,
+                "--jwt-audience",
+                RESOURCE,
+                "--jwt-insecure-http",
+            ]
+            .map(OsString::from),
+        );
+        let exited = run_to_exit(example, &args);
+        assert_eq!(exited.status.code(), Some(1), "{example}: {exited:?}");
+        assert!(
+            exited.stderr.contains("error: ") && exited.stderr.contains(&issuer),
+            "{example}: the error does not name {issuer}: {}",
+            exited.stderr
+        );
+    }
 }
 
 #[tokio::test]
