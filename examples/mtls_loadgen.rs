@@ -1,9 +1,11 @@
 //! A closed-loop HTTP/1.1 load generator over TLS that can present a client certificate.
 //!
-//! `wrk` cannot present a TLS client certificate (OpenSSL's config file cannot add one
-//! either: `Certificate`/`PrivateKey` in `system_default` are refused for the system-wide
-//! configuration), so the mTLS load run (`scripts/load-mtls.sh`, `docs/benchmarks.md`)
-//! drives both servers with this tool, shaped like `wrk -tT -cC -dD`:
+//! `wrk` has no option for a TLS client certificate, and OpenSSL's config file cannot add
+//! one (OpenSSL 3.0 refuses `Certificate`/`PrivateKey` in the system-wide `system_default`
+//! section). The mTLS load run (`scripts/load-mtls.sh`, `docs/benchmarks.md`) therefore
+//! drives both servers with wrk through a small LD_PRELOAD shim *and* with this tool, an
+//! independent client shaped like `wrk -tT -cC -dD` that needs no tricks. It also holds
+//! thousands of idle connections for the memory measurement, which wrk cannot do.
 //!
 //! ```sh
 //! # throw-away CA, server and client certificates
@@ -81,7 +83,9 @@ struct Args {
     /// Idle mode: TLS handshakes in flight at once while opening connections.
     #[arg(long, default_value_t = 64)]
     idle_concurrency: usize,
-    /// Idle mode: report this process's VmRSS before and after opening the connections.
+    /// The server's process id. Load mode: report its CPU time (user + system) per
+    /// request over the measured window. Idle mode: report its VmRSS before and after
+    /// opening the connections.
     #[arg(long)]
     server_pid: Option<u32>,
     /// Idle mode: keep the connections open this many seconds after reporting.
@@ -259,6 +263,16 @@ fn run_load(args: &Args, target: Arc<Target>) -> Result<bool, Box<dyn std::error
     for start in starts {
         start.send(t0)?;
     }
+    // The server's CPU time over the measured window (the clients stop sending at its end).
+    let server_cpu = match args.server_pid {
+        Some(pid) => {
+            std::thread::sleep((t0 + warmup).saturating_duration_since(Instant::now()));
+            let from = cpu_time_us(pid)?;
+            std::thread::sleep((t0 + warmup + duration).saturating_duration_since(Instant::now()));
+            Some(cpu_time_us(pid)?.saturating_sub(from))
+        }
+        None => None,
+    };
     let mut total = ThreadResult::default();
     for handle in handles {
         let r = handle.join().map_err(|_| "load thread panicked")?;
@@ -305,9 +319,19 @@ fn run_load(args: &Args, target: Arc<Target>) -> Result<bool, Box<dyn std::error
     if let Some(err) = &total.first_error {
         println!("  first error: {err}");
     }
+    let cpu_per_req = server_cpu
+        .filter(|_| total.requests > 0)
+        .map(|cpu| cpu as f64 / total.requests as f64);
+    if let (Some(cpu), Some(per_req)) = (server_cpu, cpu_per_req) {
+        println!(
+            "  server CPU {:.2} s ({:.0} % of one core): {per_req:.2} us per request",
+            cpu as f64 / 1e6,
+            100.0 * cpu as f64 / 1e6 / duration.as_secs_f64()
+        );
+    }
     println!(
         "RESULT label={} connections={} threads={} duration_s={:.1} requests={} errors={} \
-         rps={:.0} p50_us={} p90_us={} p99_us={} max_us={}",
+         rps={:.0} p50_us={} p90_us={} p99_us={} max_us={} server_cpu_us_per_req={}",
         args.label,
         args.connections,
         threads,
@@ -318,7 +342,8 @@ fn run_load(args: &Args, target: Arc<Target>) -> Result<bool, Box<dyn std::error
         pct(50.0),
         pct(90.0),
         pct(99.0),
-        total.latencies_us.last().copied().unwrap_or(0)
+        total.latencies_us.last().copied().unwrap_or(0),
+        cpu_per_req.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}")),
     );
     Ok(total.errors == 0 && total.requests > 0)
 }
@@ -557,6 +582,25 @@ async fn request_on_each(
             Some(Err(e)) => return Err(format!("connection task: {e}")),
             None => return Ok(out),
         }
+    }
+}
+
+/// User + system CPU time of `pid` in microseconds, from /proc/PID/stat (clock ticks,
+/// assumed 100 per second as on every Linux this runs on).
+fn cpu_time_us(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // Fields after the command name, which is in parentheses and may contain spaces:
+    // state is field 3, utime 14 and stime 15 (1-based over the whole line).
+    let after_comm = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| format!("/proc/{pid}/stat: unexpected format"))?;
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(utime), Some(stime)) => Ok((utime + stime) * 10_000),
+        _ => Err(format!("/proc/{pid}/stat: no utime/stime")),
     }
 }
 

@@ -204,108 +204,134 @@ if [ "$HAVE_CC" = 1 ]; then
     echo "wrk with the client-certificate shim against the mTLS server: $wrk_ok requests, all 200"
 fi
 
-# rps_of FILE: the rps= field of the loadgen's RESULT line.
-rps_of() { sed -n 's/^RESULT .* rps=\([0-9]*\).*/\1/p' "$1"; }
-field_of() { sed -n "s/^RESULT .* $2=\([0-9]*\).*/\1/p" "$1"; }
-
-run_loadgen() { # label port [cert args...]
-    local label=$1 port=$2
-    shift 2
-    local f=$WORK/$label.$round.txt
-    loadgen --addr "127.0.0.1:$port" "$@" -c "$CONNS" -t "$THREADS" -d "$DURATION" \
-        --warmup "$WARMUP" --label "$label" >"$f" || {
-        cat "$f" >&2
-        die "$label round $round failed"
-    }
-    echo "$(rps_of "$f") $(field_of "$f" p50_us) $(field_of "$f" p99_us)"
+# A RESULT line field of the loadgen's output.
+result_field() { sed -n "s/^RESULT .* $2=\([0-9.]*\).*/\1/p" "$1"; }
+# User + system CPU time of a process, microseconds (clock ticks from /proc/PID/stat).
+cpu_us() {
+    awk -v hz="$(getconf CLK_TCK)" '{ sub(/.*\) /, ""); printf "%.0f", ($12 + $13) * 1e6 / hz }' \
+        "/proc/$1/stat"
 }
 
-run_wrk() { # label port [wrapper...]
-    local label=$1 port=$2
-    shift 2
-    local f=$WORK/wrk-$label.$round.txt
+# run_loadgen SERVER PORT PID [cert args...] -> "rps p50 p99 server-CPU-us-per-request"
+run_loadgen() {
+    local server=$1 port=$2 pid=$3
+    shift 3
+    local f=$WORK/loadgen-$server.$round.txt
+    loadgen --addr "127.0.0.1:$port" "$@" -c "$CONNS" -t "$THREADS" -d "$DURATION" \
+        --warmup "$WARMUP" --label "$server" --server-pid "$pid" >"$f" || {
+        cat "$f" >&2
+        die "loadgen $server round $round failed"
+    }
+    echo "$(result_field "$f" rps) $(result_field "$f" p50_us)us" \
+        "$(result_field "$f" p99_us)us $(result_field "$f" server_cpu_us_per_req)"
+}
+
+# run_wrk SERVER PORT PID [wrapper...] -> "rps p50 p99 server-CPU-us-per-request"
+run_wrk() {
+    local server=$1 port=$2 pid=$3
+    shift 3
+    local f=$WORK/wrk-$server.$round.txt c0 c1
     # wrk has no warm-up option: a short run first, not counted.
     "$@" "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${WARMUP}s" \
         "https://127.0.0.1:$port/" >/dev/null
+    c0=$(cpu_us "$pid")
     "$@" "${CLIENT_PIN[@]}" wrk -t"$THREADS" -c"$CONNS" -d"${DURATION}s" --latency \
         "https://127.0.0.1:$port/" >"$f"
+    c1=$(cpu_us "$pid")
     if grep -q "Non-2xx\|Socket errors" "$f" || ! grep -q "^Requests/sec:" "$f"; then
         cat "$f" >&2
-        die "wrk $label round $round had errors"
+        die "wrk $server round $round had errors"
     fi
-    local rps p50 p99
-    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2}' "$f")
-    p50=$(awk '$1 == "50%" {print $2}' "$f")
-    p99=$(awk '$1 == "99%" {print $2}' "$f")
-    echo "$rps $p50 $p99"
+    awk -v cpu=$((c1 - c0)) '
+        /^Requests\/sec:/ { rps = $2 }
+        / requests in / { n = $1 }
+        $1 == "50%" { p50 = $2 }
+        $1 == "99%" { p99 = $2 }
+        END { printf "%.0f %s %s %.2f\n", rps, p50, p99, cpu / n }' "$f"
 }
 
-echo "== throughput: $ROUNDS rounds, $CONNS connections, $THREADS client threads," \
-    "${WARMUP} s warm-up + ${DURATION} s each, PIN=$PIN"
-printf '%-5s | %-24s %-24s %-7s | %-24s %-24s %-7s\n' round \
-    "loadgen TLS (rps p50 p99)" "loadgen mTLS" "ratio" "wrk TLS (rps p50 p99)" "wrk mTLS" ratio
-LA=()
-LB=()
-LR=()
-WA=()
-WB=()
-WR=()
-ratio_of() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.4f", b / a }'; }
-pct_of() { awk -v r="$1" 'BEGIN { printf "%.1f%%", 100 * r }'; }
+median() { # FORMAT VALUES...
+    local fmt=$1
+    shift
+    printf '%s\n' "$@" | sort -g | awk -v fmt="$fmt" '{ v[NR] = $1 } END {
+        m = (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2; printf fmt, m }'
+}
+div() { awk -v a="$1" -v b="$2" -v fmt="$3" 'BEGIN { printf fmt, a / b }'; }
+pct() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", 100 * a / b }'; }
+
+CLIENTS=(loadgen)
+[ "$HAVE_CC" = 0 ] || CLIENTS+=(wrk)
+declare -A RPS CPU RATIO
+measure() { # CLIENT SERVER -> one result
+    local client=$1 server=$2
+    case "$client/$server" in
+    loadgen/tls) run_loadgen tls $TLS_PORT "$TLS_PID" ;;
+    loadgen/mtls) run_loadgen mtls $MTLS_PORT "$MTLS_PID" "${CERT_ARGS[@]}" ;;
+    wrk/tls) run_wrk tls $TLS_PORT "$TLS_PID" ;;
+    wrk/mtls) run_wrk mtls $MTLS_PORT "$MTLS_PID" wrk_mtls ;;
+    esac
+}
+
+echo "== throughput: $ROUNDS rounds, $CONNS keep-alive connections, $THREADS client threads," \
+    "${WARMUP} s warm-up + ${DURATION} s measured per run, PIN=$PIN"
+ROW='%-5s %-7s | %-9s %-9s %-9s %-7s | %-9s %-9s %-9s %-7s | %-6s %-6s\n'
+# shellcheck disable=SC2059
+printf "$ROW" round client "TLS req/s" p50 p99 "CPU/req" "mTLS r/s" p50 p99 "CPU/req" "req/s" "CPU"
+# shellcheck disable=SC2059
+printf "$ROW" "" "" "" "" "" "(us)" "" "" "" "(us)" "mTLS/" "TLS/"
+# shellcheck disable=SC2059
+printf "$ROW" "" "" "" "" "" "" "" "" "" "" "TLS" "mTLS"
 for round in $(seq 1 "$ROUNDS"); do
-    wa="- - -" wb="- - -" wr=""
-    if [ $((round % 2)) = 1 ]; then
-        la=$(run_loadgen tls-only $TLS_PORT)
-        lb=$(run_loadgen mtls $MTLS_PORT "${CERT_ARGS[@]}")
-        wa=$(run_wrk tls-only $TLS_PORT)
-        [ "$HAVE_CC" = 0 ] || wb=$(run_wrk mtls $MTLS_PORT wrk_mtls)
-    else
-        lb=$(run_loadgen mtls $MTLS_PORT "${CERT_ARGS[@]}")
-        la=$(run_loadgen tls-only $TLS_PORT)
-        [ "$HAVE_CC" = 0 ] || wb=$(run_wrk mtls $MTLS_PORT wrk_mtls)
-        wa=$(run_wrk tls-only $TLS_PORT)
-    fi
-    LA+=("${la%% *}")
-    LB+=("${lb%% *}")
-    lr=$(ratio_of "${la%% *}" "${lb%% *}")
-    LR+=("$lr")
-    WA+=("${wa%% *}")
-    if [ "$HAVE_CC" = 1 ]; then
-        WB+=("${wb%% *}")
-        wr=$(ratio_of "${wa%% *}" "${wb%% *}")
-        WR+=("$wr")
-        wr=$(pct_of "$wr")
-    fi
-    printf '%-5s | %-24s %-24s %-7s | %-24s %-24s %-7s\n' "$round" "$la" "$lb" \
-        "$(pct_of "$lr")" "$wa" "$wb" "$wr"
+    for client in "${CLIENTS[@]}"; do
+        # Alternate which server goes first: A B, B A, ...
+        if [ $((round % 2)) = 1 ]; then
+            a=$(measure "$client" tls)
+            b=$(measure "$client" mtls)
+        else
+            b=$(measure "$client" mtls)
+            a=$(measure "$client" tls)
+        fi
+        read -r a_rps a_p50 a_p99 a_cpu <<<"$a"
+        read -r b_rps b_p50 b_p99 b_cpu <<<"$b"
+        RPS[$client/tls]+=" $a_rps"
+        RPS[$client/mtls]+=" $b_rps"
+        CPU[$client/tls]+=" $a_cpu"
+        CPU[$client/mtls]+=" $b_cpu"
+        RATIO[$client/rps]+=" $(div "$b_rps" "$a_rps" %.4f)"
+        RATIO[$client/cpu]+=" $(div "$a_cpu" "$b_cpu" %.4f)"
+        # shellcheck disable=SC2059
+        printf "$ROW" "$round" "$client" "$a_rps" "$a_p50" "$a_p99" "$a_cpu" \
+            "$b_rps" "$b_p50" "$b_p99" "$b_cpu" \
+            "$(pct "$b_rps" "$a_rps")%" "$(div "$a_cpu" "$b_cpu" %.3f)"
+    done
 done
-echo "(loadgen latencies in microseconds; wrk's as wrk prints them)"
-
-median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-    if (NR % 2) printf "%.0f", v[(NR + 1) / 2]; else printf "%.0f", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
-median_ratio() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-    if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.1f", 100 * m }'; }
-
-LA_MED=$(median "${LA[@]}")
-LB_MED=$(median "${LB[@]}")
-L_RATIO=$(awk -v a="$LA_MED" -v b="$LB_MED" 'BEGIN { printf "%.1f", 100 * b / a }')
-L_PAIRED=$(median_ratio "${LR[@]}")
-WA_MED=$(median "${WA[@]}")
-echo "loadgen medians: TLS-only $LA_MED req/s, mTLS $LB_MED req/s:" \
-    "mTLS/TLS-only $L_RATIO % (median of the per-round ratios: $L_PAIRED %)"
-if [ "$HAVE_CC" = 1 ]; then
-    WB_MED=$(median "${WB[@]}")
-    W_RATIO=$(awk -v a="$WA_MED" -v b="$WB_MED" 'BEGIN { printf "%.1f", 100 * b / a }')
-    W_PAIRED=$(median_ratio "${WR[@]}")
-    echo "wrk medians:     TLS-only $WA_MED req/s, mTLS $WB_MED req/s:" \
-        "mTLS/TLS-only $W_RATIO % (median of the per-round ratios: $W_PAIRED %)"
-else
-    echo "wrk medians:     TLS-only $WA_MED req/s (mTLS skipped: no cc)"
-fi
-echo "loadgen / wrk on the TLS-only server: $(awk -v a="$LA_MED" -v w="$WA_MED" \
-    'BEGIN { printf "%.1f", 100 * a / w }') %"
 stop_server "$TLS_PID"
 stop_server "$MTLS_PID"
+
+echo "== medians over $ROUNDS rounds"
+declare -A MED
+for client in "${CLIENTS[@]}"; do
+    for key in tls mtls; do
+        # shellcheck disable=SC2086
+        MED[$client/$key/rps]=$(median %.0f ${RPS[$client/$key]})
+        # shellcheck disable=SC2086
+        MED[$client/$key/cpu]=$(median %.2f ${CPU[$client/$key]})
+    done
+    # shellcheck disable=SC2086
+    MED[$client/paired]=$(median %.4f ${RATIO[$client/rps]})
+    # shellcheck disable=SC2086
+    MED[$client/cpu_paired]=$(median %.4f ${RATIO[$client/cpu]})
+    MED[$client/ratio]=$(pct "${MED[$client/mtls/rps]}" "${MED[$client/tls/rps]}")
+    echo "$client: TLS-only ${MED[$client/tls/rps]} req/s (${MED[$client/tls/cpu]} us server" \
+        "CPU per request), mTLS ${MED[$client/mtls/rps]} req/s (${MED[$client/mtls/cpu]} us)"
+    echo "  mTLS/TLS-only: ${MED[$client/ratio]} % of the medians;" \
+        "median of the per-round ratios $(div "${MED[$client/paired]}" 0.01 %.1f) %;" \
+        "server CPU per request TLS-only/mTLS $(div "${MED[$client/cpu_paired]}" 1 %.3f)"
+done
+if [ "$HAVE_CC" = 1 ]; then
+    echo "loadgen/wrk: $(pct "${MED[loadgen/tls/rps]}" "${MED[wrk/tls/rps]}") % on the" \
+        "TLS-only server, $(pct "${MED[loadgen/mtls/rps]}" "${MED[wrk/mtls/rps]}") % on the mTLS server"
+fi
 
 echo "== memory: $IDLE idle connections, one request served on each"
 # idle_run NAME PORT [server flags...] -- [loadgen flags...]: a fresh server, IDLE
@@ -338,10 +364,9 @@ echo "TLS-only server: VmRSS $t_before KiB -> $t_after KiB: $t_per KiB per conne
 
 echo "== summary"
 verdict() { awk -v v="$1" -v t="$2" -v op="$3" 'BEGIN { ok = (op == ">=") ? v >= t : v <= t; print ok ? "met" : "NOT met" }'; }
-if [ "$HAVE_CC" = 1 ]; then
-    echo "throughput (wrk):     mTLS $WB_MED / TLS-only $WA_MED req/s = $W_RATIO %" \
-        "(target >= 95 %: $(verdict "$W_RATIO" 95 '>='))"
-fi
-echo "throughput (loadgen): mTLS $LB_MED / TLS-only $LA_MED req/s = $L_RATIO %" \
-    "(target >= 95 %: $(verdict "$L_RATIO" 95 '>='))"
+for client in "${CLIENTS[@]}"; do
+    printf 'throughput (%s): mTLS %s / TLS-only %s req/s = %s %% (target >= 95 %%: %s)\n' \
+        "$client" "${MED[$client/mtls/rps]}" "${MED[$client/tls/rps]}" "${MED[$client/ratio]}" \
+        "$(verdict "${MED[$client/ratio]}" 95 '>=')"
+done
 echo "memory: $m_per KiB per idle mTLS connection (target <= 64 KiB: $(verdict "$m_per" 64 '<='))"
