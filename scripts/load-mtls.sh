@@ -25,7 +25,8 @@
 #
 # Knobs (environment): ROUNDS (5), DURATION (10 s), WARMUP (2 s), CONNS (50), THREADS (2),
 # IDLE (10000), PIN (split: server on CPU 0, clients on CPU 1; none: no pinning),
-# CARGO_TARGET_DIR (default: target).
+# NICE (0; e.g. -10 as root, for servers and clients alike, so that other work on a shared
+# machine disturbs the run less), CARGO_TARGET_DIR (default: target).
 # Installs nothing. Needs wrk (Debian: apt-get install wrk) and, for the wrk mTLS runs, cc
 # (Debian: apt-get install gcc).
 set -euo pipefail
@@ -37,6 +38,7 @@ CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 IDLE=${IDLE:-10000}
 PIN=${PIN:-split}
+NICE=${NICE:-0}
 
 cd "$(dirname "$0")/.."
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
@@ -66,6 +68,11 @@ none)
     ;;
 *) die "PIN must be split or none, not $PIN" ;;
 esac
+if [ "$NICE" != 0 ]; then
+    [ "$NICE" -ge 0 ] || [ "$(id -u)" = 0 ] || die "NICE=$NICE needs root"
+    SERVER_PIN=(nice -n "$NICE" "${SERVER_PIN[@]}")
+    CLIENT_PIN=(nice -n "$NICE" "${CLIENT_PIN[@]}")
+fi
 
 # Every connection is a file descriptor on both sides.
 want_fds=$((IDLE + 1024))
@@ -273,7 +280,8 @@ measure() { # CLIENT SERVER -> one result
 }
 
 echo "== throughput: $ROUNDS rounds, $CONNS keep-alive connections, $THREADS client threads," \
-    "${WARMUP} s warm-up + ${DURATION} s measured per run, PIN=$PIN"
+    "${WARMUP} s warm-up + ${DURATION} s measured per run, PIN=$PIN NICE=$NICE"
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 ROW='%-5s %-7s | %-9s %-9s %-9s %-7s | %-9s %-9s %-9s %-7s | %-6s %-6s\n'
 # shellcheck disable=SC2059
 printf "$ROW" round client "TLS req/s" p50 p99 "CPU/req" "mTLS r/s" p50 p99 "CPU/req" "req/s" "CPU"
@@ -305,6 +313,7 @@ for round in $(seq 1 "$ROUNDS"); do
             "$(pct "$b_rps" "$a_rps")%" "$(div "$a_cpu" "$b_cpu" %.3f)"
     done
 done
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 stop_server "$TLS_PID"
 stop_server "$MTLS_PID"
 
