@@ -23,17 +23,20 @@
 #    idle; the server's VmRSS before and after. Target: <= 64 KiB per connection. The same
 #    is measured for a fresh TLS-only server for comparison.
 #
-# Knobs (environment): ROUNDS (5), DURATION (10 s), WARMUP (2 s), CONNS (50), THREADS (2),
+# Knobs (environment): ROUNDS (9), DURATION (5 s), WARMUP (1 s), CONNS (50), THREADS (2),
 # IDLE (10000), PIN (split: server on CPU 0, clients on CPU 1; none: no pinning),
-# NICE (0; e.g. -10 as root, for servers and clients alike, so that other work on a shared
+# NICE (0; e.g. -10 as root: servers and clients alike run at that priority, and with
+# autogroup scheduling (/proc/sys/kernel/sched_autogroup_enabled) the script's session
+# group is given that nice value for the length of the run, because with autogroups a
+# process nice value does not count against other sessions; so that other work on a shared
 # machine disturbs the run less), CARGO_TARGET_DIR (default: target).
 # Installs nothing. Needs wrk (Debian: apt-get install wrk) and, for the wrk mTLS runs, cc
 # (Debian: apt-get install gcc).
 set -euo pipefail
 
-ROUNDS=${ROUNDS:-5}
-DURATION=${DURATION:-10}
-WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-9}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
 CONNS=${CONNS:-50}
 THREADS=${THREADS:-2}
 IDLE=${IDLE:-10000}
@@ -68,11 +71,6 @@ none)
     ;;
 *) die "PIN must be split or none, not $PIN" ;;
 esac
-if [ "$NICE" != 0 ]; then
-    [ "$NICE" -ge 0 ] || [ "$(id -u)" = 0 ] || die "NICE=$NICE needs root"
-    SERVER_PIN=(nice -n "$NICE" "${SERVER_PIN[@]}")
-    CLIENT_PIN=(nice -n "$NICE" "${CLIENT_PIN[@]}")
-fi
 
 # Every connection is a file descriptor on both sides.
 want_fds=$((IDLE + 1024))
@@ -96,8 +94,24 @@ cleanup() {
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
+    if [ -n "${AUTOGROUP_NICE_BEFORE:-}" ]; then
+        echo "$AUTOGROUP_NICE_BEFORE" >"/proc/$$/autogroup" || true
+    fi
 }
 trap cleanup EXIT
+
+AUTOGROUP_NICE_BEFORE=
+if [ "$NICE" != 0 ]; then
+    [ "$NICE" -ge 0 ] || [ "$(id -u)" = 0 ] || die "NICE=$NICE needs root"
+    SERVER_PIN=(nice -n "$NICE" "${SERVER_PIN[@]}")
+    CLIENT_PIN=(nice -n "$NICE" "${CLIENT_PIN[@]}")
+    if [ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" = 1 ] &&
+        [ -w "/proc/$$/autogroup" ]; then
+        # "/autogroup-N nice V": put back at exit (the group is the caller's session).
+        AUTOGROUP_NICE_BEFORE=$(awk '{ print $3 }' "/proc/$$/autogroup")
+        echo "$NICE" >"/proc/$$/autogroup" || die "cannot set the session's autogroup nice"
+    fi
+fi
 
 "$LOADGEN" --gen-pki "$WORK/pki" >/dev/null
 PKI=$WORK/pki
@@ -280,7 +294,8 @@ measure() { # CLIENT SERVER -> one result
 }
 
 echo "== throughput: $ROUNDS rounds, $CONNS keep-alive connections, $THREADS client threads," \
-    "${WARMUP} s warm-up + ${DURATION} s measured per run, PIN=$PIN NICE=$NICE"
+    "${WARMUP} s warm-up + ${DURATION} s measured per run, PIN=$PIN NICE=$NICE" \
+    "(session autogroup: $(cat /proc/$$/autogroup 2>/dev/null || echo none))"
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 ROW='%-5s %-7s | %-9s %-9s %-9s %-7s | %-9s %-9s %-9s %-7s | %-6s %-6s\n'
 # shellcheck disable=SC2059
