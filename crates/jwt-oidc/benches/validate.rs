@@ -409,6 +409,84 @@ fn interleaved_ratios() {
     }
 }
 
+/// 1 vs 2 threads validating at once (each its own token): aggregate rates from the fastest
+/// of 60 alternating rounds. The raw signature check is measured the same way, as the
+/// ceiling the machine allows at that moment.
+fn thread_scaling() {
+    let raw_case = case("ES256", Algorithm::Es256);
+    let floor = raw(&raw_case);
+    let setups: Vec<(String, Option<JwtAuthenticator>, Vec<String>, u32)> = [
+        (Algorithm::Es256, 0usize, 60u32),
+        (Algorithm::Rs256, 0, 200),
+        (Algorithm::Es256, 4096, 20_000),
+    ]
+    .into_iter()
+    .map(|(alg, cache, n)| {
+        let key = TestKey::generate(alg, "bench-key");
+        let tokens = (0..2)
+            .map(|i| {
+                let mut c = claims();
+                c["jti"] = json!(i);
+                key.token(&c)
+            })
+            .collect();
+        let label = format!("{alg}/cache_{}", if cache > 0 { "on" } else { "off" });
+        (label, Some(authenticator(&key, cache)), tokens, n)
+    })
+    .chain(std::iter::once((
+        "ES256/raw_aws_lc_verify".to_owned(),
+        None,
+        vec![String::new(); 2],
+        60,
+    )))
+    .collect();
+    for (label, auth, tokens, n) in &setups {
+        let run = |threads: usize| -> Duration {
+            let start = Instant::now();
+            std::thread::scope(|s| {
+                let handles: Vec<_> = tokens
+                    .iter()
+                    .take(threads)
+                    .map(|t| {
+                        let (auth, floor) = (auth.clone(), &floor);
+                        s.spawn(move || {
+                            let ctx = RequestContext::new();
+                            for _ in 0..*n {
+                                match &auth {
+                                    Some(a) => drop(ready(a.validate(black_box(t), &ctx)).unwrap()),
+                                    None => floor
+                                        .key
+                                        .verify_sig(
+                                            black_box(&floor.message),
+                                            black_box(&floor.signature),
+                                        )
+                                        .unwrap(),
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+            });
+            start.elapsed()
+        };
+        let (mut one, mut two) = (Duration::MAX, Duration::MAX);
+        for _ in 0..60 {
+            one = one.min(run(1));
+            two = two.min(run(2));
+        }
+        let rate = |threads: u32, d: Duration| f64::from(threads * n) / d.as_secs_f64();
+        println!(
+            "threads/{label}: 1 thread {:.0}/s, 2 threads {:.0}/s, scaling {:.2}x",
+            rate(1, one),
+            rate(2, two),
+            rate(2, two) / rate(1, one),
+        );
+    }
+}
+
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     single_thread(&mut c);
@@ -424,6 +502,9 @@ fn main() {
     if args.iter().all(|a| a != "--list") {
         if wanted("interleaved") {
             interleaved_ratios();
+        }
+        if wanted("scaling") {
+            thread_scaling();
         }
         if wanted("refresh") {
             refresh_under_load();
