@@ -24,8 +24,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -160,93 +158,74 @@ where
         let notes = RequestNotes::default();
         req.extensions_mut().insert(notes.clone());
 
-        AuditResponseFuture {
-            inner: Box::pin(async move {
-                let res = inner.call(req).await?;
-                let n = notes.take();
-                let status = res.status().as_u16();
-                let grpc_status = res
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u16>().ok());
-                let subject = n
-                    .token_subject
-                    .clone()
-                    .or_else(|| seen.spiffe_id.clone())
-                    .or_else(|| seen.peer_subject.clone())
-                    .unwrap_or_else(|| "anonymous".into());
-                let mut record = Record::new(if seen.grpc {
-                    "grpc.request"
-                } else {
-                    "http.request"
-                })
-                .subject(subject)
-                .action(seen.action)
-                .resource(seen.resource)
-                .decision(n.decision.unwrap_or("allow"))
-                .reason(n.reasons.join("; "))
-                .field("status", status)
-                .field("latency_us", started.elapsed().as_micros() as u64);
-                if let Some(tp) = &seen.traceparent {
-                    record = record.traceparent(tp);
+        AuditResponseFuture::new(async move {
+            let res = inner.call(req).await?;
+            let n = notes.take();
+            let status = res.status().as_u16();
+            let grpc_status = res
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u16>().ok());
+            let subject = n
+                .token_subject
+                .clone()
+                .or_else(|| seen.spiffe_id.clone())
+                .or_else(|| seen.peer_subject.clone())
+                .unwrap_or_else(|| "anonymous".into());
+            let mut record = Record::new(if seen.grpc {
+                "grpc.request"
+            } else {
+                "http.request"
+            })
+            .subject(subject)
+            .action(seen.action)
+            .resource(seen.resource)
+            .decision(n.decision.unwrap_or("allow"))
+            .reason(n.reasons.join("; "))
+            .field("status", status)
+            .field("latency_us", started.elapsed().as_micros() as u64);
+            if let Some(tp) = &seen.traceparent {
+                record = record.traceparent(tp);
+            }
+            if let Some(code) = grpc_status {
+                record = record.field("grpc_status", code);
+            }
+            if let Some(by) = n.decided_by {
+                record = record.field("decided_by", by);
+            }
+            if let Some(id) = seen.spiffe_id {
+                record = record.field("spiffe_id", id);
+            }
+            if let Some(sub) = n.token_subject {
+                record = record.field("token_sub", sub);
+            }
+            if let Some(addr) = seen.remote_addr {
+                record = record.field("peer", addr);
+            }
+            if let Some((decision_id, revision)) = n.policy {
+                record = record
+                    .field("decision_id", decision_id)
+                    .field("policy_revision", revision);
+            }
+            match log.append_async(record).await {
+                Ok(_) => Ok(res),
+                Err(err) => {
+                    tracing::error!(error = %err, "audit record could not be written: request denied (fail closed)");
+                    let rejection = Rejection::unavailable("audit log unavailable");
+                    Ok(if seen.grpc {
+                        rejection.into_grpc_response()
+                    } else {
+                        rejection.into_http_response()
+                    })
                 }
-                if let Some(code) = grpc_status {
-                    record = record.field("grpc_status", code);
-                }
-                if let Some(by) = n.decided_by {
-                    record = record.field("decided_by", by);
-                }
-                if let Some(id) = seen.spiffe_id {
-                    record = record.field("spiffe_id", id);
-                }
-                if let Some(sub) = n.token_subject {
-                    record = record.field("token_sub", sub);
-                }
-                if let Some(addr) = seen.remote_addr {
-                    record = record.field("peer", addr);
-                }
-                if let Some((decision_id, revision)) = n.policy {
-                    record = record
-                        .field("decision_id", decision_id)
-                        .field("policy_revision", revision);
-                }
-                match log.append_async(record).await {
-                    Ok(_) => Ok(res),
-                    Err(err) => {
-                        tracing::error!(error = %err, "audit record could not be written: request denied (fail closed)");
-                        let rejection = Rejection::unavailable("audit log unavailable");
-                        Ok(if seen.grpc {
-                            rejection.into_grpc_response()
-                        } else {
-                            rejection.into_http_response()
-                        })
-                    }
-                }
-            }),
-        }
+            }
+        })
     }
 }
 
 /// Response future of [`Audit`]: resolves once the record is durable.
-pub struct AuditResponseFuture<B, E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>,
-}
-
-impl<B, E> Future for AuditResponseFuture<B, E> {
-    type Output = Result<Response<B>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B, E> fmt::Debug for AuditResponseFuture<B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuditResponseFuture")
-            .finish_non_exhaustive()
-    }
-}
+pub type AuditResponseFuture<B, E> = crate::future::BoxResponseFuture<B, E>;
 
 /// A [`DecisionLogSink`](policy_rego::DecisionLogSink) that writes OPA-format decision logs
 /// into the audit log, one record of kind `opa.decision` per decision, carrying OPA's

@@ -46,8 +46,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -262,31 +260,7 @@ where
 }
 
 /// Response future of [`JwtAuth`].
-pub struct JwtResponseFuture<B, E> {
-    inner: Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>,
-}
-
-impl<B, E> JwtResponseFuture<B, E> {
-    fn new(fut: impl Future<Output = Result<Response<B>, E>> + Send + 'static) -> Self {
-        JwtResponseFuture {
-            inner: Box::pin(fut),
-        }
-    }
-}
-
-impl<B, E> Future for JwtResponseFuture<B, E> {
-    type Output = Result<Response<B>, E>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.inner.as_mut().poll(cx)
-    }
-}
-
-impl<B, E> fmt::Debug for JwtResponseFuture<B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JwtResponseFuture").finish_non_exhaustive()
-    }
-}
+pub type JwtResponseFuture<B, E> = crate::future::BoxResponseFuture<B, E>;
 
 // === claims access ===
 

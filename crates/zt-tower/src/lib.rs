@@ -21,6 +21,7 @@
 mod acceptor;
 #[cfg(feature = "audit")]
 pub mod audit;
+mod future;
 mod identity;
 #[cfg(feature = "jwt")]
 pub mod jwt;
@@ -35,6 +36,7 @@ pub use acceptor::{TlsIncoming, TlsListener, TlsListenerOptions, TlsStream};
 pub use audit::decision_log_sink;
 #[cfg(feature = "audit")]
 pub use audit::{Audit, AuditLayer, AuditResponseFuture};
+pub use future::BoxResponseFuture;
 #[cfg(feature = "tonic")]
 pub use identity::RequestIdentityExt;
 #[cfg(feature = "axum")]
