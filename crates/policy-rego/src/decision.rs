@@ -211,7 +211,20 @@ pub(crate) fn new_decision_id() -> String {
             u64::from_le_bytes(l.try_into().unwrap_or_default()),
         )
     });
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // Each thread takes a block of 2^32 ids from the shared counter once, then counts
+    // locally: no shared cache line is written per decision.
+    thread_local! {
+        static NEXT: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    let n = NEXT.with(|next| {
+        let (mut base, mut used) = next.get();
+        if used == 0 || used == 1 << 32 {
+            base = COUNTER.fetch_add(1 << 32, Ordering::Relaxed);
+            used = 0;
+        }
+        next.set((base, used + 1));
+        base + used
+    });
     let hi = (hi & 0xffff_ffff_ffff_0fff) | 0x0000_0000_0000_4000;
     let lo = (lo.wrapping_add(n) & 0x3fff_ffff_ffff_ffff) | 0x8000_0000_0000_0000;
     let mut s = String::with_capacity(36);

@@ -491,8 +491,19 @@ impl PolicySet {
             r
         });
         if inner.options.evaluator == Evaluator::Auto {
-            let n = inner.decisions.fetch_add(1, Ordering::Relaxed);
-            if n < SHADOW_FIRST || n.is_multiple_of(SHADOW_EVERY) {
+            // The set-wide count only grows during the first decisions; after that each
+            // thread samples on its own counter, so no shared cache line is written per
+            // decision.
+            let shadow = if inner.decisions.load(Ordering::Relaxed) < SHADOW_FIRST {
+                inner.decisions.fetch_add(1, Ordering::Relaxed) < SHADOW_FIRST
+            } else {
+                SHADOW_SAMPLE.with(|c| {
+                    let n = c.get().wrapping_add(1);
+                    c.set(n);
+                    n.is_multiple_of(SHADOW_EVERY)
+                })
+            };
+            if shadow {
                 let checked = self.interpret(input);
                 let agree = match (&vm_result, &checked) {
                     (Ok(a), Ok(b)) => a == b,
@@ -528,8 +539,15 @@ impl PolicySet {
     fn new_vm(&self, program: &Arc<Program>) -> std::result::Result<RegoVM, String> {
         let mut vm = RegoVM::new();
         vm.load_program(program.clone());
-        vm.set_data(self.inner.data.clone())
-            .map_err(|e| e.to_string())?;
+        // A deep copy per VM: regorus values are reference counted, and threads sharing the
+        // set's data would bounce those counts between cores on every decision.
+        let data = self
+            .inner
+            .data
+            .to_json_str()
+            .and_then(|json| Value::from_json_str(&json))
+            .unwrap_or_else(|_| self.inner.data.clone());
+        vm.set_data(data).map_err(|e| e.to_string())?;
         vm.set_max_instructions(self.inner.options.max_instructions);
         vm.set_execution_timer_config(Some(timer(self.inner.options.time_budget, 256)));
         Ok(vm)
@@ -740,6 +758,11 @@ fn compile_bytecode(
 /// Decisions of an [`Evaluator::Auto`] set that are cross-checked by the interpreter: the
 /// first `SHADOW_FIRST`, then one in `SHADOW_EVERY`.
 const SHADOW_FIRST: u64 = 16;
+
+thread_local! {
+    /// Per-thread decision count for sampling cross-checks after the first ones.
+    static SHADOW_SAMPLE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
 const SHADOW_EVERY: u64 = 1024;
 
 fn timer(limit: Duration, check_interval: u32) -> ExecutionTimerConfig {
