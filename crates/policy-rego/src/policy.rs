@@ -191,6 +191,7 @@ struct SetInner {
     log_path: String,
     template: Engine,
     program: Option<Arc<Program>>,
+    guarded: Option<GuardedSource>,
     vm_disabled: AtomicBool,
     decisions: AtomicU64,
     data: Value,
@@ -360,6 +361,10 @@ impl PolicySet {
             }
         };
 
+        let (program, guarded) = match program {
+            Some((p, g)) => (Some(p), Some(g)),
+            None => (None, None),
+        };
         let log_path = rule
             .strip_prefix("data.")
             .unwrap_or(&rule)
@@ -375,6 +380,7 @@ impl PolicySet {
                 data: engine.get_data(),
                 template: engine,
                 program,
+                guarded,
                 vm_disabled: AtomicBool::new(false),
                 decisions: AtomicU64::new(0),
                 test_rules,
@@ -538,15 +544,19 @@ impl PolicySet {
 
     fn new_vm(&self, program: &Arc<Program>) -> std::result::Result<RegoVM, String> {
         let mut vm = RegoVM::new();
-        vm.load_program(program.clone());
-        // A deep copy per VM: regorus values are reference counted, and threads sharing the
-        // set's data would bounce those counts between cores on every decision.
-        let data = self
-            .inner
-            .data
-            .to_json_str()
-            .and_then(|json| Value::from_json_str(&json))
-            .unwrap_or_else(|_| self.inner.data.clone());
+        // This VM's own program and data (see `GuardedSource`); sharing is the fallback.
+        let own = self.inner.guarded.as_ref().and_then(|g| match g.build() {
+            Ok(built) => Some(built),
+            Err(e) => {
+                tracing::warn!(error = %e, "per-thread bytecode build failed; sharing the set's program");
+                None
+            }
+        });
+        let (program, data) = match own {
+            Some((p, d)) => (p, d),
+            None => (program.clone(), self.inner.data.clone()),
+        };
+        vm.load_program(program);
         vm.set_data(data).map_err(|e| e.to_string())?;
         vm.set_max_instructions(self.inner.options.max_instructions);
         vm.set_execution_timer_config(Some(timer(self.inner.options.time_budget, 256)));
@@ -712,7 +722,8 @@ fn compile_bytecode(
     engine: &mut Engine,
     bundle: &Bundle,
     rule: &str,
-) -> std::result::Result<Arc<Program>, String> {
+) -> std::result::Result<(Arc<Program>, GuardedSource), String> {
+    let mut sources = Vec::new();
     let mut guarded = Engine::new();
     if bundle.manifest.rego_version == Some(0) {
         guarded.set_rego_v0(true);
@@ -721,6 +732,7 @@ fn compile_bytecode(
         let path = module.package.span.source.get_path().clone();
         let src = rvm_guard::guarded_source(module)
             .ok_or_else(|| format!("{path}: cannot prepare the module for bytecode"))?;
+        sources.push((path.clone(), src.clone()));
         guarded
             .add_policy(path, src)
             .map_err(|e| format!("guarded copy does not parse: {e}"))?;
@@ -752,7 +764,47 @@ fn compile_bytecode(
     vm.load_program(program.clone());
     vm.set_data(engine.get_data())
         .map_err(|e| format!("data conflicts with rules: {e}"))?;
-    Ok(program)
+    let source = GuardedSource {
+        modules: sources,
+        rego_v0: bundle.manifest.rego_version == Some(0),
+        data_json: engine.get_data().to_json_str().map_err(|e| e.to_string())?,
+        rule: rule.to_owned(),
+    };
+    Ok((program, source))
+}
+
+/// What a thread needs to build its own copy of the bytecode: the guarded modules, the
+/// data as JSON, the rule. regorus values are reference counted; a program and data that
+/// two threads share bounce those counts between cores on every decision, so each
+/// thread's VM is built from source once (a one-time cost per thread and policy set).
+struct GuardedSource {
+    modules: Vec<(String, String)>,
+    rego_v0: bool,
+    data_json: String,
+    rule: String,
+}
+
+impl GuardedSource {
+    fn build(&self) -> std::result::Result<(Arc<Program>, Value), String> {
+        let mut engine = Engine::new();
+        if self.rego_v0 {
+            engine.set_rego_v0(true);
+        }
+        for (path, src) in &self.modules {
+            engine
+                .add_policy(path.clone(), src.clone())
+                .map_err(|e| e.to_string())?;
+        }
+        let data = Value::from_json_str(&self.data_json).map_err(|e| e.to_string())?;
+        engine.add_data(data).map_err(|e| e.to_string())?;
+        let compiled = engine
+            .compile_with_entrypoint(&self.rule.as_str().into())
+            .map_err(|e| e.to_string())?;
+        let program = Compiler::compile_from_policy(&compiled, &[self.rule.as_str()])
+            .map_err(|e| e.to_string())?;
+        let own_data = Value::from_json_str(&self.data_json).map_err(|e| e.to_string())?;
+        Ok((program, own_data))
+    }
 }
 
 /// Decisions of an [`Evaluator::Auto`] set that are cross-checked by the interpreter: the
