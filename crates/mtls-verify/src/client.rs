@@ -3,10 +3,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::CryptoProvider;
 use rustls::sign::SingleCertAndKey;
@@ -14,8 +13,8 @@ use rustls::{ClientConfig, NamedGroup};
 
 use crate::material::{load_identity, load_roots};
 use crate::pem::Source;
-use crate::reload::{self, Reload, ReloadHandle, Snapshot, StatusCell};
-use crate::server::{CommonSettings, MaterialStatus, status_of};
+use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
+use crate::server::{CommonSettings, MaterialStatus};
 use crate::verifier::{ChainPolicy, ServerVerifier};
 use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity};
 
@@ -179,7 +178,6 @@ impl ClientConfigBuilder {
         }
         let provider = self.common.provider()?;
         let sources = vec![self.cert, self.key, self.server_ca];
-        let snap = reload::snapshot(&sources)?;
         let parts = ClientParts {
             sources,
             authorizer: self
@@ -191,14 +189,7 @@ impl ClientConfigBuilder {
             provider,
             sessions: Arc::new(ClientSessionMemoryCache::new(256)),
         };
-        let first = parts.build_generation(snap, 1)?;
-        let shared = Arc::new(ClientShared {
-            parts,
-            current: ArcSwap::from_pointee(first),
-            status: StatusCell::default(),
-            reload_lock: Mutex::new(()),
-        });
-        shared.check_expiry();
+        let shared = Arc::new(Reloadable::new(parts)?);
         Ok(ClientTls { shared })
     }
 }
@@ -206,12 +197,12 @@ impl ClientConfigBuilder {
 /// A cheap, cloneable handle to the client's current TLS configuration.
 #[derive(Clone)]
 pub struct ClientTls {
-    shared: Arc<ClientShared>,
+    shared: Arc<Reloadable<ClientParts>>,
 }
 
 impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let current = self.shared.current.load();
+        let current = self.shared.load();
         f.debug_struct("ClientTls")
             .field("serial", &current.leaf.serial_hex())
             .field("generation", &current.generation)
@@ -229,23 +220,19 @@ struct ClientParts {
     sessions: Arc<dyn ClientSessionStore>,
 }
 
-struct ClientGeneration {
-    config: Arc<ClientConfig>,
-    leaf: PeerIdentity,
-    generation: u64,
-    hash: [u8; 32],
-    loaded_at: SystemTime,
-}
+impl Build for ClientParts {
+    type Config = Arc<ClientConfig>;
+    const WHAT: &'static str = "client";
 
-struct ClientShared {
-    parts: ClientParts,
-    current: ArcSwap<ClientGeneration>,
-    status: StatusCell,
-    reload_lock: Mutex<()>,
-}
+    fn sources(&self) -> &[Source] {
+        &self.sources
+    }
 
-impl ClientParts {
-    fn build_generation(&self, snap: Snapshot, generation: u64) -> Result<ClientGeneration, Error> {
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn build(&self, snap: &Snapshot) -> Result<(Arc<ClientConfig>, PeerIdentity), Error> {
         let [cert, key, ca] = snap.contents.as_slice() else {
             return Err(Error::Task("material snapshot is incomplete".into()));
         };
@@ -267,70 +254,20 @@ impl ClientParts {
             .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified)));
         config.alpn_protocols = self.common.alpn.clone();
         config.resumption = Resumption::store(self.sessions.clone());
-        Ok(ClientGeneration {
-            config: Arc::new(config),
-            leaf: identity.leaf,
-            generation,
-            hash: snap.hash,
-            loaded_at: SystemTime::now(),
-        })
-    }
-}
-
-impl Reload for ClientShared {
-    fn what(&self) -> &'static str {
-        "client"
-    }
-
-    fn sources(&self) -> &[Source] {
-        &self.parts.sources
-    }
-
-    fn applied_hash(&self) -> [u8; 32] {
-        self.current.load().hash
-    }
-
-    fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
-        let next = self.current.load().generation + 1;
-        let generation = self.parts.build_generation(snapshot, next)?;
-        tracing::info!(
-            serial = generation.leaf.serial_hex(),
-            generation = next,
-            "new client TLS material in use"
-        );
-        self.current.store(Arc::new(generation));
-        Ok(())
-    }
-
-    fn status_cell(&self) -> &StatusCell {
-        &self.status
-    }
-
-    fn check_expiry(&self) {
-        let current = self.current.load();
-        self.status.check_expiry(
-            "client",
-            current.leaf.serial_hex(),
-            current.leaf.not_after(),
-            self.parts.common.expiry_warning,
-        );
-    }
-
-    fn reload_lock(&self) -> &Mutex<()> {
-        &self.reload_lock
+        Ok((Arc::new(config), identity.leaf))
     }
 }
 
 impl ClientTls {
     /// The current configuration; each new connection should load it afresh.
     pub fn config(&self) -> Arc<ClientConfig> {
-        self.shared.current.load().config.clone()
+        self.shared.load().config.clone()
     }
 
     /// Starts polling the material files on a background thread; see
     /// [`ServerTls::spawn_reloader`](crate::ServerTls::spawn_reloader).
     pub fn spawn_reloader(&self) -> ReloadHandle {
-        reload::spawn(&self.shared, self.shared.parts.common.reload_interval)
+        self.shared.spawn_reloader()
     }
 
     /// Reads the files now and swaps in new material if it changed and is valid.
@@ -343,13 +280,6 @@ impl ClientTls {
 
     /// What is serving now and how reloads went.
     pub fn status(&self) -> MaterialStatus {
-        let current = self.shared.current.load();
-        status_of(
-            &current.leaf,
-            current.generation,
-            current.loaded_at,
-            &self.shared.status,
-            self.shared.parts.common.expiry_warning,
-        )
+        self.shared.status()
     }
 }

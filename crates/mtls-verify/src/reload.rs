@@ -12,10 +12,12 @@ use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use sha2::{Digest, Sha256};
 
-use crate::Error;
 use crate::pem::Source;
+use crate::server::{CommonSettings, MaterialStatus};
+use crate::{Error, PeerIdentity};
 
 /// How long to wait before the confirming second read after a change was seen.
 const SETTLE: Duration = Duration::from_millis(100);
@@ -130,6 +132,145 @@ pub(crate) trait Reload: Send + Sync + 'static {
     fn reload_lock(&self) -> &Mutex<()>;
     /// Called with the hash of every snapshot the poller reads (a hook for tests).
     fn observed(&self, _hash: &[u8; 32]) {}
+}
+
+/// One side's TLS configuration (server or client), built from the material files.
+pub(crate) trait Build: Send + Sync + 'static {
+    /// What one build produces and handshakes use.
+    type Config: Send + Sync + 'static;
+    /// A name for logs (`server` / `client`).
+    const WHAT: &'static str;
+    /// The files, in the order `build` expects their contents.
+    fn sources(&self) -> &[Source];
+    /// The reload interval and expiry-warning window.
+    fn common(&self) -> &CommonSettings;
+    /// Validates the files' contents and builds the configuration and our leaf's identity.
+    fn build(&self, snapshot: &Snapshot) -> Result<(Self::Config, PeerIdentity), Error>;
+}
+
+/// One built set of material, swapped in whole.
+pub(crate) struct Generation<C> {
+    pub(crate) config: C,
+    pub(crate) leaf: PeerIdentity,
+    pub(crate) generation: u64,
+    pub(crate) hash: [u8; 32],
+    pub(crate) loaded_at: SystemTime,
+}
+
+/// The material one side serves: the build parts, the current generation (an `ArcSwap`, so
+/// handshakes never wait for a reload) and the reload bookkeeping.
+pub(crate) struct Reloadable<B: Build> {
+    pub(crate) parts: B,
+    current: ArcSwap<Generation<B::Config>>,
+    status: StatusCell,
+    reload_lock: Mutex<()>,
+}
+
+impl<B: Build> Reloadable<B> {
+    /// Reads the files and builds generation 1.
+    pub(crate) fn new(parts: B) -> Result<Self, Error> {
+        let snap = snapshot(parts.sources())?;
+        let first = Self::generation(&parts, &snap, 1)?;
+        let this = Reloadable {
+            parts,
+            current: ArcSwap::from_pointee(first),
+            status: StatusCell::default(),
+            reload_lock: Mutex::new(()),
+        };
+        this.check_expiry();
+        Ok(this)
+    }
+
+    fn generation(
+        parts: &B,
+        snap: &Snapshot,
+        generation: u64,
+    ) -> Result<Generation<B::Config>, Error> {
+        let (config, leaf) = parts.build(snap)?;
+        Ok(Generation {
+            config,
+            leaf,
+            generation,
+            hash: snap.hash,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// The generation serving now.
+    pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Generation<B::Config>>> {
+        self.current.load()
+    }
+
+    /// What is serving now and how reloads went.
+    pub(crate) fn status(&self) -> MaterialStatus {
+        let current = self.current.load();
+        let leaf = &current.leaf;
+        let expires_in = leaf
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        MaterialStatus {
+            serial: leaf.serial_hex().to_owned(),
+            subject: leaf.subject().to_owned(),
+            not_after: leaf.not_after(),
+            expires_in,
+            expiring_soon: expires_in <= self.parts.common().expiry_warning,
+            generation: current.generation,
+            loaded_at: current.loaded_at,
+            last_error: self.status.last_error(),
+            rejected_updates: self.status.rejected(),
+        }
+    }
+
+    /// Starts the background poller.
+    pub(crate) fn spawn_reloader(self: &Arc<Self>) -> ReloadHandle {
+        spawn(self, self.parts.common().reload_interval)
+    }
+}
+
+impl<B: Build> Reload for Reloadable<B> {
+    fn what(&self) -> &'static str {
+        B::WHAT
+    }
+
+    fn sources(&self) -> &[Source] {
+        self.parts.sources()
+    }
+
+    fn applied_hash(&self) -> [u8; 32] {
+        self.current.load().hash
+    }
+
+    fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
+        let next = self.current.load().generation + 1;
+        let generation = Self::generation(&self.parts, &snapshot, next)?;
+        tracing::info!(
+            material = B::WHAT,
+            serial = generation.leaf.serial_hex(),
+            generation = next,
+            "new TLS material in use"
+        );
+        self.current.store(Arc::new(generation));
+        Ok(())
+    }
+
+    fn status_cell(&self) -> &StatusCell {
+        &self.status
+    }
+
+    fn check_expiry(&self) {
+        let current = self.current.load();
+        self.status.check_expiry(
+            B::WHAT,
+            current.leaf.serial_hex(),
+            current.leaf.not_after(),
+            self.parts.common().expiry_warning,
+        );
+    }
+
+    fn reload_lock(&self) -> &Mutex<()> {
+        &self.reload_lock
+    }
 }
 
 /// One reload attempt without waiting for the files to settle: for `reload_now`.

@@ -3,10 +3,9 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::UnixTime;
 use rustls::server::danger::ClientCertVerifier;
@@ -16,7 +15,7 @@ use rustls::{HandshakeKind, NamedGroup, ServerConfig, ServerConnection, Supporte
 
 use crate::material::{load_crls, load_identity, load_roots};
 use crate::pem::Source;
-use crate::reload::{self, Reload, ReloadHandle, Snapshot, StatusCell};
+use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::verifier::{
     ClientVerifier, ClientVerifierOptions, IdentityCache, fingerprint, into_error,
 };
@@ -332,7 +331,6 @@ impl ServerConfigBuilder {
         let session_storage: Arc<dyn StoresServerSessions> =
             ServerSessionMemoryCache::new(SESSION_CACHE_SIZE);
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        let snap = reload::snapshot(&sources)?;
         let parts = Parts {
             sources,
             verifier: self.verifier,
@@ -342,16 +340,12 @@ impl ServerConfigBuilder {
             session_storage,
             ticketer,
         };
-        let first = parts.build_generation(snap, 1)?;
-        let shared = Arc::new(ServerShared {
-            parts,
-            current: ArcSwap::from_pointee(first),
-            status: StatusCell::default(),
-            reload_lock: Mutex::new(()),
-            handshake_timeout: self.handshake_timeout,
-        });
-        shared.check_expiry();
-        Ok(ServerTls { shared })
+        let shared = Arc::new(Reloadable::new(parts)?);
+        let handshake_timeout = self.handshake_timeout;
+        Ok(ServerTls {
+            shared,
+            handshake_timeout,
+        })
     }
 }
 
@@ -363,12 +357,13 @@ impl ServerConfigBuilder {
 /// established connections keep the `Arc` they started with and are unaffected by reloads.
 #[derive(Clone)]
 pub struct ServerTls {
-    shared: Arc<ServerShared>,
+    shared: Arc<Reloadable<Parts>>,
+    handshake_timeout: Duration,
 }
 
 impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let current = self.shared.current.load();
+        let current = self.shared.load();
         f.debug_struct("ServerTls")
             .field("serial", &current.leaf.serial_hex())
             .field("generation", &current.generation)
@@ -386,25 +381,25 @@ struct Parts {
     ticketer: Arc<dyn ProducesTickets>,
 }
 
-struct ServerGeneration {
+/// What one build of the server material produces.
+struct ServerConfigs {
     config: Arc<ServerConfig>,
     verifier: Arc<ClientVerifier>,
-    leaf: PeerIdentity,
-    generation: u64,
-    hash: [u8; 32],
-    loaded_at: SystemTime,
 }
 
-struct ServerShared {
-    parts: Parts,
-    current: ArcSwap<ServerGeneration>,
-    status: StatusCell,
-    reload_lock: Mutex<()>,
-    handshake_timeout: Duration,
-}
+impl Build for Parts {
+    type Config = ServerConfigs;
+    const WHAT: &'static str = "server";
 
-impl Parts {
-    fn build_generation(&self, snap: Snapshot, generation: u64) -> Result<ServerGeneration, Error> {
+    fn sources(&self) -> &[Source] {
+        &self.sources
+    }
+
+    fn common(&self) -> &CommonSettings {
+        &self.common
+    }
+
+    fn build(&self, snap: &Snapshot) -> Result<(ServerConfigs, PeerIdentity), Error> {
         let [cert, key, ca, crl_files @ ..] = snap.contents.as_slice() else {
             return Err(Error::Task("material snapshot is incomplete".into()));
         };
@@ -434,76 +429,31 @@ impl Parts {
         config.alpn_protocols = self.common.alpn.clone();
         config.session_storage = self.session_storage.clone();
         config.ticketer = self.ticketer.clone();
-        Ok(ServerGeneration {
-            config: Arc::new(config),
-            verifier,
-            leaf: identity.leaf,
-            generation,
-            hash: snap.hash,
-            loaded_at: SystemTime::now(),
-        })
-    }
-}
-
-impl Reload for ServerShared {
-    fn what(&self) -> &'static str {
-        "server"
-    }
-
-    fn sources(&self) -> &[Source] {
-        &self.parts.sources
-    }
-
-    fn applied_hash(&self) -> [u8; 32] {
-        self.current.load().hash
-    }
-
-    fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
-        let next = self.current.load().generation + 1;
-        let generation = self.parts.build_generation(snapshot, next)?;
-        tracing::info!(
-            serial = generation.leaf.serial_hex(),
-            generation = next,
-            "new server TLS material in use"
-        );
-        self.current.store(Arc::new(generation));
-        Ok(())
-    }
-
-    fn status_cell(&self) -> &StatusCell {
-        &self.status
-    }
-
-    fn check_expiry(&self) {
-        let current = self.current.load();
-        self.status.check_expiry(
-            "server",
-            current.leaf.serial_hex(),
-            current.leaf.not_after(),
-            self.parts.common.expiry_warning,
-        );
-    }
-
-    fn reload_lock(&self) -> &Mutex<()> {
-        &self.reload_lock
+        Ok((
+            ServerConfigs {
+                config: Arc::new(config),
+                verifier,
+            },
+            identity.leaf,
+        ))
     }
 }
 
 impl ServerTls {
     /// The current configuration; each new handshake should load it afresh.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.shared.current.load().config.clone()
+        self.shared.load().config.config.clone()
     }
 
     /// The current client-certificate verifier (the one inside [`config`](Self::config)),
     /// for callers that assemble their own `rustls::ServerConfig` or measure it.
     pub fn client_verifier(&self) -> Arc<dyn ClientCertVerifier> {
-        self.shared.current.load().verifier.clone()
+        self.shared.load().config.verifier.clone()
     }
 
     /// The configured handshake timeout.
     pub fn handshake_timeout(&self) -> Duration {
-        self.shared.handshake_timeout
+        self.handshake_timeout
     }
 
     /// The verified client's identity on an established connection.
@@ -534,8 +484,9 @@ impl ServerTls {
             };
         };
         if conn.handshake_kind() == Some(HandshakeKind::Resumed) {
-            let current = self.shared.current.load();
+            let current = self.shared.load();
             let identity = current
+                .config
                 .verifier
                 .verify_identity(leaf, intermediates, UnixTime::now())
                 .map_err(into_error)?;
@@ -552,7 +503,7 @@ impl ServerTls {
     /// bytes. Polling stops when the handle is dropped; call
     /// [`ReloadHandle::detach`] to keep it running for the lifetime of this `ServerTls`.
     pub fn spawn_reloader(&self) -> ReloadHandle {
-        reload::spawn(&self.shared, self.shared.parts.common.reload_interval)
+        self.shared.spawn_reloader()
     }
 
     /// Reads the files now and swaps in new material if it changed and is valid (no wait
@@ -567,37 +518,6 @@ impl ServerTls {
 
     /// What is serving now and how reloads went.
     pub fn status(&self) -> MaterialStatus {
-        let current = self.shared.current.load();
-        status_of(
-            &current.leaf,
-            current.generation,
-            current.loaded_at,
-            &self.shared.status,
-            self.shared.parts.common.expiry_warning,
-        )
-    }
-}
-
-pub(crate) fn status_of(
-    leaf: &PeerIdentity,
-    generation: u64,
-    loaded_at: SystemTime,
-    cell: &StatusCell,
-    window: Duration,
-) -> MaterialStatus {
-    let expires_in = leaf
-        .not_after()
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    MaterialStatus {
-        serial: leaf.serial_hex().to_owned(),
-        subject: leaf.subject().to_owned(),
-        not_after: leaf.not_after(),
-        expires_in,
-        expiring_soon: expires_in <= window,
-        generation,
-        loaded_at,
-        last_error: cell.last_error(),
-        rejected_updates: cell.rejected(),
+        self.shared.status()
     }
 }
