@@ -228,8 +228,18 @@ fn fuzz_smoke(seconds: &str) -> Result<(), String> {
         ));
     }
     for target in String::from_utf8_lossy(&out.stdout).lines() {
-        run(Command::new("cargo")
-            .args(["+nightly", "fuzz", "run", target, "--"])
+        // New inputs go to the (ignored) corpus; committed seeds in fuzz/seeds/<target> give
+        // a short run a head start.
+        let corpus = fuzz_dir.join("corpus").join(target);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("{}: {e}", corpus.display()))?;
+        let seeds = fuzz_dir.join("seeds").join(target);
+        let mut cmd = Command::new("cargo");
+        cmd.args(["+nightly", "fuzz", "run", target]).arg(&corpus);
+        if seeds.is_dir() {
+            cmd.arg(&seeds);
+        }
+        run(cmd
+            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .current_dir(&fuzz_dir))?;
     }

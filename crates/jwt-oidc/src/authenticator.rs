@@ -20,6 +20,28 @@ use crate::token::{self, RawClaims, StrList};
 use crate::token_cache::{Entry, TokenCache};
 use crate::{Algorithm, AuthError, Claims};
 
+/// Source of [`Inner::id`].
+static NEXT_AUTHENTICATOR_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// What a header that passed every check decided.
+#[derive(Clone)]
+struct CheckedHeader {
+    alg: Algorithm,
+    kid: Option<ShortText>,
+}
+
+/// The last valid header a thread saw, and for which authenticator (the checks depend on its
+/// configuration).
+struct HeaderMemo {
+    authenticator: u64,
+    segment: Vec<u8>,
+    header: CheckedHeader,
+}
+
+thread_local! {
+    static LAST_HEADER: std::cell::RefCell<Option<HeaderMemo>> = const { std::cell::RefCell::new(None) };
+}
+
 /// A custom check run on every validation (cache hits included) after the built-in ones.
 pub type CustomCheck = dyn Fn(&Claims) -> Result<(), String> + Send + Sync;
 
@@ -161,6 +183,8 @@ pub(crate) struct Config {
 }
 
 pub(crate) struct Inner {
+    /// Unique per authenticator: keys the per-thread header memo.
+    id: u64,
     config: Config,
     settings: KeyCacheSettings,
     issuers: Vec<IssuerState>,
@@ -370,6 +394,97 @@ impl JwtAuthenticator {
         self.inner.cache.as_ref().map_or(0, TokenCache::len)
     }
 
+    /// The header's verdict, from this thread's memo when the header is a byte-for-byte
+    /// repeat of the last valid one (issuers put the same `alg`/`kid`/`typ` header on every
+    /// token, so this skips a decode and a parse per request).
+    fn checked_header(&self, segment: &[u8]) -> Result<CheckedHeader, AuthError> {
+        let id = self.inner.id;
+        let hit = LAST_HEADER.with_borrow(|memo| match memo {
+            Some(m) if m.authenticator == id && *m.segment == *segment => Some(m.header.clone()),
+            _ => None,
+        });
+        if let Some(header) = hit {
+            return Ok(header);
+        }
+        let header = self.check_header(segment)?;
+        LAST_HEADER.with_borrow_mut(|memo| match memo {
+            Some(m) => {
+                m.authenticator = id;
+                m.segment.clear();
+                m.segment.extend_from_slice(segment);
+                m.header = header.clone();
+            }
+            None => {
+                *memo = Some(HeaderMemo {
+                    authenticator: id,
+                    segment: segment.to_vec(),
+                    header: header.clone(),
+                });
+            }
+        });
+        Ok(header)
+    }
+
+    /// Decodes the header and runs every header check: no key references, an allowed `alg`,
+    /// only understood `crit` names, no unencoded payload, the required `typ`.
+    fn check_header(&self, segment: &[u8]) -> Result<CheckedHeader, AuthError> {
+        let cfg = &self.inner.config;
+        let mut header_buf = [0u8; 240];
+        let header_vec;
+        let header_json: &[u8] = if segment.len() <= 320 {
+            token::b64_decode_into(segment, &mut header_buf, "header is not base64url")?
+        } else {
+            header_vec = token::b64_decode(segment, "header is not base64url")?;
+            &header_vec
+        };
+        let header = token::parse_header(header_json)?;
+        if let Some(name) = header.key_reference {
+            return Err(AuthError::ForbiddenHeader(name));
+        }
+        let Some(alg_name) = header.alg.as_deref() else {
+            return Err(AuthError::Malformed("header has no alg"));
+        };
+        let alg = match Algorithm::from_name(alg_name) {
+            Some(a) if cfg.allowed.contains(&a) => a,
+            _ => {
+                return Err(AuthError::AlgorithmNotAllowed {
+                    alg: untrusted(alg_name),
+                });
+            }
+        };
+        if let Some(crit) = &header.crit {
+            if crit.is_empty() {
+                return Err(AuthError::Malformed("crit is empty"));
+            }
+            for name in crit {
+                if !cfg.accepted_crit.iter().any(|c| **c == **name) {
+                    return Err(AuthError::UnknownCritical {
+                        name: untrusted(name),
+                    });
+                }
+            }
+        }
+        if header.b64 == Some(false) {
+            return Err(AuthError::Malformed(
+                "unencoded payloads (b64: false) are not supported",
+            ));
+        }
+        if let Some(expected) = &cfg.required_type
+            && !header
+                .typ
+                .as_deref()
+                .is_some_and(|t| same_media_type(t, expected))
+        {
+            return Err(AuthError::WrongType {
+                expected: expected.clone(),
+            });
+        }
+        Ok(CheckedHeader {
+            alg,
+            kid: header.kid.as_deref().map(ShortText::new),
+        })
+    }
+
     fn validate_step(&self, token: &str, ctx: &RequestContext) -> Step {
         let inner = &*self.inner;
         let cfg = &inner.config;
@@ -389,71 +504,9 @@ impl JwtAuthenticator {
             return Step::Done(result);
         }
 
-        // Header.
         let seg = tri!(token::split(token));
-        let mut header_buf = [0u8; 240];
-        let header_vec;
-        let header_json: &[u8] = if seg.header.len() <= 320 {
-            tri!(token::b64_decode_into(
-                seg.header,
-                &mut header_buf,
-                "header is not base64url"
-            ))
-        } else {
-            header_vec = tri!(token::b64_decode(seg.header, "header is not base64url"));
-            &header_vec
-        };
-        let header = tri!(token::parse_header(header_json));
-        for (present, name) in [
-            (header.jwk.is_some(), "jwk"),
-            (header.jku.is_some(), "jku"),
-            (header.x5u.is_some(), "x5u"),
-            (header.x5c.is_some(), "x5c"),
-        ] {
-            if present {
-                return AuthError::ForbiddenHeader(name).into();
-            }
-        }
-        let Some(alg_name) = header.alg.as_deref() else {
-            return AuthError::Malformed("header has no alg").into();
-        };
-        let alg = match Algorithm::from_name(alg_name) {
-            Some(a) if cfg.allowed.contains(&a) => a,
-            _ => {
-                return AuthError::AlgorithmNotAllowed {
-                    alg: untrusted(alg_name),
-                }
-                .into();
-            }
-        };
-        if let Some(crit) = &header.crit {
-            if crit.is_empty() {
-                return AuthError::Malformed("crit is empty").into();
-            }
-            for name in crit {
-                if !cfg.accepted_crit.iter().any(|c| **c == *name.0) {
-                    return AuthError::UnknownCritical {
-                        name: untrusted(&name.0),
-                    }
-                    .into();
-                }
-            }
-        }
-        if header.b64 == Some(false) {
-            return AuthError::Malformed("unencoded payloads (b64: false) are not supported")
-                .into();
-        }
-        if let Some(expected) = &cfg.required_type
-            && !header
-                .typ
-                .as_deref()
-                .is_some_and(|t| same_media_type(t, expected))
-        {
-            return AuthError::WrongType {
-                expected: expected.clone(),
-            }
-            .into();
-        }
+        let header = tri!(self.checked_header(seg.header));
+        let alg = header.alg;
 
         // Claims, unverified: only to pick the issuer (exact match) before any key is used.
         let payload_bytes = tri!(token::b64_decode(seg.payload, "payload is not base64url"));
@@ -502,7 +555,7 @@ impl JwtAuthenticator {
             }
             .into();
         }
-        let key: &Arc<VerifyingKey> = match header.kid.as_deref() {
+        let key: &Arc<VerifyingKey> = match header.kid.as_ref().map(ShortText::get) {
             Some(kid) => match snap.keys_for(kid) {
                 Some(keys) => match keys.iter().find(|k| k.algorithm() == alg) {
                     Some(k) => k,
@@ -562,7 +615,6 @@ impl JwtAuthenticator {
         tri!(key.verify(seg.signing_input, sig));
 
         // Claims.
-        tri!(token::check_depth(payload_json.as_bytes()));
         let mut claims = tri!(self.build_claims(&raw, &payload_json, key));
         drop(raw);
         claims.payload = payload_json;
@@ -646,14 +698,14 @@ impl JwtAuthenticator {
             None => (None, Box::default()),
             Some(StrList::One(a)) => (Some(text(a)), Box::default()),
             Some(StrList::Many(list)) => {
-                let mut all = list.iter().map(|a| text(&a.0));
+                let mut all = list.iter().map(|a| text(a));
                 (all.next(), all.collect())
             }
         };
         if !cfg.required_claims.is_empty() {
             let names = token::claim_names(payload_json)?;
             for required in &cfg.required_claims {
-                if !names.iter().any(|n| *n.0 == **required) {
+                if !names.iter().any(|n| **n == **required) {
                     return Err(AuthError::MissingClaim {
                         claim: required.clone(),
                     });
@@ -1149,6 +1201,7 @@ impl JwtAuthenticatorBuilder {
         };
         let cache = (self.cache_capacity > 0).then(|| TokenCache::new(self.cache_capacity));
         let inner = Arc::new(Inner {
+            id: NEXT_AUTHENTICATOR_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config,
             settings: self.settings,
             issuers,

@@ -61,6 +61,7 @@ mod authenticator;
 mod claims;
 mod error;
 mod http;
+mod json;
 mod jwks;
 mod key_cache;
 mod source;
@@ -69,6 +70,10 @@ mod token_cache;
 
 #[cfg(feature = "test-util")]
 pub mod testing;
+
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 
 pub use algorithm::Algorithm;
 pub use authenticator::{

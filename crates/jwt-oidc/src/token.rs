@@ -1,16 +1,14 @@
 //! Lean, borrowing parsers for the JOSE header and the claims set of a compact JWS.
 //!
-//! Only the members the validator acts on are read; everything else is skipped without
-//! building values. Duplicate members the validator reads are refused (serde reports them),
-//! and both parts must be JSON objects.
+//! Only the members the validator acts on are read; everything else is checked and skipped
+//! without building values ([`crate::json`]). Duplicate members the validator reads are
+//! refused, both parts must be JSON objects, and nesting is limited to
+//! [`crate::json::MAX_DEPTH`].
 
 use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Deserializer};
 
 use crate::AuthError;
+use crate::json::{JsonError, Reader};
 
 /// The three segments of a compact JWS, not yet decoded.
 pub(crate) struct Segments<'t> {
@@ -75,51 +73,104 @@ pub(crate) fn b64_decode_into<'o>(
     Ok(decoded)
 }
 
-fn starts_with_object(json: &[u8]) -> bool {
-    json.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{')
+fn header_error(e: JsonError) -> AuthError {
+    match e {
+        JsonError::TooDeep => AuthError::Malformed("JSON is nested too deeply"),
+        JsonError::WrongType | JsonError::Duplicate => {
+            AuthError::Malformed("header member has the wrong type or appears twice")
+        }
+        JsonError::Syntax => AuthError::Malformed("header is not valid JSON"),
+    }
+}
+
+fn claims_error(e: JsonError) -> AuthError {
+    match e {
+        JsonError::TooDeep => AuthError::Malformed("JSON is nested too deeply"),
+        _ => AuthError::Malformed("claims set is not valid JSON or a claim has the wrong type"),
+    }
+}
+
+/// Marks member `bit` as seen; a second sighting is a duplicate.
+fn first_sighting(seen: &mut u32, bit: u32) -> Result<(), JsonError> {
+    if *seen & (1 << bit) != 0 {
+        return Err(JsonError::Duplicate);
+    }
+    *seen |= 1 << bit;
+    Ok(())
 }
 
 /// The JOSE header members the validator acts on.
-#[derive(Deserialize)]
+#[derive(Default)]
 pub(crate) struct RawHeader<'a> {
-    #[serde(borrow, default)]
     pub(crate) alg: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub(crate) kid: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub(crate) typ: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
-    pub(crate) crit: Option<Vec<BorrowedStr<'a>>>,
-    #[serde(default)]
+    pub(crate) crit: Option<Vec<Cow<'a, str>>>,
     pub(crate) b64: Option<bool>,
-    #[serde(default)]
-    pub(crate) jwk: Option<IgnoredAny>,
-    #[serde(default)]
-    pub(crate) jku: Option<IgnoredAny>,
-    #[serde(default)]
-    pub(crate) x5u: Option<IgnoredAny>,
-    #[serde(default)]
-    pub(crate) x5c: Option<IgnoredAny>,
+    /// The first of `jwk`, `jku`, `x5u`, `x5c` present (with any value, even `null`).
+    pub(crate) key_reference: Option<&'static str>,
 }
 
+/// Parses the decoded header. `null` counts as absent for the members read, except the key
+/// references (`jwk`, `jku`, `x5u`, `x5c`), whose mere presence is refused later.
 pub(crate) fn parse_header(json: &[u8]) -> Result<RawHeader<'_>, AuthError> {
-    if !starts_with_object(json) {
-        return Err(AuthError::Malformed("header is not a JSON object"));
-    }
     let text =
         std::str::from_utf8(json).map_err(|_| AuthError::Malformed("header is not UTF-8"))?;
-    check_depth(json)?;
-    serde_json::from_str(text).map_err(|_| AuthError::Malformed("header is not valid JSON"))
+    let mut r = Reader::new(text);
+    if r.peek() != Ok(b'{') {
+        return Err(AuthError::Malformed("header is not a JSON object"));
+    }
+    let mut h = RawHeader::default();
+    let mut seen = 0u32;
+    r.object(|r, name| {
+        let bit = match &*name {
+            "alg" => 0,
+            "kid" => 1,
+            "typ" => 2,
+            "crit" => 3,
+            "b64" => 4,
+            "jwk" | "jku" | "x5u" | "x5c" => {
+                if h.key_reference.is_none() {
+                    h.key_reference = Some(match &*name {
+                        "jwk" => "jwk",
+                        "jku" => "jku",
+                        "x5u" => "x5u",
+                        _ => "x5c",
+                    });
+                }
+                return r.skip_value();
+            }
+            _ => return r.skip_value(),
+        };
+        first_sighting(&mut seen, bit)?;
+        if r.null()? {
+            return Ok(());
+        }
+        match bit {
+            0 => h.alg = Some(r.string()?),
+            1 => h.kid = Some(r.string()?),
+            2 => h.typ = Some(r.string()?),
+            3 => {
+                let mut names = Vec::new();
+                r.array(|r| {
+                    names.push(r.string()?);
+                    Ok(())
+                })?;
+                h.crit = Some(names);
+            }
+            _ => h.b64 = Some(r.boolean()?),
+        }
+        Ok(())
+    })
+    .and_then(|()| r.finish())
+    .map_err(header_error)?;
+    Ok(h)
 }
-
-/// A string that borrows from the input when it has no escapes.
-#[derive(Deserialize)]
-pub(crate) struct BorrowedStr<'a>(#[serde(borrow)] pub(crate) Cow<'a, str>);
 
 /// A claim that is either one string or an array of strings (`aud`, `scp`).
 pub(crate) enum StrList<'a> {
     One(Cow<'a, str>),
-    Many(Vec<BorrowedStr<'a>>),
+    Many(Vec<Cow<'a, str>>),
 }
 
 impl<'a> StrList<'a> {
@@ -128,69 +179,26 @@ impl<'a> StrList<'a> {
             StrList::One(s) => (Some(s.as_ref()), &[][..]),
             StrList::Many(v) => (None, v.as_slice()),
         };
-        one.into_iter().chain(many.iter().map(|s| s.0.as_ref()))
+        one.into_iter().chain(many.iter().map(AsRef::as_ref))
     }
-}
 
-impl<'de: 'a, 'a> Deserialize<'de> for StrList<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = StrList<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an array of strings")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(StrList::One(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(StrList::One(Cow::Owned(v.to_owned())))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(1).min(16));
-                while let Some(s) = seq.next_element::<BorrowedStr<'a>>()? {
-                    out.push(s);
-                }
-                Ok(StrList::Many(out))
-            }
+    fn read(r: &mut Reader<'a>) -> Result<Self, JsonError> {
+        if r.peek()? == b'[' {
+            let mut out = Vec::new();
+            r.array(|r| {
+                out.push(r.string()?);
+                Ok(())
+            })?;
+            Ok(StrList::Many(out))
+        } else {
+            r.string().map(StrList::One)
         }
-        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
-/// A NumericDate (RFC 7519 §2): seconds since the epoch; fractions are truncated, negative
-/// and non-finite values are refused.
+/// A NumericDate (RFC 7519 §2): seconds since the epoch.
 #[derive(Clone, Copy)]
 pub(crate) struct NumericDate(pub(crate) u64);
-
-impl<'de> Deserialize<'de> for NumericDate {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = NumericDate;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a non-negative number of seconds")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumericDate, E> {
-                Ok(NumericDate(v))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumericDate, E> {
-                u64::try_from(v)
-                    .map(NumericDate)
-                    .map_err(|_| E::custom("negative date"))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumericDate, E> {
-                if v.is_finite() && (0.0..9.0e15).contains(&v) {
-                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    Ok(NumericDate(v.trunc() as u64))
-                } else {
-                    Err(E::custom("date out of range"))
-                }
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
 
 /// The `cnf` claim (RFC 7800): the certificate thumbprint, and whether any other
 /// confirmation method is present.
@@ -200,125 +208,101 @@ pub(crate) struct RawCnf<'a> {
     pub(crate) other_methods: bool,
 }
 
-impl<'de: 'a, 'a> Deserialize<'de> for RawCnf<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = RawCnf<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a confirmation object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut out = RawCnf::default();
-                while let Some(key) = map.next_key::<BorrowedStr<'a>>()? {
-                    if key.0 == "x5t#S256" {
-                        if out.x5t_s256.is_some() {
-                            return Err(de::Error::duplicate_field("x5t#S256"));
-                        }
-                        out.x5t_s256 = Some(map.next_value::<BorrowedStr<'a>>()?.0);
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                        out.other_methods = true;
-                    }
+impl<'a> RawCnf<'a> {
+    fn read(r: &mut Reader<'a>) -> Result<Self, JsonError> {
+        let mut out = RawCnf::default();
+        r.object(|r, name| {
+            if name == "x5t#S256" {
+                if out.x5t_s256.is_some() {
+                    return Err(JsonError::Duplicate);
                 }
-                Ok(out)
+                out.x5t_s256 = Some(r.string()?);
+            } else {
+                r.skip_value()?;
+                out.other_methods = true;
             }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
+            Ok(())
+        })?;
+        Ok(out)
     }
 }
 
 /// The registered and well-known claims the validator acts on.
-#[derive(Deserialize)]
+#[derive(Default)]
 pub(crate) struct RawClaims<'a> {
-    #[serde(borrow, default)]
     pub(crate) iss: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub(crate) sub: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub(crate) aud: Option<StrList<'a>>,
-    #[serde(default)]
     pub(crate) exp: Option<NumericDate>,
-    #[serde(default)]
     pub(crate) nbf: Option<NumericDate>,
-    #[serde(default)]
     pub(crate) iat: Option<NumericDate>,
-    #[serde(borrow, default)]
     pub(crate) scope: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub(crate) scp: Option<StrList<'a>>,
-    #[serde(borrow, default)]
     pub(crate) cnf: Option<RawCnf<'a>>,
-    #[serde(borrow, default)]
     pub(crate) client_id: Option<Cow<'a, str>>,
 }
 
+/// Parses the claims set in one pass. `null` counts as absent; a claim read here that
+/// appears twice, or has the wrong type, refuses the token.
 pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
-    if !starts_with_object(json.as_bytes()) {
+    let mut r = Reader::new(json);
+    if r.peek() != Ok(b'{') {
         return Err(AuthError::Malformed("claims set is not a JSON object"));
     }
-    serde_json::from_str(json).map_err(|_| {
-        AuthError::Malformed("claims set is not valid JSON or a claim has the wrong type")
+    let mut c = RawClaims::default();
+    let mut seen = 0u32;
+    r.object(|r, name| {
+        let bit = match &*name {
+            "iss" => 0,
+            "sub" => 1,
+            "aud" => 2,
+            "exp" => 3,
+            "nbf" => 4,
+            "iat" => 5,
+            "scope" => 6,
+            "scp" => 7,
+            "cnf" => 8,
+            "client_id" => 9,
+            _ => return r.skip_value(),
+        };
+        first_sighting(&mut seen, bit)?;
+        if r.null()? {
+            return Ok(());
+        }
+        match bit {
+            0 => c.iss = Some(r.string()?),
+            1 => c.sub = Some(r.string()?),
+            2 => c.aud = Some(StrList::read(r)?),
+            3 => c.exp = Some(NumericDate(r.numeric_date()?)),
+            4 => c.nbf = Some(NumericDate(r.numeric_date()?)),
+            5 => c.iat = Some(NumericDate(r.numeric_date()?)),
+            6 => c.scope = Some(r.string()?),
+            7 => c.scp = Some(StrList::read(r)?),
+            8 => c.cnf = Some(RawCnf::read(r)?),
+            _ => c.client_id = Some(r.string()?),
+        }
+        Ok(())
     })
+    .and_then(|()| r.finish())
+    .map_err(claims_error)?;
+    Ok(c)
 }
 
-/// Deepest JSON nesting accepted in a claims set.
-pub(crate) const MAX_DEPTH: usize = 32;
-
-/// Refuses claims sets nested deeper than [`MAX_DEPTH`]. A quick count of brackets skips the
-/// scan for ordinary tokens.
-pub(crate) fn check_depth(json: &[u8]) -> Result<(), AuthError> {
-    if memchr::memchr2_iter(b'[', b'{', json).count() <= MAX_DEPTH {
-        return Ok(());
-    }
-    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
-    for &b in json {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
+/// The top-level member names with a non-null value (for required-claim checks), from a
+/// claims set [`parse_claims`] already accepted.
+pub(crate) fn claim_names(json: &str) -> Result<Vec<Cow<'_, str>>, AuthError> {
+    let mut r = Reader::new(json);
+    let mut names = Vec::new();
+    r.object(|r, name| {
+        if !r.null()? {
+            r.skip_value()?;
+            names.push(name);
         }
-        match b {
-            b'"' => in_string = true,
-            b'[' | b'{' => {
-                depth += 1;
-                if depth > MAX_DEPTH {
-                    return Err(AuthError::Malformed("JSON is nested too deeply"));
-                }
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    Ok(())
-}
-
-/// The top-level member names of a claims set (for required-claim checks).
-pub(crate) fn claim_names(json: &str) -> Result<Vec<BorrowedStr<'_>>, AuthError> {
-    struct V;
-    impl<'de> Visitor<'de> for V {
-        type Value = Vec<BorrowedStr<'de>>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("an object")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut names = Vec::new();
-            while let Some(k) = map.next_key::<BorrowedStr<'de>>()? {
-                let v = map.next_value::<serde_json::Value>()?;
-                if !v.is_null() {
-                    names.push(k);
-                }
-            }
-            Ok(names)
-        }
-    }
-    let mut de = serde_json::Deserializer::from_str(json);
-    de::Deserializer::deserialize_map(&mut de, V)
-        .map_err(|_| AuthError::Malformed("claims set is not valid JSON"))
+        Ok(())
+    })
+    .and_then(|()| r.finish())
+    .map_err(claims_error)?;
+    Ok(names)
 }
 
 #[cfg(test)]
@@ -362,13 +346,41 @@ mod tests {
     }
 
     #[test]
-    fn depth_is_limited_outside_strings_only() {
+    fn depth_is_limited_while_parsing() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
-        assert!(check_depth(deep.as_bytes()).is_err());
-        let in_string = format!("{{\"a\":\"{}\"}}", "[".repeat(400));
-        assert!(check_depth(in_string.as_bytes()).is_ok());
-        let wide = format!("{{\"a\":[{}]}}", vec!["[]"; 100].join(","));
-        assert!(check_depth(wide.as_bytes()).is_ok());
+        assert!(matches!(
+            parse_claims(&deep),
+            Err(AuthError::Malformed("JSON is nested too deeply"))
+        ));
+        assert!(parse_header(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn header_members() {
+        let h =
+            parse_header(br#"{"alg":"RS256","kid":"k\u0031","crit":["exp"],"b64":true,"x":{}}"#)
+                .unwrap();
+        assert_eq!(h.alg.as_deref(), Some("RS256"));
+        assert_eq!(h.kid.as_deref(), Some("k1"));
+        assert_eq!(h.crit.unwrap(), ["exp"]);
+        assert_eq!(h.b64, Some(true));
+        assert_eq!(h.key_reference, None);
+        let h = parse_header(br#"{"alg":"RS256","jku":null}"#).unwrap();
+        assert_eq!(h.key_reference, Some("jku"));
+        for bad in [
+            &br#"{"alg":"RS256","alg":"none"}"#[..],
+            br#"{"alg":5}"#,
+            br#"{"b64":"false"}"#,
+            br#"{"crit":"exp"}"#,
+            br#"["alg"]"#,
+            b"{\"alg\":\"\xff\"}",
+        ] {
+            assert!(
+                parse_header(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -455,3 +455,48 @@ fn futures_are_send_and_the_authenticator_is_shareable() {
     send(&ensure);
     drop((validate, refresh, ensure));
 }
+
+/// Header verdicts are memoized per thread; the memo must be per authenticator (their header
+/// rules differ) and must never let a different header through.
+#[tokio::test(flavor = "current_thread")]
+async fn header_verdicts_follow_each_authenticators_rules() {
+    let key = TestKey::generate(Algorithm::Es256, "k1");
+    let lenient = auth_for(&[&key]);
+    let strict = JwtAuthenticator::builder()
+        .issuer(IssuerConfig::static_jwks(ISS, jwks(&[&key])))
+        .audience(AUD)
+        .require_type("at+jwt")
+        .build()
+        .unwrap();
+    let plain = key.token_with_header(
+        &json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}),
+        &claims(),
+    );
+    let with_jku = key.token_with_header(
+        &json!({"alg": "ES256", "kid": "k1", "typ": "JWT", "jku": "https://evil.example/jwks"}),
+        &claims(),
+    );
+    for _ in 0..3 {
+        assert!(check(&lenient, &plain).await.is_ok());
+        assert!(matches!(
+            check(&strict, &plain).await,
+            Err(AuthError::WrongType { .. })
+        ));
+        assert!(check(&lenient, &plain).await.is_ok());
+        assert!(matches!(
+            check(&lenient, &with_jku).await,
+            Err(AuthError::ForbiddenHeader("jku"))
+        ));
+    }
+    // A repeated header is still bound to the key it names: another key's signature fails.
+    let other = TestKey::generate(Algorithm::Es256, "k1");
+    let forged = other.token_with_header(
+        &json!({"alg": "ES256", "kid": "k1", "typ": "JWT"}),
+        &claims(),
+    );
+    assert!(check(&lenient, &plain).await.is_ok());
+    assert!(matches!(
+        check(&lenient, &forged).await,
+        Err(AuthError::InvalidSignature)
+    ));
+}
