@@ -37,6 +37,7 @@ pub(crate) struct Reader<'a> {
 
 /// The first `"`, `\\` or control character, eight bytes at a time: claim strings are short,
 /// and memchr's setup cost and a byte loop were both a visible share of a validation.
+#[inline]
 fn special_byte(s: &[u8]) -> Option<usize> {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
@@ -78,6 +79,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Skips whitespace and returns the next byte without consuming it.
+    #[inline]
     pub(crate) fn peek(&mut self) -> Result<u8, JsonError> {
         let bytes = self.bytes();
         while let Some(&b) = bytes.get(self.pos) {
@@ -206,25 +208,34 @@ impl<'a> Reader<'a> {
     }
 
     /// A string, borrowed from the text unless it has escapes.
+    #[inline]
     pub(crate) fn string(&mut self) -> Result<Cow<'a, str>, JsonError> {
-        if self.peek()? != b'"' {
+        let bytes = self.bytes();
+        // Compact JSON has no whitespace before a string; `peek` only when there is some.
+        if bytes.get(self.pos) != Some(&b'"') && self.peek()? != b'"' {
             return self.wrong_type();
         }
-        self.pos += 1;
-        let bytes = self.bytes();
-        let start = self.pos;
+        let start = self.pos + 1;
         let rest = bytes.get(start..).unwrap_or_default();
         let end = special_byte(rest).ok_or(JsonError::Syntax)?;
-        if rest.get(end).is_some_and(|&b| b < 0x20) {
+        self.pos = start + end;
+        match rest.get(end) {
+            Some(b'"') => {
+                let s = self.text.get(start..self.pos).ok_or(JsonError::Syntax)?;
+                self.pos += 1;
+                return Ok(Cow::Borrowed(s));
+            }
+            Some(b'\\') => {}
             // Control characters must be escaped.
-            return Err(JsonError::Syntax);
+            _ => return Err(JsonError::Syntax),
         }
-        self.pos += end;
-        if rest.get(end) == Some(&b'"') {
-            let s = self.text.get(start..self.pos).ok_or(JsonError::Syntax)?;
-            self.pos += 1;
-            return Ok(Cow::Borrowed(s));
-        }
+        self.escaped_string(start)
+    }
+
+    /// The rest of a string with escapes, from `start` (the backslash is at `self.pos`).
+    #[cold]
+    fn escaped_string(&mut self, start: usize) -> Result<Cow<'a, str>, JsonError> {
+        let bytes = self.bytes();
         let mut out = String::with_capacity(self.pos - start + 16);
         out.push_str(self.text.get(start..self.pos).ok_or(JsonError::Syntax)?);
         loop {
@@ -307,21 +318,30 @@ impl<'a> Reader<'a> {
         self.pos - start
     }
 
-    /// A number's text, checked against the JSON grammar.
-    fn number(&mut self) -> Result<&'a str, JsonError> {
+    /// A number's text, checked against the JSON grammar, and its value when it is a plain
+    /// non-negative integer that fits in a u64 (every NumericDate in practice).
+    fn number(&mut self) -> Result<(&'a str, Option<u64>), JsonError> {
         let start = self.pos;
         let bytes = self.bytes();
-        if bytes.get(self.pos) == Some(&b'-') {
+        let negative = bytes.get(self.pos) == Some(&b'-');
+        if negative {
             self.pos += 1;
         }
-        let integer_digits = match bytes.get(self.pos) {
-            Some(b'0') => {
-                self.pos += 1;
-                1
+        let mut value = Some(0u64);
+        let integer_start = self.pos;
+        match bytes.get(self.pos) {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d) = bytes.get(self.pos).filter(|d| d.is_ascii_digit()) {
+                    value = value
+                        .and_then(|v| v.checked_mul(10))
+                        .and_then(|v| v.checked_add(u64::from(d - b'0')));
+                    self.pos += 1;
+                }
             }
-            Some(b'1'..=b'9') => self.digits(),
             _ => return Err(JsonError::Syntax),
-        };
+        }
+        let integer_digits = self.pos - integer_start;
         let mut float = false;
         if bytes.get(self.pos) == Some(&b'.') {
             self.pos += 1;
@@ -346,7 +366,7 @@ impl<'a> Reader<'a> {
         if (float || integer_digits > 18) && text.parse::<f64>().map_or(true, f64::is_infinite) {
             return Err(JsonError::Syntax);
         }
-        Ok(text)
+        Ok((text, value.filter(|_| !negative && !float)))
     }
 
     /// A NumericDate (RFC 7519 §2): seconds since the epoch. Fractions are truncated;
@@ -355,8 +375,8 @@ impl<'a> Reader<'a> {
         if !matches!(self.peek()?, b'-' | b'0'..=b'9') {
             return self.wrong_type();
         }
-        let text = self.number()?;
-        if let Ok(v) = text.parse::<u64>() {
+        let (text, value) = self.number()?;
+        if let Some(v) = value {
             return Ok(v);
         }
         if !text.contains(['.', 'e', 'E'])
