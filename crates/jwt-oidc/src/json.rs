@@ -324,24 +324,26 @@ impl<'a> Reader<'a> {
         let start = self.pos;
         let bytes = self.bytes();
         let negative = bytes.get(self.pos) == Some(&b'-');
-        if negative {
-            self.pos += 1;
-        }
-        let mut value = Some(0u64);
-        let integer_start = self.pos;
-        match bytes.get(self.pos) {
-            Some(b'0') => self.pos += 1,
-            Some(b'1'..=b'9') => {
-                while let Some(&d) = bytes.get(self.pos).filter(|d| d.is_ascii_digit()) {
-                    value = value
-                        .and_then(|v| v.checked_mul(10))
-                        .and_then(|v| v.checked_add(u64::from(d - b'0')));
-                    self.pos += 1;
-                }
+        let integer_start = self.pos + usize::from(negative);
+        // A local cursor and wrapping arithmetic: exact for up to 19 digits, which is all a
+        // u64 date can need; longer integers are re-read below.
+        let (mut i, mut value) = (integer_start, 0u64);
+        while let Some(&d) = bytes.get(i) {
+            if !d.is_ascii_digit() {
+                break;
             }
+            value = value.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
+            i += 1;
+        }
+        let integer_digits = i - integer_start;
+        match bytes.get(integer_start) {
+            // A leading zero stands alone ("01" is not JSON).
+            Some(b'0') if integer_digits > 1 => return Err(JsonError::Syntax),
+            Some(b'0'..=b'9') => {}
             _ => return Err(JsonError::Syntax),
         }
-        let integer_digits = self.pos - integer_start;
+        self.pos = i;
+        let mut value = Some(value).filter(|_| integer_digits <= 19);
         let mut float = false;
         if bytes.get(self.pos) == Some(&b'.') {
             self.pos += 1;
@@ -365,6 +367,9 @@ impl<'a> Reader<'a> {
         // overflows; `Claims::raw` must not meet a number it cannot read.
         if (float || integer_digits > 18) && text.parse::<f64>().map_or(true, f64::is_infinite) {
             return Err(JsonError::Syntax);
+        }
+        if integer_digits > 19 && !float {
+            value = text.parse::<u64>().ok();
         }
         Ok((text, value.filter(|_| !negative && !float)))
     }

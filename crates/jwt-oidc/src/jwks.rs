@@ -55,9 +55,25 @@ impl VerifyingKey {
     /// # Errors
     /// [`AuthError::InvalidSignature`] when the signature does not verify.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), AuthError> {
-        self.key
-            .verify_sig(message, signature)
-            .map_err(|_| AuthError::InvalidSignature)
+        // RSA and ECDSA: hash here and hand aws-lc the digest. The same check as `verify_sig`,
+        // without its per-call digest-context setup (`EVP_DigestVerifyInit`).
+        let digest = match self.alg {
+            Algorithm::Rs256 | Algorithm::Ps256 | Algorithm::Es256 => {
+                Some(&aws_lc_rs::digest::SHA256)
+            }
+            Algorithm::Rs384 | Algorithm::Ps384 | Algorithm::Es384 => {
+                Some(&aws_lc_rs::digest::SHA384)
+            }
+            Algorithm::Rs512 | Algorithm::Ps512 => Some(&aws_lc_rs::digest::SHA512),
+            Algorithm::EdDsa => None,
+        };
+        match digest {
+            Some(d) => self
+                .key
+                .verify_digest_sig(&aws_lc_rs::digest::digest(d, message), signature),
+            None => self.key.verify_sig(message, signature),
+        }
+        .map_err(|_| AuthError::InvalidSignature)
     }
 
     /// True once the key has left its issuer's key set.

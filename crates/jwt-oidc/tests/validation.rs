@@ -500,3 +500,51 @@ async fn header_verdicts_follow_each_authenticators_rules() {
         Err(AuthError::InvalidSignature)
     ));
 }
+
+/// Every algorithm refuses a flipped bit in the signature or the payload, and a signature by
+/// another key of the same kind (RSA and ECDSA hash in `jwt-oidc`, EdDSA in aws-lc).
+#[tokio::test]
+async fn tampered_tokens_of_every_algorithm_are_refused() {
+    for alg in Algorithm::ALL {
+        let key = TestKey::generate(alg, "k");
+        let auth = auth_for(&[&key]);
+        let token = key.token(&claims());
+        assert!(check(&auth, &token).await.is_ok(), "{alg}");
+        let (signing_input, signature) = token.rsplit_once('.').unwrap();
+        let mut sig =
+            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
+                .unwrap();
+        let middle = sig.len() / 2;
+        sig[middle] ^= 0x01;
+        let bad_sig = format!("{signing_input}.{}", b64url(&sig));
+        assert!(
+            matches!(
+                check(&auth, &bad_sig).await,
+                Err(AuthError::InvalidSignature)
+            ),
+            "{alg}: flipped signature bit"
+        );
+        let (header, _) = signing_input.split_once('.').unwrap();
+        let other_payload = b64url(
+            with(claims(), json!({"sub": "mallory"}))
+                .to_string()
+                .as_bytes(),
+        );
+        let swapped = format!("{header}.{other_payload}.{signature}");
+        assert!(
+            matches!(
+                check(&auth, &swapped).await,
+                Err(AuthError::InvalidSignature)
+            ),
+            "{alg}: payload swapped under the signature"
+        );
+        let impostor = TestKey::generate(alg, "k");
+        assert!(
+            matches!(
+                check(&auth, &impostor.token(&claims())).await,
+                Err(AuthError::InvalidSignature)
+            ),
+            "{alg}: another key's signature"
+        );
+    }
+}
