@@ -50,13 +50,16 @@ struct OidcProvider {
 impl OidcProvider {
     /// Starts the provider with fresh RS256 and ES256 signing keys and waits for its
     /// `listening on http://127.0.0.1:PORT` line.
-    fn start(keystore: &Path) -> OidcProvider {
+    fn start(keystore: &Path) -> Result<OidcProvider, String> {
         let dir = fixture_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "run `npm ci` in {} first (cargo xtask test does)",
             dir.display()
         );
+        // stderr goes to a file beside the keystore, so a provider that fails to start says why.
+        let stderr_path = keystore.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create the provider's stderr log");
         let mut child = Command::new("node")
             .arg("server.mjs")
             .arg(format!("--keystore={}", keystore.display()))
@@ -64,37 +67,51 @@ impl OidcProvider {
             .current_dir(&dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("node is needed for this test");
         let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel::<String>();
+        // `Some(issuer)` once it listens; `None` if its stdout ends first (it exited).
+        let (tx, rx) = mpsc::channel::<Option<String>>();
         std::thread::spawn(move || {
             let mut lines = BufReader::new(stdout).lines();
             for line in lines.by_ref() {
-                let Ok(line) = line else { return };
+                let Ok(line) = line else { break };
                 if let Some(issuer) = line.strip_prefix("listening on ") {
-                    let _ = tx.send(issuer.trim().to_owned());
-                    break;
+                    let _ = tx.send(Some(issuer.trim().to_owned()));
+                    // Keep draining so node never blocks on a full pipe.
+                    for _ in lines {}
+                    return;
                 }
             }
-            // Keep draining so node never blocks on a full pipe.
-            for _ in lines {}
+            let _ = tx.send(None);
         });
         let mut provider = OidcProvider {
             child,
             issuer: String::new(),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         };
-        let issuer = rx
-            .recv_timeout(GUARD)
-            .expect("oidc-provider did not print `listening on`");
+        let issuer = match rx.recv_timeout(GUARD) {
+            Ok(Some(issuer)) => issuer,
+            outcome => {
+                let status = provider.child.try_wait();
+                return Err(format!(
+                    "oidc-provider did not print `listening on` ({}; exit status {status:?}); its stderr:\n{}",
+                    if outcome.is_err() {
+                        "timed out"
+                    } else {
+                        "its output ended"
+                    },
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                ));
+            }
+        };
         provider.addr = issuer
             .strip_prefix("http://")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected issuer {issuer}"));
         provider.issuer = issuer;
-        provider
+        Ok(provider)
     }
 
     /// An access token for `resource` from the token endpoint (client credentials).
@@ -181,7 +198,15 @@ struct Setup {
 impl Setup {
     fn new() -> Setup {
         let files = ServerFiles::new();
-        let provider = OidcProvider::start(&files.dir.path().join("provider-keys.json"));
+        // The provider is test infrastructure: one failed start (seen once in CI as a 60 s
+        // silence) is logged with its stderr and retried; a second failure fails the test.
+        let keystore = files.dir.path().join("provider-keys.json");
+        let provider = OidcProvider::start(&keystore)
+            .or_else(|first| {
+                eprintln!("oidc-provider start failed, retrying once: {first}");
+                OidcProvider::start(&keystore)
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
         let cert = client_cert(&files.ca, CLIENT_ID);
         let roots = roots(&files.ca);
         Setup {

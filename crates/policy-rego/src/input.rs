@@ -33,6 +33,44 @@ use regorus::Value;
 
 use crate::error::{PolicyError, Result};
 
+/// A JSON document converted once into the policy engine's values: cheap to clone (its parts
+/// are reference counted), so a part of the input that stays the same across requests, such
+/// as the peer identity of a connection, is converted once and then shared.
+///
+/// ```
+/// use policy_rego::InputDocument;
+///
+/// let identity = InputDocument::from(serde_json::json!({"spiffe_id": "spiffe://example.org/web"}));
+/// assert_eq!(identity.spiffe_id(), Some("spiffe://example.org/web"));
+/// let per_request = identity.clone(); // no deep copy
+/// # drop(per_request);
+/// ```
+#[derive(Debug, Clone)]
+pub struct InputDocument {
+    value: Value,
+    spiffe_id: Option<std::sync::Arc<str>>,
+}
+
+impl InputDocument {
+    /// The document's top-level `spiffe_id` string, if any (the default principal).
+    pub fn spiffe_id(&self) -> Option<&str> {
+        self.spiffe_id.as_deref()
+    }
+}
+
+impl From<serde_json::Value> for InputDocument {
+    fn from(json: serde_json::Value) -> Self {
+        let spiffe_id = json
+            .get("spiffe_id")
+            .and_then(serde_json::Value::as_str)
+            .map(std::sync::Arc::from);
+        Self {
+            value: Value::from(json),
+            spiffe_id,
+        }
+    }
+}
+
 /// Which request headers are copied into the input.
 ///
 /// By default every header is copied except those that carry credentials: `authorization`,
@@ -167,8 +205,8 @@ pub struct InputBuilder<'a> {
     peer: Option<SocketAddr>,
     local: Option<SocketAddr>,
     principal: Option<String>,
-    identity: Option<serde_json::Value>,
-    token: Option<serde_json::Value>,
+    identity: Option<InputDocument>,
+    token: Option<InputDocument>,
     grpc: Option<(String, String)>,
 }
 
@@ -221,16 +259,17 @@ impl<'a> InputBuilder<'a> {
         self
     }
 
-    /// The verified peer identity as JSON (`input.identity`), e.g. a serialized
-    /// `PeerIdentity` with `spiffe_id`, `dns_sans`, `subject_cn`, `fingerprint_sha256`.
-    pub fn identity(mut self, identity: serde_json::Value) -> Self {
-        self.identity = Some(identity);
+    /// The verified peer identity (`input.identity`), e.g. a serialized `PeerIdentity` with
+    /// `spiffe_id`, `dns_sans`, `subject_cn`, `fingerprint_sha256`: JSON, or an
+    /// [`InputDocument`] converted once per connection.
+    pub fn identity(mut self, identity: impl Into<InputDocument>) -> Self {
+        self.identity = Some(identity.into());
         self
     }
 
-    /// The verified token claims as JSON (`input.token`).
-    pub fn token(mut self, claims: serde_json::Value) -> Self {
-        self.token = Some(claims);
+    /// The verified token claims (`input.token`): JSON or an [`InputDocument`].
+    pub fn token(mut self, claims: impl Into<InputDocument>) -> Self {
+        self.token = Some(claims.into());
         self
     }
 
@@ -309,8 +348,7 @@ impl<'a> InputBuilder<'a> {
         let principal = self.principal.clone().or_else(|| {
             self.identity
                 .as_ref()
-                .and_then(|i| i.get("spiffe_id"))
-                .and_then(|s| s.as_str())
+                .and_then(InputDocument::spiffe_id)
                 .map(str::to_owned)
         });
         if self.peer.is_some() || principal.is_some() {
@@ -348,10 +386,10 @@ impl<'a> InputBuilder<'a> {
             ]),
         );
         if let Some(identity) = self.identity {
-            root.insert(Value::from("identity"), Value::from(identity));
+            root.insert(Value::from("identity"), identity.value);
         }
         if let Some(token) = self.token {
-            root.insert(Value::from("token"), Value::from(token));
+            root.insert(Value::from("token"), token.value);
         }
         let grpc = self.grpc.or_else(|| detect_grpc(self.headers, path_only));
         if let Some((service, method)) = grpc {

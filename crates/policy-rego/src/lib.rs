@@ -90,7 +90,7 @@ pub use bundle::{
 pub use decision::PolicyDecision;
 pub use engine::{PolicyEngine, ReloadStats};
 pub use error::{PolicyError, Result};
-pub use input::{InputBuilder, InputOptions, PolicyInput};
+pub use input::{InputBuilder, InputDocument, InputOptions, PolicyInput};
 pub use log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, DecisionLogSink};
 pub use policy::{EngineReuse, Evaluator, PolicyOptions, PolicySet};
 pub use testing::{TestOutcome, TestReport, TestResult};

@@ -212,6 +212,8 @@ async fn handshake(
         remote_addr,
         local_addr,
         identity,
+        #[cfg(feature = "policy")]
+        identity_input: Arc::default(),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         server_name: conn.server_name().map(str::to_owned),
         resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),

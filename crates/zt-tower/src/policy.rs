@@ -45,7 +45,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
-use policy_rego::{InputBuilder, InputOptions, PolicyDecision, PolicyEngine, PolicyInput};
+use mtls_verify::PeerIdentity;
+use policy_rego::{
+    InputBuilder, InputDocument, InputOptions, PolicyDecision, PolicyEngine, PolicyInput,
+};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -144,8 +147,23 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
             .map(|id| id.as_str().to_owned())
             .unwrap_or_else(|| peer.subject().to_owned());
         builder = builder.principal(principal);
-        if let Ok(json) = serde_json::to_value(&**peer) {
-            builder = builder.identity(json);
+        // Serialized and converted once per connection: the identity does not change while
+        // the connection lives, and every request on it needs the same document.
+        let document = match connect_info(req.extensions()) {
+            Some(info)
+                if info
+                    .identity
+                    .as_ref()
+                    .is_some_and(|id| Arc::ptr_eq(id, peer)) =>
+            {
+                info.identity_input
+                    .get_or_init(|| identity_document(peer))
+                    .clone()
+            }
+            _ => identity_document(peer),
+        };
+        if let Some(document) = document {
+            builder = builder.identity(document);
         }
     }
     #[cfg(feature = "jwt")]
@@ -158,6 +176,10 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
         builder = builder.grpc(service, method);
     }
     builder.build(options)
+}
+
+fn identity_document(peer: &PeerIdentity) -> Option<InputDocument> {
+    serde_json::to_value(peer).ok().map(InputDocument::from)
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Policy<S>
@@ -230,5 +252,60 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Decision {
                     .into_response(&parts.headers))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::TlsConnectInfo;
+
+    fn request_on(info: &TlsConnectInfo) -> Request<()> {
+        let mut req = Request::get("/orders").body(()).unwrap();
+        req.extensions_mut().insert(info.clone());
+        req
+    }
+
+    #[test]
+    fn identity_is_converted_once_per_connection_and_shared_by_its_requests() {
+        let ca = ztkit_test_support::TestCa::new("Test Root");
+        let leaf = ca
+            .leaf("web")
+            .spiffe_id("spiffe://example.org/web")
+            .client_auth()
+            .issue();
+        let peer = Arc::new(PeerIdentity::from_der(&leaf.cert_der).unwrap());
+        let connection = TlsConnectInfo::new("10.0.0.7:4000".parse().unwrap(), Some(peer.clone()));
+        let options = InputOptions::default();
+        assert!(connection.identity_input.get().is_none());
+
+        let first = policy_input(&request_on(&connection), &options).to_json();
+        let converted = connection.identity_input.get().cloned().flatten();
+        assert!(
+            converted.is_some(),
+            "the first request fills the connection's cache"
+        );
+        let second = policy_input(&request_on(&connection), &options).to_json();
+        assert_eq!(first["identity"], second["identity"]);
+        assert_eq!(first["identity"], serde_json::to_value(&*peer).unwrap());
+        assert_eq!(
+            first["attributes"]["source"]["principal"],
+            "spiffe://example.org/web"
+        );
+
+        // Another connection has its own cache, never the first one's.
+        let other = TlsConnectInfo::new("10.0.0.8:4000".parse().unwrap(), Some(peer));
+        assert!(other.identity_input.get().is_none());
+        // A request whose extension identity is not the connection's does not use the cache.
+        let stranger_leaf = ca
+            .leaf("db")
+            .spiffe_id("spiffe://example.org/db")
+            .client_auth()
+            .issue();
+        let stranger = Arc::new(PeerIdentity::from_der(&stranger_leaf.cert_der).unwrap());
+        let mut req = request_on(&connection);
+        req.extensions_mut().insert(stranger);
+        let input = policy_input(&req, &options).to_json();
+        assert_eq!(input["identity"]["spiffe_id"], "spiffe://example.org/db");
     }
 }
