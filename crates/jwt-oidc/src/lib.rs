@@ -42,7 +42,8 @@
 //!    check) and is dropped when its key leaves the JWKS or its `exp` passes.
 //! 3. The header is parsed: `jwk`, `jku`, `x5u`, `x5c` are refused, `alg` must be an
 //!    asymmetric algorithm in the allow-list, unknown `crit` entries are refused, `typ` is
-//!    checked when required.
+//!    checked when required. A header byte-for-byte equal to the last valid one this thread
+//!    saw for this authenticator reuses that verdict (issuers repeat their header).
 //! 4. The unverified `iss` selects the issuer (exact string match) before any key is used.
 //! 5. The key is looked up by `kid` in that issuer's cached JWKS; its algorithm (from the
 //!    JWK's `alg`, else `kty`/`crv`) must equal the header's. An unknown `kid` triggers at most
@@ -54,7 +55,9 @@
 //! `jsonwebtoken` provides the JWK model the JWKS parser uses; the token itself is checked
 //! by this crate with aws-lc-rs directly, because `jsonwebtoken::decode` rebuilds its key on
 //! every call (for RSA that costs about 15 % of the verification). So the crypto-backend
-//! feature of `jsonwebtoken` does not decide whether validation works here.
+//! feature of `jsonwebtoken` does not decide whether validation works here. Header and claims
+//! are read by the crate's own strict RFC 8259 reader (one pass, borrowed strings, nesting
+//! limited to 32), held to serde_json's verdicts by a differential fuzz target (`jwt_json`).
 
 mod algorithm;
 mod authenticator;
