@@ -1,7 +1,7 @@
 //! Authorization by Rego policy with [`policy_rego`].
 //!
 //! [`PolicyLayer`] builds the OPA-Envoy-style input document from the request, the verified
-//! [`PeerIdentity`](mtls_verify::PeerIdentity) of its connection and the verified token
+//! [`PeerIdentity`] of its connection and the verified token
 //! claims (when [`JwtAuthLayer`](crate::JwtAuthLayer) runs before it), asks the
 //! [`PolicyEngine`] in force, and either passes the request on with the
 //! [`PolicyDecision`] in its extensions (`Arc<PolicyDecision>`) or refuses it: 403 for HTTP,
