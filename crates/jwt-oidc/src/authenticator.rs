@@ -761,6 +761,7 @@ impl JwtAuthenticator {
             roles_path: cfg.roles_path.clone(),
             raw: std::sync::OnceLock::new(),
             roles: std::sync::OnceLock::new(),
+            derived: std::sync::OnceLock::new(),
         })
     }
 

@@ -161,6 +161,7 @@ mod tests {
             roles_path: None,
             raw: std::sync::OnceLock::new(),
             roles: std::sync::OnceLock::new(),
+            derived: std::sync::OnceLock::new(),
         };
         Entry {
             hash,

@@ -1,6 +1,6 @@
-//! The policy input for a request on an mTLS connection: the peer identity serialized and
-//! converted on every request, against the conversion cached once per connection (what
-//! `PolicyLayer` does), side by side in one run.
+//! The policy input for a request on an mTLS connection: the peer identity (and the token
+//! claims) converted on every request, against the conversions cached once per connection and
+//! once per verified token (what `PolicyLayer` does), side by side in one run.
 //!
 //!   cargo bench -p zt-tower --bench policy_input
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -9,9 +9,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt as _;
 use http::Request;
+use jwt_oidc::testing::{TestKey, jwks, now_unix};
+use jwt_oidc::{Algorithm, Claims, IssuerConfig, JwtAuthenticator, RequestContext};
 use mtls_verify::PeerIdentity;
-use policy_rego::InputOptions;
+use policy_rego::{InputDocument, InputOptions};
 use zt_tower::{TlsConnectInfo, policy_input};
 
 fn bench(c: &mut Criterion) {
@@ -34,6 +37,34 @@ fn bench(c: &mut Criterion) {
         req.extensions_mut().insert(info);
         req
     };
+    // A Keycloak-style access token, verified with the token cache off so that each
+    // validation yields fresh `Claims` (as a new token would).
+    let key = TestKey::generate(Algorithm::Es256, "bench-key");
+    let auth = JwtAuthenticator::builder()
+        .issuer(IssuerConfig::static_jwks(
+            "https://idp.example.com/realms/main",
+            jwks(&[&key]),
+        ))
+        .audience("orders-api")
+        .token_cache_capacity(0)
+        .build()
+        .unwrap();
+    let token = key.token(&serde_json::json!({
+        "iss": "https://idp.example.com/realms/main", "aud": "orders-api",
+        "sub": "f47ac10b-58cc-4372-a567-0e02b2c3d479", "exp": now_unix() + 3600,
+        "iat": now_unix(), "scope": "orders:read orders:write profile", "azp": "orders-web",
+        "realm_access": {"roles": ["user", "orders-admin"]},
+    }));
+    let verify = || -> Arc<Claims> {
+        auth.validate(&token, &RequestContext::new())
+            .now_or_never()
+            .expect("warm keys: no waiting")
+            .unwrap()
+    };
+    let with_claims = |mut req: Request<()>, claims: Arc<Claims>| {
+        req.extensions_mut().insert(claims);
+        req
+    };
 
     let mut g = c.benchmark_group("policy_input");
     g.bench_function("identity_converted_per_request", |b| {
@@ -47,6 +78,28 @@ fn bench(c: &mut Criterion) {
     g.bench_function("identity_cached_per_connection", |b| {
         b.iter_batched(
             || request(connection.clone()),
+            |req| black_box(policy_input(&req, &options)),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    // The token part alone, for claims already verified and parsed (a token-cache hit): the
+    // conversion on every request (before) against the one kept with the claims (now).
+    let claims = verify();
+    let _ = claims.raw();
+    g.bench_function("token_converted_per_request", |b| {
+        b.iter(|| black_box(InputDocument::from(claims.raw().clone())))
+    });
+    let _ = claims.derived(|c| InputDocument::from(c.raw().clone()));
+    g.bench_function("token_cached_per_verified_token", |b| {
+        b.iter(|| {
+            let document = claims.derived(|c| InputDocument::from(c.raw().clone()));
+            black_box(InputDocument::clone(&document))
+        })
+    });
+    // Whole input with identity and claims, both cached, as `PolicyLayer` builds it.
+    g.bench_function("identity_and_token_cached", |b| {
+        b.iter_batched(
+            || with_claims(request(connection.clone()), claims.clone()),
             |req| black_box(policy_input(&req, &options)),
             criterion::BatchSize::SmallInput,
         )

@@ -168,7 +168,9 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
     }
     #[cfg(feature = "jwt")]
     if let Some(claims) = crate::request_claims(req.extensions()) {
-        builder = builder.token(claims.raw().clone());
+        // Converted once per verified token: a token-cache hit brings the same `Claims`.
+        let document = claims.derived(|c| InputDocument::from(c.raw().clone()));
+        builder = builder.token(InputDocument::clone(&document));
     }
     if is_grpc(req.headers())
         && let Some((service, method)) = grpc_method(req.uri().path())
@@ -307,5 +309,48 @@ mod tests {
         req.extensions_mut().insert(stranger);
         let input = policy_input(&req, &options).to_json();
         assert_eq!(input["identity"]["spiffe_id"], "spiffe://example.org/db");
+    }
+
+    #[cfg(feature = "jwt")]
+    #[tokio::test(flavor = "current_thread")]
+    async fn token_claims_are_converted_once_per_verified_token() {
+        use jwt_oidc::testing::{TestKey, jwks, now_unix};
+        use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator, RequestContext};
+
+        let key = TestKey::generate(Algorithm::Es256, "k1");
+        let auth = JwtAuthenticator::builder()
+            .issuer(IssuerConfig::static_jwks(
+                "https://idp.example.com",
+                jwks(&[&key]),
+            ))
+            .audience("orders")
+            .token_cache_capacity(16)
+            .build()
+            .unwrap();
+        let token = key.token(&serde_json::json!({
+            "iss": "https://idp.example.com", "aud": "orders", "sub": "alice",
+            "exp": now_unix() + 300, "scope": "orders:read",
+        }));
+        let ctx = RequestContext::new();
+        let claims = auth.validate(&token, &ctx).await.unwrap();
+        let again = auth.validate(&token, &ctx).await.unwrap();
+        assert!(
+            Arc::ptr_eq(&claims, &again),
+            "a cache hit returns the same claims"
+        );
+
+        let with_claims = |c: &Arc<jwt_oidc::Claims>| {
+            let mut req = Request::get("/orders").body(()).unwrap();
+            req.extensions_mut().insert(Arc::clone(c));
+            req
+        };
+        let options = InputOptions::default();
+        let first = policy_input(&with_claims(&claims), &options).to_json();
+        assert_eq!(first["token"], *claims.raw());
+        // The first request left the converted document with the claims...
+        let _kept = claims.derived(|_| -> InputDocument { unreachable!("converted once") });
+        // ...and the next request with the same verified token reuses it.
+        let second = policy_input(&with_claims(&again), &options).to_json();
+        assert_eq!(first["token"], second["token"]);
     }
 }
