@@ -31,13 +31,29 @@ struct Provider {
 
 impl Provider {
     /// Starts the provider and waits for its "listening on" line (no sleeping).
+    /// Starts the provider; one failed start (node silent or gone) is logged with its stderr
+    /// and retried, a second one fails the test. The provider is test infrastructure.
     async fn start(keystore: &Path, port: u16, generate: &str) -> Provider {
+        match Self::try_start(keystore, port, generate).await {
+            Ok(provider) => provider,
+            Err(first) => {
+                eprintln!("oidc-provider start failed, retrying once: {first}");
+                Self::try_start(keystore, port, generate)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
+
+    async fn try_start(keystore: &Path, port: u16, generate: &str) -> Result<Provider, String> {
         let dir = fixture_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
             "run `npm ci` in {} first (cargo xtask test does)",
             dir.display()
         );
+        let stderr_path = keystore.with_extension("stderr.log");
+        let stderr = std::fs::File::create(&stderr_path).expect("create the provider's stderr log");
         let mut child = Command::new("node")
             .arg("server.mjs")
             .arg(format!("--keystore={}", keystore.display()))
@@ -45,28 +61,41 @@ impl Provider {
             .arg(format!("--generate={generate}"))
             .current_dir(&dir)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("node is needed for this test");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let issuer = tokio::time::timeout(GUARD, async {
-            while let Some(line) = lines.next_line().await.unwrap() {
+        let listening = tokio::time::timeout(GUARD, async {
+            while let Ok(Some(line)) = lines.next_line().await {
                 if let Some(issuer) = line.strip_prefix("listening on ") {
-                    return issuer.to_owned();
+                    return Some(issuer.to_owned());
                 }
             }
-            panic!("oidc-provider exited before listening");
+            None
         })
-        .await
-        .expect("oidc-provider did not start");
+        .await;
+        let Ok(Some(issuer)) = listening else {
+            let status = child.try_wait();
+            return Err(format!(
+                "oidc-provider did not print `listening on` ({}; exit status {status:?}); its stderr:\n{}",
+                if listening.is_err() {
+                    "timed out"
+                } else {
+                    "its output ended"
+                },
+                std::fs::read_to_string(&stderr_path).unwrap_or_default()
+            ));
+        };
+        // Keep draining stdout so node never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let port = issuer.rsplit(':').next().unwrap().parse().unwrap();
-        Provider {
+        Ok(Provider {
             child,
             issuer,
             port,
-        }
+        })
     }
 
     async fn stop(mut self) {
