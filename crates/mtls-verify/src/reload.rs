@@ -250,6 +250,9 @@ impl<B: Build> Reload for Reloadable<B> {
             generation = next,
             "new TLS material in use"
         );
+        // Clear the last rejection before publishing: a status that shows the new generation
+        // must not still show the error of the update it replaced.
+        self.status.accepted();
         self.current.store(Arc::new(generation));
         Ok(())
     }
