@@ -311,31 +311,39 @@ impl Claims {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{Claims, ShortText, Text};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn claims() -> Claims {
+impl Claims {
+    /// Minimal claims for unit tests: an issuer, an expiry, an empty claims set.
+    pub(crate) fn for_tests(issuer: &str, expires_at: u64) -> Claims {
         Claims {
-            issuer: Text::Owned("https://idp.example.com".into()),
+            issuer: Text::Owned(issuer.into()),
             subject: None,
             audience: None,
             more_audiences: Box::default(),
-            expires_at: 0,
+            expires_at,
             issued_at: None,
             not_before: None,
             scope: None,
             client_id: None,
             cert_thumbprint: None,
             key_id: None,
-            algorithm: crate::Algorithm::Es256,
+            algorithm: Algorithm::Es256,
             payload: "{}".to_owned(),
             roles_path: None,
-            raw: std::sync::OnceLock::new(),
-            roles: std::sync::OnceLock::new(),
-            derived: std::sync::OnceLock::new(),
+            raw: OnceLock::new(),
+            roles: OnceLock::new(),
+            derived: OnceLock::new(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Claims, ShortText, Text};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn claims() -> Claims {
+        Claims::for_tests("https://idp.example.com", 0)
     }
 
     #[test]

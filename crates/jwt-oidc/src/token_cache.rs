@@ -141,28 +141,10 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Algorithm, Jwks};
+    use crate::Jwks;
 
     fn entry(token: &str, hash: u64, key: &Arc<VerifyingKey>) -> Entry {
-        let claims = Claims {
-            issuer: crate::claims::Text::Owned("i".into()),
-            subject: None,
-            audience: None,
-            more_audiences: Box::default(),
-            expires_at: u64::MAX,
-            issued_at: None,
-            not_before: None,
-            scope: None,
-            client_id: None,
-            cert_thumbprint: None,
-            key_id: None,
-            algorithm: Algorithm::Es256,
-            payload: "{}".to_owned(),
-            roles_path: None,
-            raw: std::sync::OnceLock::new(),
-            roles: std::sync::OnceLock::new(),
-            derived: std::sync::OnceLock::new(),
-        };
+        let claims = Claims::for_tests("i", u64::MAX);
         Entry {
             hash,
             token: token.into(),

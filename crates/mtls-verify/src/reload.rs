@@ -122,7 +122,8 @@ pub(crate) trait Reload: Send + Sync + 'static {
     fn sources(&self) -> &[Source];
     /// The hash of the material now serving.
     fn applied_hash(&self) -> [u8; 32];
-    /// Validates the snapshot and swaps it in.
+    /// Validates the snapshot, marks the status cell accepted and swaps the new material in,
+    /// in that order (a status showing the new material never shows the error it replaced).
     fn apply(&self, snapshot: Snapshot) -> Result<(), Error>;
     /// The status cell.
     fn status_cell(&self) -> &StatusCell;
@@ -250,8 +251,7 @@ impl<B: Build> Reload for Reloadable<B> {
             generation = next,
             "new TLS material in use"
         );
-        // Clear the last rejection before publishing: a status that shows the new generation
-        // must not still show the error of the update it replaced.
+        // Accepted before published (the `Reload::apply` contract).
         self.status.accepted();
         self.current.store(Arc::new(generation));
         Ok(())
@@ -294,7 +294,6 @@ pub(crate) fn reload_once<R: Reload>(target: &R) -> Result<(), Error> {
     }
     match target.apply(snap) {
         Ok(()) => {
-            target.status_cell().accepted();
             target.check_expiry();
             Ok(())
         }
@@ -464,7 +463,6 @@ fn poll_loop<R: Reload>(
         match target.apply(snap) {
             Ok(()) => {
                 rejected = None;
-                target.status_cell().accepted();
                 target.check_expiry();
             }
             Err(e) => {
@@ -510,6 +508,7 @@ mod tests {
             if !text.ends_with("END\n") {
                 return Err(Error::Certificate("incomplete".into()));
             }
+            self.status.accepted();
             *self.hash.lock().unwrap() = snapshot.hash;
             Ok(())
         }

@@ -135,7 +135,8 @@ impl<S: fmt::Debug> fmt::Debug for Policy<S> {
 pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput {
     let mut builder =
         InputBuilder::new(req.method(), req.uri(), req.headers()).version(req.version());
-    if let Some(info) = connect_info(req.extensions()) {
+    let info = connect_info(req.extensions());
+    if let Some(info) = info {
         builder = builder.peer_addr(info.remote_addr());
         if let Some(local) = info.local_addr() {
             builder = builder.local_addr(local);
@@ -149,7 +150,7 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
         builder = builder.principal(principal);
         // Serialized and converted once per connection: the identity does not change while
         // the connection lives, and every request on it needs the same document.
-        let document = match connect_info(req.extensions()) {
+        let document = match info {
             Some(info)
                 if info
                     .identity
