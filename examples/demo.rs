@@ -339,7 +339,8 @@ decision := {"allow": true, "reasons": [sprintf("%s may read orders", [input.tok
 
 decision := {"allow": false, "reasons": ["only admins may delete orders"]} if {
     input.attributes.request.http.method == "DELETE"
-    not "admin" in input.token.roles
+    roles := object.get(input.token, "roles", [])
+    not "admin" in roles
 }
 
 decision := {"allow": true, "reasons": ["admin may delete orders"]} if {

