@@ -220,3 +220,88 @@ fn audit_verify_names_the_bad_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn policy_eval_inputs_decides_every_line_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy");
+    std::fs::create_dir(&policy).unwrap();
+    let deny_list = |principal_check: &str| {
+        format!(
+            r#"package http.authz
+default allow := false
+banned contains "spiffe://ex.org/mallory"
+suspended contains "spiffe://ex.org/eve"
+allow if {{
+  blocked := banned | suspended
+  {principal_check}
+}}
+test_eve_blocked if not allow with input as {{"attributes":{{"source":{{"principal":"spiffe://ex.org/eve"}}}}}}
+"#
+        )
+    };
+    let line =
+        |p: &str| format!(r#"{{"attributes":{{"source":{{"principal":"spiffe://ex.org/{p}"}}}}}}"#);
+    let mut lines: Vec<String> = Vec::new();
+    lines.extend((0..100).map(|_| line("alice")));
+    lines.extend((0..200).map(|_| line("eve")));
+    lines.push("not json".into());
+    lines.extend((0..50).map(|_| line("mallory")));
+    let inputs = dir.path().join("inputs.jsonl");
+    std::fs::write(&inputs, lines.join("\n") + "\n").unwrap();
+    let (p, i) = (policy.to_str().unwrap(), inputs.to_str().unwrap());
+
+    // As the issue wrote it: refused, naming the statement, so nothing is decided by it.
+    std::fs::write(
+        policy.join("authz.rego"),
+        deny_list("not input.attributes.source.principal in blocked"),
+    )
+    .unwrap();
+    let out = ztkit(&["policy", "eval", "--bundle", p, "--inputs", i], None);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stderr).contains("rule data.http.authz.allow"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Written portably: every line decided on the warm path, one result per line.
+    std::fs::write(
+        policy.join("authz.rego"),
+        deny_list("p := input.attributes.source.principal\n  not p in blocked"),
+    )
+    .unwrap();
+    let out = ztkit(&["policy", "eval", "--bundle", p, "--inputs", i], None);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("[301]"), "{}", text(&out.stderr));
+    let results: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 351);
+    for (n, r) in results.iter().enumerate() {
+        match n {
+            0..100 => assert_eq!(r["allow"], true, "line {}: {r}", n + 1),
+            300 => assert!(r["error"].as_str().unwrap().starts_with("line 301:"), "{r}"),
+            _ => assert_eq!(r["allow"], false, "line {}: {r}", n + 1),
+        }
+    }
+    // The same document as the single-input form prints, on one line.
+    let single = dir.path().join("one.json");
+    std::fs::write(&single, line("eve")).unwrap();
+    let out = ztkit(
+        &[
+            "policy",
+            "eval",
+            "--bundle",
+            p,
+            "--input",
+            single.to_str().unwrap(),
+        ],
+        None,
+    );
+    let one: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&one), keys(&results[100]));
+    assert_eq!(one["reasons"], results[100]["reasons"]);
+}
