@@ -40,7 +40,8 @@
 //!
 //! - [`AuditLog`] / [`AuditLogBuilder`]: the writer. [`Durability`] says when an append
 //!   is fsynced, [`FailureMode`] what happens when the disk refuses. Blocking
-//!   [`AuditLog::append`] and async [`AuditLog::append_async`].
+//!   [`AuditLog::append`], async [`AuditLog::append_async`], and [`AuditLog::submit`],
+//!   which writes at once and leaves the fsync to the background thread.
 //! - [`Record`]: the event (kind, subject, action, resource, decision, reason, trace id,
 //!   free-form fields such as OPA decision-log members).
 //! - [`Redactor`]: header names and JSON pointers whose values never reach the file.

@@ -421,6 +421,33 @@ impl AuditLog {
         }
     }
 
+    /// Appends a record without waiting for it to become durable: it is sequenced and
+    /// written (a `write(2)` to the page cache) on the calling thread before this returns,
+    /// and under [`Durability::Always`] the background thread is asked to fsync it at once
+    /// (other modes fsync as they always do). Nothing needs to be polled or awaited
+    /// afterwards, so this is the append to use where waiting is impossible: in a `Drop`
+    /// (a cancelled request, a panic unwinding) or on a path that must not block.
+    ///
+    /// The receipt says the record was written, not that it is durable. Should the fsync
+    /// that covers it fail under [`Durability::Always`], the record is cut off the file
+    /// again as every unacknowledged record is (see [`append`](Self::append)); nobody is
+    /// told but the log (an error line, [`alarm`](Self::alarm)).
+    ///
+    /// # Errors
+    ///
+    /// As [`append`](Self::append) for everything up to the write: a reserved field
+    /// name, and under [`FailureMode::Closed`] a failed write or a closed log.
+    pub fn submit(&self, record: Record) -> Result<Receipt, AuditError> {
+        let shared = &self.inner.shared;
+        match shared.write(record) {
+            Step::Done(r) => r,
+            Step::Wait { receipt, .. } => {
+                shared.request_sync(&mut shared.lock());
+                Ok(receipt)
+            }
+        }
+    }
+
     /// fsyncs everything written so far, whatever the durability mode.
     ///
     /// # Errors
@@ -527,6 +554,10 @@ impl AuditLog {
 
 /// Resolves when a record appended with [`AuditLog::append_async`] is durable; yields
 /// what [`AuditLog::append`] would have returned.
+///
+/// Dropping it before it resolves does not take the record back (it was written when
+/// `append_async` was called): the background thread is asked to fsync it, as
+/// [`AuditLog::submit`] does.
 #[derive(Debug)]
 #[must_use = "the record is written, but durability is only known by awaiting the future"]
 pub struct AppendFuture {
@@ -563,13 +594,27 @@ impl Future for AppendFuture {
                     }
                     None => {
                         st.wakers.insert(*ticket, cx.waker().clone());
-                        if !st.sync_requested {
-                            st.sync_requested = true;
-                            shared.syncer_cv.notify_all();
-                        }
+                        shared.request_sync(&mut st);
                         Poll::Pending
                     }
                 }
+            }
+        }
+    }
+}
+
+impl Drop for AppendFuture {
+    fn drop(&mut self) {
+        if let FutureState::Waiting {
+            shared,
+            ticket,
+            receipt: Some(_),
+        } = &self.state
+        {
+            let mut st = shared.lock();
+            st.wakers.remove(ticket);
+            if st.resolve(*ticket).is_none() {
+                shared.request_sync(&mut st);
             }
         }
     }
@@ -672,6 +717,14 @@ type Guard<'a> = MutexGuard<'a, State>;
 impl Shared {
     fn lock(&self) -> Guard<'_> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Asks the background thread for an fsync of everything written so far.
+    fn request_sync(&self, st: &mut State) {
+        if !st.sync_requested {
+            st.sync_requested = true;
+            self.syncer_cv.notify_all();
+        }
     }
 
     /// Sequences, chains and writes one record.

@@ -190,6 +190,47 @@ fn always_append_returns_only_after_fsync() {
 }
 
 #[test]
+fn submitted_and_abandoned_records_are_fsynced_by_the_background_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::builder(dir.path()).open().unwrap();
+    // Written before `submit` returns; nothing awaited, no later append to piggyback on.
+    let seq = log.submit(Record::new("submitted")).unwrap().seq().unwrap();
+    assert_eq!(lines(&log.current_file()).len(), 1);
+    assert!(
+        log.wait_durable(seq, Duration::from_secs(30)),
+        "a submitted record was never fsynced: {:?}",
+        log.stats()
+    );
+    // A future dropped before it resolves (a cancelled request) leaves the same work
+    // to the background thread.
+    drop(log.append_async(Record::new("abandoned")));
+    assert!(
+        log.wait_durable(seq + 1, Duration::from_secs(30)),
+        "an abandoned append was never fsynced: {:?}",
+        log.stats()
+    );
+    // Polled once, then dropped: its waker goes with it and the fsync still happens.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
+    let polled = rt.block_on(async {
+        tokio::time::timeout(Duration::ZERO, log.append_async(Record::new("polled"))).await
+    });
+    if polled.is_err() {
+        assert!(log.wait_durable(seq + 2, Duration::from_secs(30)));
+    }
+    // Errors still come back from `submit`, and nothing is written.
+    assert!(matches!(
+        log.submit(Record::new("k").field("seq", 1)),
+        Err(AuditError::ReservedField(_))
+    ));
+    let report = verify_files(&log.files().unwrap()).unwrap();
+    assert!(report.is_intact());
+    assert_eq!(report.records, 3);
+}
+
+#[test]
 fn none_mode_fsyncs_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let log = none_log(dir.path());
