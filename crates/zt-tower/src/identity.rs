@@ -106,7 +106,8 @@ pub fn connect_info(extensions: &Extensions) -> Option<&TlsConnectInfo> {
 /// Axum extractor for the verified client identity.
 ///
 /// Refuses the request with 403 (or gRPC `PERMISSION_DENIED`) when the connection has
-/// no verified identity; use `Option<VerifiedPeer>` where a certificate is optional.
+/// no verified identity, with a deny [`Verdict`](crate::Verdict) by `VerifiedPeer` on the
+/// response; use `Option<VerifiedPeer>` where a certificate is optional.
 ///
 /// ```
 /// use axum::{Router, routing::get};
@@ -133,7 +134,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for VerifiedPeer {
             Some(id) => Ok(VerifiedPeer(id.clone())),
             None => Err(
                 crate::Rejection::permission_denied("client certificate required")
-                    .into_response(&parts.headers),
+                    .into_refusal("VerifiedPeer", &parts.headers),
             ),
         }
     }

@@ -2,7 +2,11 @@
 //!
 //! [`JwtAuthLayer`] reads `Authorization: Bearer <token>` (RFC 6750 §2.1; for gRPC the same
 //! `authorization` metadata), validates it with a [`JwtAuthenticator`], and puts the
-//! verified [`Claims`] into the request's extensions as `Arc<Claims>`. When the connection
+//! verified [`Claims`] into the request's extensions as `Arc<Claims>` — and into the
+//! response's on the way back, beside its [`Verdict`], so that
+//! `AuditLayer` knows whom the request was authenticated as. Every
+//! refusal carries a deny verdict by `jwt` (or `scope`, or the `TokenClaims` extractor)
+//! with the reason the client is not told. When the connection
 //! has a verified client certificate, its SHA-256 thumbprint is passed along so
 //! certificate-bound tokens (RFC 8705, `cnf.x5t#S256`) are checked against it.
 //!
@@ -55,7 +59,8 @@ use jwt_oidc::{AuthError, BearerError, Claims, JwtAuthenticator, RequestContext}
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Rejection, ResponseFuture, notes, peer_identity};
+use crate::verdict::Passed;
+use crate::{Rejection, ResponseFuture, Verdict, peer_identity};
 
 // === impl JwtAuthLayer ===
 
@@ -212,12 +217,17 @@ where
         let token = match bearer_token(req.headers()) {
             Ok(token) => token.to_owned(),
             Err(TokenError::Missing) if self.allow_anonymous => {
-                return JwtResponseFuture::new(async move { inner.call(req).await });
+                return JwtResponseFuture::new(async move {
+                    let mut res = inner.call(req).await?;
+                    Verdict::allow("jwt")
+                        .with_reason("no bearer token: anonymous allowed")
+                        .attach_if_absent(&mut res);
+                    Ok(res)
+                });
             }
             Err(TokenError::Missing) => {
                 tracing::info!("request refused: no bearer token");
-                notes::denied(req.extensions(), "jwt", "missing bearer token");
-                let res = invalid_token("missing bearer token").into_response(req.headers());
+                let res = invalid_token("missing bearer token").into_refusal("jwt", req.headers());
                 return JwtResponseFuture::new(async move { Ok(res) });
             }
             Err(TokenError::Malformed(why)) => {
@@ -225,8 +235,9 @@ where
                     reason = why,
                     "request refused: malformed Authorization header"
                 );
-                notes::denied(req.extensions(), "jwt", why);
-                let res = invalid_token("invalid token").into_response(req.headers());
+                let res = invalid_token("invalid token")
+                    .with_detail(why)
+                    .into_refusal("jwt", req.headers());
                 return JwtResponseFuture::new(async move { Ok(res) });
             }
         };
@@ -238,11 +249,12 @@ where
         JwtResponseFuture::new(async move {
             match auth.validate(&token, &ctx).await {
                 Ok(claims) => {
-                    notes::note(req.extensions(), |n| {
-                        n.token_subject = claims.subject().map(str::to_owned);
-                    });
-                    req.extensions_mut().insert(claims);
-                    inner.call(req).await
+                    req.extensions_mut().insert(Arc::clone(&claims));
+                    let mut res = inner.call(req).await?;
+                    Verdict::allow("jwt").attach_if_absent(&mut res);
+                    // Who the request was authenticated as, for the audit record.
+                    res.extensions_mut().insert(claims);
+                    Ok(res)
                 }
                 Err(err) => {
                     if err.is_server_side() {
@@ -250,9 +262,9 @@ where
                     } else {
                         tracing::info!(error = %err, "request refused: invalid token");
                     }
-                    let rejection = rejection_for(&err);
-                    notes::denied(req.extensions(), "jwt", &err.to_string());
-                    Ok(rejection.into_response(req.headers()))
+                    Ok(rejection_for(&err)
+                        .with_detail(err.to_string())
+                        .into_refusal("jwt", req.headers()))
                 }
             }
         })
@@ -286,7 +298,10 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TokenClaims {
     ) -> Result<Self, Self::Rejection> {
         match request_claims(&parts.extensions) {
             Some(claims) => Ok(TokenClaims(claims.clone())),
-            None => Err(invalid_token("missing bearer token").into_response(&parts.headers)),
+            None => {
+                Err(invalid_token("missing bearer token")
+                    .into_refusal("TokenClaims", &parts.headers))
+            }
         }
     }
 }
@@ -431,19 +446,20 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let verdict = match request_claims(req.extensions()) {
-            None => Err(invalid_token("missing bearer token")),
+            None => Err(invalid_token("missing bearer token").into_refusal("scope", req.headers())),
             Some(claims) => self.check.check(claims).map_err(|reason| {
                 tracing::info!(sub = claims.subject(), %reason, "request refused: insufficient scope");
                 Rejection::permission_denied("insufficient scope")
                     .with_bearer_error(BearerError::InsufficientScope.as_str())
+                    .with_detail(reason)
+                    .into_refusal("scope", req.headers())
             }),
         };
         match verdict {
-            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
-            Err(rejection) => {
-                notes::denied(req.extensions(), "scope", rejection.reason());
-                ResponseFuture::rejected(rejection.into_response(req.headers()))
+            Ok(()) => {
+                ResponseFuture::inner(self.inner.call(req), Passed::new(Verdict::allow("scope")))
             }
+            Err(refusal) => ResponseFuture::rejected(refusal),
         }
     }
 }

@@ -8,11 +8,14 @@
 //! * `JwtAuthLayer`, `RequireScopeLayer` (feature `jwt`) — bearer tokens with
 //!   [`jwt_oidc`](https://docs.rs/jwt-oidc), certificate-bound to the mTLS identity.
 //! * [`rejection`] — the single place where a denial becomes an HTTP or gRPC response.
+//! * [`verdict`] — who decided a request, carried back up on its response for the audit.
 //!
 //! * `PolicyLayer` (feature `policy`) — Rego decisions with `policy-rego`.
-//! * `AuditLayer` (feature `audit`) — one hash-chained audit record per request with `zt-audit`.
+//! * `AuditLayer` (feature `audit`) — exactly one hash-chained audit record per request with
+//!   `zt-audit`, whatever became of it: completed, refused, failed, panicked or aborted.
 //!
 //! Identity flows down as request extensions; nothing is read from headers that claim one.
+//! Verdicts flow back up as response extensions ([`Verdict`]).
 //!
 //! Features: `axum` (the `VerifiedPeer` extractor and `axum::serve` support), `tonic`
 //! (tonic's `Connected` for [`TlsStream`] and `RequestIdentityExt`), `jwt` (the bearer-token
@@ -25,11 +28,11 @@ mod future;
 mod identity;
 #[cfg(feature = "jwt")]
 pub mod jwt;
-mod notes;
 #[cfg(feature = "policy")]
 pub mod policy;
 pub mod rejection;
 mod require_identity;
+pub mod verdict;
 
 pub use acceptor::{TlsIncoming, TlsListener, TlsListenerOptions, TlsStream};
 #[cfg(all(feature = "audit", feature = "policy"))]
@@ -57,3 +60,4 @@ pub use policy::Decision;
 pub use policy::{Policy, PolicyLayer, policy_input, request_decision};
 pub use rejection::Rejection;
 pub use require_identity::{RequireIdentity, RequireIdentityLayer, ResponseFuture};
+pub use verdict::{Verdict, response_verdict};

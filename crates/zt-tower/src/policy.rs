@@ -7,6 +7,9 @@
 //! [`PolicyDecision`] in its extensions (`Arc<PolicyDecision>`) or refuses it: 403 for HTTP,
 //! `PERMISSION_DENIED` for gRPC, with the policy's first reason. An evaluation error, a
 //! timeout or an undefined decision denies (the engine turns each into a deny decision).
+//! Either way the response carries the decision (`Arc<PolicyDecision>`) and a
+//! [`Verdict`] by `policy` with the policy's reasons, for `AuditLayer`; an allow verdict only
+//! where nothing further in (an extractor, say) left its own.
 //!
 //! The input carries `attributes.request.http` (method, path with query, host, headers
 //! without `authorization`/`cookie`/`proxy-authorization`), `attributes.source.address`
@@ -53,7 +56,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::rejection::{grpc_method, is_grpc};
-use crate::{Rejection, ResponseFuture, connect_info, notes, peer_identity};
+use crate::verdict::Passed;
+use crate::{Rejection, ResponseFuture, Verdict, connect_info, peer_identity};
 
 /// Layer that applies [`Policy`]; see the module docs.
 #[derive(Clone)]
@@ -201,15 +205,12 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let input = policy_input(&req, &self.options);
         let decision = self.engine.decide(&input);
-        notes::note(req.extensions(), |n| {
-            n.decision = Some(if decision.allow { "allow" } else { "deny" });
-            n.decided_by = Some("policy");
-            n.reasons = decision.reasons.clone();
-            n.policy = Some((decision.decision_id.clone(), decision.revision.clone()));
-        });
+        let decision = Arc::new(decision);
         if decision.allow {
-            req.extensions_mut().insert(Arc::new(decision));
-            ResponseFuture::inner(self.inner.call(req))
+            req.extensions_mut().insert(Arc::clone(&decision));
+            let verdict = Verdict::allow("policy").with_reasons(decision.reasons.iter().cloned());
+            let passed = Passed::new(verdict).with_decision(decision);
+            ResponseFuture::inner(self.inner.call(req), passed)
         } else {
             let reason = decision
                 .reasons
@@ -222,19 +223,25 @@ where
                 %reason,
                 "request refused by policy"
             );
-            ResponseFuture::rejected(
-                Rejection::permission_denied(reason).into_response(req.headers()),
-            )
+            let mut res = Rejection::permission_denied(reason.clone()).into_response(req.headers());
+            // Every reason the policy gave, and which decision it was, for the audit record.
+            Verdict::deny("policy", reason)
+                .with_reasons(decision.reasons.iter().skip(1).cloned())
+                .attach(&mut res);
+            res.extensions_mut().insert(decision);
+            ResponseFuture::rejected(res)
         }
     }
 }
 
-/// The policy decision that allowed a request, if [`PolicyLayer`] decided it.
+/// The policy decision that allowed a request, if [`PolicyLayer`] decided it. On a
+/// response's extensions: the decision [`PolicyLayer`] made for its request, allow or deny.
 pub fn request_decision(extensions: &http::Extensions) -> Option<&Arc<PolicyDecision>> {
     extensions.get::<Arc<PolicyDecision>>()
 }
 
-/// Axum extractor for the [`PolicyDecision`] that allowed the request.
+/// Axum extractor for the [`PolicyDecision`] that allowed the request. Refuses with 403 (a
+/// deny [`Verdict`] by `Decision`) when the route is not behind a [`PolicyLayer`].
 #[cfg(feature = "axum")]
 #[derive(Debug, Clone)]
 pub struct Decision(pub Arc<PolicyDecision>);
@@ -250,10 +257,8 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Decision {
         match request_decision(&parts.extensions) {
             Some(d) => Ok(Decision(d.clone())),
             // The route is not behind a PolicyLayer: fail closed.
-            None => {
-                Err(Rejection::permission_denied("no policy decision")
-                    .into_response(&parts.headers))
-            }
+            None => Err(Rejection::permission_denied("no policy decision")
+                .into_refusal("Decision", &parts.headers)),
         }
     }
 }

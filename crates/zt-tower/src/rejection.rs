@@ -1,7 +1,8 @@
 //! The one place where a denial becomes a response, for HTTP and for gRPC.
 //!
 //! Every layer in this crate that refuses a request builds a [`Rejection`] and turns it
-//! into a response here, so the protocol rules live in one module:
+//! into a response here ([`Rejection::into_refusal`], which also attaches the deny
+//! [`Verdict`] the audit record is made from), so the protocol rules live in one module:
 //!
 //! * HTTP: `401 Unauthorized` with `WWW-Authenticate: Bearer …` (RFC 6750), `403 Forbidden`,
 //!   or `503 Service Unavailable`; empty body.
@@ -34,6 +35,8 @@ use std::fmt;
 
 use http::header::{CONTENT_TYPE, HeaderMap, HeaderValue, WWW_AUTHENTICATE};
 use http::{Response, StatusCode};
+
+use crate::Verdict;
 
 /// What kind of refusal a [`Rejection`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,7 @@ pub struct Rejection {
     kind: RejectionKind,
     reason: Cow<'static, str>,
     bearer_error: Option<&'static str>,
+    detail: Option<String>,
 }
 
 impl Rejection {
@@ -82,6 +86,7 @@ impl Rejection {
             kind: RejectionKind::Unauthenticated,
             reason: reason.into(),
             bearer_error: None,
+            detail: None,
         }
     }
 
@@ -91,6 +96,7 @@ impl Rejection {
             kind: RejectionKind::PermissionDenied,
             reason: reason.into(),
             bearer_error: None,
+            detail: None,
         }
     }
 
@@ -100,7 +106,16 @@ impl Rejection {
             kind: RejectionKind::Unavailable,
             reason: reason.into(),
             bearer_error: None,
+            detail: None,
         }
+    }
+
+    /// What the audit record gives as the reason instead of [`reason`](Self::reason), when
+    /// there is more to say than the client should be told (the validation error behind
+    /// an `invalid token`, the scope that was missing). Never a token or a key.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
     }
 
     /// Adds an RFC 6750 error code (`invalid_token`, `insufficient_scope`, `invalid_request`)
@@ -128,6 +143,25 @@ impl Rejection {
         } else {
             self.into_http_response()
         }
+    }
+
+    /// [`into_response`](Self::into_response), carrying a deny [`Verdict`] by `decided_by`
+    /// with this rejection's [detail](Self::with_detail), else its reason: what
+    /// `AuditLayer` records. Every layer and extractor of this crate refuses this way; see
+    /// [`crate::verdict`].
+    pub fn into_refusal<B: Default>(
+        mut self,
+        decided_by: impl Into<Cow<'static, str>>,
+        request_headers: &HeaderMap,
+    ) -> Response<B> {
+        let reason = self
+            .detail
+            .take()
+            .unwrap_or_else(|| self.reason.to_string());
+        let verdict = Verdict::deny(decided_by, reason);
+        let mut res = self.into_response(request_headers);
+        verdict.attach(&mut res);
+        res
     }
 
     /// The plain HTTP form: status, `WWW-Authenticate` where it applies, empty body.

@@ -29,7 +29,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use mtls_verify::AuthorizeIdentity;
@@ -37,7 +37,8 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::{Rejection, peer_identity};
+use crate::verdict::Passed;
+use crate::{Rejection, Verdict, peer_identity};
 
 /// Layer that applies [`RequireIdentity`]; see the module docs.
 #[derive(Clone)]
@@ -139,11 +140,12 @@ where
             }),
         };
         match verdict {
-            Ok(()) => ResponseFuture::inner(self.inner.call(req)),
+            Ok(()) => ResponseFuture::inner(
+                self.inner.call(req),
+                Passed::new(Verdict::allow("identity")),
+            ),
             Err(rejection) => {
-                crate::notes::denied(req.extensions(), "identity", rejection.reason());
-                let res = rejection.into_response(req.headers());
-                ResponseFuture::rejected(res)
+                ResponseFuture::rejected(rejection.into_refusal("identity", req.headers()))
             }
         }
     }
@@ -151,7 +153,8 @@ where
 
 pin_project! {
     /// Response future of [`RequireIdentity`] and the other gate layers: either the inner
-    /// service's future or a ready rejection.
+    /// service's future, whose response gets the gate's allow [`Verdict`] on the way out
+    /// (unless one from further in is there already), or a ready refusal.
     pub struct ResponseFuture<F, B> {
         #[pin]
         state: State<F, B>,
@@ -161,15 +164,18 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B> {
-        Inner { #[pin] future: F },
+        Inner { #[pin] future: F, passed: Option<Passed> },
         Rejected { response: Option<Response<B>> },
     }
 }
 
 impl<F, B> ResponseFuture<F, B> {
-    pub(crate) fn inner(future: F) -> Self {
+    pub(crate) fn inner(future: F, passed: Passed) -> Self {
         ResponseFuture {
-            state: State::Inner { future },
+            state: State::Inner {
+                future,
+                passed: Some(passed),
+            },
         }
     }
 
@@ -190,7 +196,13 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            StateProj::Inner { future } => future.poll(cx),
+            StateProj::Inner { future, passed } => {
+                let mut res = ready!(future.poll(cx))?;
+                if let Some(passed) = passed.take() {
+                    passed.stamp(&mut res);
+                }
+                Poll::Ready(Ok(res))
+            }
             StateProj::Rejected { response } => match response.take() {
                 Some(res) => Poll::Ready(Ok(res)),
                 // Polled again after completion: the contract of Future says this may
