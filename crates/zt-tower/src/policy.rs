@@ -45,6 +45,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -52,26 +53,32 @@ use mtls_verify::PeerIdentity;
 use policy_rego::{
     InputBuilder, InputDocument, InputOptions, PolicyDecision, PolicyEngine, PolicyInput,
 };
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::Semaphore;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::rejection::{grpc_method, is_grpc};
 use crate::verdict::Passed;
-use crate::{Rejection, ResponseFuture, Verdict, connect_info, peer_identity};
+use crate::{BoxResponseFuture, Rejection, ResponseFuture, Verdict, connect_info, peer_identity};
 
 /// Layer that applies [`Policy`]; see the module docs.
 #[derive(Clone)]
 pub struct PolicyLayer {
     engine: PolicyEngine,
     options: Arc<InputOptions>,
+    placement: Placement,
 }
 
 impl PolicyLayer {
-    /// Decides every request with `engine` (whose policy set may be reloaded underneath).
+    /// Decides every request with `engine` (whose policy set may be reloaded underneath),
+    /// off the async workers on a bounded blocking pool (see
+    /// [`blocking_pool`](Self::blocking_pool) for the defaults).
     pub fn new(engine: PolicyEngine) -> Self {
         PolicyLayer {
             engine,
             options: Arc::new(InputOptions::default()),
+            placement: Placement::Pool(Arc::new(EvaluationPool::default_size())),
         }
     }
 
@@ -80,12 +87,43 @@ impl PolicyLayer {
         self.options = Arc::new(options);
         self
     }
+
+    /// Evaluates on a pool of blocking threads: at most `max_concurrent` evaluations run at
+    /// once (tokio's blocking threads, never the async workers), at most `max_queued` more
+    /// wait for a turn without holding a worker, and a request beyond that is refused (403 /
+    /// `PERMISSION_DENIED`, reason `policy evaluation pool saturated`). An evaluation that
+    /// panics denies (`policy evaluation panicked`). Outside a tokio runtime the evaluation
+    /// runs on the calling thread. Zero for `max_concurrent` is taken as one.
+    ///
+    /// Layers cloned from this one share the pool; `layer()` calls share it too.
+    pub fn blocking_pool(mut self, max_concurrent: usize, max_queued: usize) -> Self {
+        self.placement = Placement::Pool(Arc::new(EvaluationPool::new(max_concurrent, max_queued)));
+        self
+    }
+
+    /// Evaluates on the async worker that serves the connection, as a plain function call:
+    /// no thread hop, but a policy that runs long stalls every connection on that worker
+    /// for up to the policy's time budget (`PolicyOptions::time_budget`). Only for policy
+    /// sets with a small time budget.
+    pub fn evaluate_inline(mut self) -> Self {
+        self.placement = Placement::Inline;
+        self
+    }
+
+    /// Evaluates on the worker that serves the connection inside
+    /// [`tokio::task::block_in_place`], which hands the worker's other tasks to another
+    /// thread first. Falls back to inline evaluation outside a multi-thread runtime.
+    pub fn evaluate_in_place(mut self) -> Self {
+        self.placement = Placement::InPlace;
+        self
+    }
 }
 
 impl fmt::Debug for PolicyLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PolicyLayer")
             .field("revision", &self.engine.revision())
+            .field("placement", &self.placement)
             .finish_non_exhaustive()
     }
 }
@@ -98,6 +136,7 @@ impl<S> Layer<S> for PolicyLayer {
             inner,
             engine: self.engine.clone(),
             options: self.options.clone(),
+            placement: self.placement.clone(),
         }
     }
 }
@@ -108,6 +147,7 @@ pub struct Policy<S> {
     inner: S,
     engine: PolicyEngine,
     options: Arc<InputOptions>,
+    placement: Placement,
 }
 
 impl<S> Policy<S> {
@@ -191,46 +231,192 @@ fn identity_document(peer: &PeerIdentity) -> Option<InputDocument> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Policy<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
-    ResBody: Default,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
-    type Future = ResponseFuture<S::Future, ResBody>;
+    type Future = BoxResponseFuture<ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        // The service that was driven to readiness handles this request; a fresh clone
+        // stays behind for the next one.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
         let input = policy_input(&req, &self.options);
-        let decision = self.engine.decide(&input);
-        let decision = Arc::new(decision);
-        if decision.allow {
-            req.extensions_mut().insert(Arc::clone(&decision));
-            let verdict = Verdict::allow("policy").with_reasons(decision.reasons.iter().cloned());
-            let passed = Passed::new(verdict).with_decision(decision);
-            ResponseFuture::inner(self.inner.call(req), passed)
-        } else {
-            let reason = decision
-                .reasons
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "denied by policy".into());
-            tracing::info!(
-                decision_id = %decision.decision_id,
-                revision = %decision.revision,
-                %reason,
-                "request refused by policy"
-            );
-            let mut res = Rejection::permission_denied(reason.clone()).into_response(req.headers());
-            // Every reason the policy gave, and which decision it was, for the audit record.
-            Verdict::deny("policy", reason)
-                .with_reasons(decision.reasons.iter().skip(1).cloned())
-                .attach(&mut res);
-            res.extensions_mut().insert(decision);
-            ResponseFuture::rejected(res)
+        let engine = self.engine.clone();
+        let placement = self.placement.clone();
+        BoxResponseFuture::new(async move {
+            let decision = placement.decide(engine, input).await;
+            respond(inner, req, decision).await
+        })
+    }
+}
+
+/// Passes the request on with its decision, or refuses it.
+async fn respond<S, ReqBody, ResBody>(
+    mut inner: S,
+    mut req: Request<ReqBody>,
+    decision: PolicyDecision,
+) -> Result<Response<ResBody>, S::Error>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: Default,
+{
+    let decision = Arc::new(decision);
+    if decision.allow {
+        req.extensions_mut().insert(Arc::clone(&decision));
+        let verdict = Verdict::allow("policy").with_reasons(decision.reasons.iter().cloned());
+        let passed = Passed::new(verdict).with_decision(decision);
+        ResponseFuture::inner(inner.call(req), passed).await
+    } else {
+        let reason = decision
+            .reasons
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "denied by policy".into());
+        tracing::info!(
+            decision_id = %decision.decision_id,
+            revision = %decision.revision,
+            %reason,
+            "request refused by policy"
+        );
+        let mut res = Rejection::permission_denied(reason.clone()).into_response(req.headers());
+        // Every reason the policy gave, and which decision it was, for the audit record.
+        Verdict::deny("policy", reason)
+            .with_reasons(decision.reasons.iter().skip(1).cloned())
+            .attach(&mut res);
+        res.extensions_mut().insert(decision);
+        Ok(res)
+    }
+}
+
+// === impl Placement ===
+
+/// Where a [`Policy`] runs its evaluations.
+#[derive(Clone)]
+enum Placement {
+    Inline,
+    InPlace,
+    Pool(Arc<EvaluationPool>),
+}
+
+impl fmt::Debug for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Placement::Inline => f.write_str("Inline"),
+            Placement::InPlace => f.write_str("InPlace"),
+            Placement::Pool(pool) => f
+                .debug_struct("Pool")
+                .field("max_concurrent", &pool.max_concurrent)
+                .field("max_queued", &(pool.max_admitted - pool.max_concurrent))
+                .finish(),
         }
+    }
+}
+
+impl Placement {
+    async fn decide(self, engine: PolicyEngine, input: PolicyInput) -> PolicyDecision {
+        match self {
+            Placement::Inline => engine.decide(&input),
+            Placement::InPlace => match Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(RuntimeFlavor::MultiThread) => {
+                    tokio::task::block_in_place(|| engine.decide(&input))
+                }
+                _ => engine.decide(&input),
+            },
+            Placement::Pool(pool) => pool.decide(engine, input).await,
+        }
+    }
+}
+
+// === impl EvaluationPool ===
+
+/// Admission to tokio's blocking threads for policy evaluations.
+struct EvaluationPool {
+    /// One per evaluation allowed to run at once.
+    running: Arc<Semaphore>,
+    /// Evaluations running or waiting for a turn.
+    admitted: AtomicUsize,
+    max_concurrent: usize,
+    max_admitted: usize,
+}
+
+/// Reasons given when the pool, not the policy, decides.
+const SATURATED: &str = "policy evaluation pool saturated";
+const PANICKED: &str = "policy evaluation panicked";
+const CANCELLED: &str = "policy evaluation cancelled";
+
+impl EvaluationPool {
+    fn new(max_concurrent: usize, max_queued: usize) -> Self {
+        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
+        EvaluationPool {
+            running: Arc::new(Semaphore::new(max_concurrent)),
+            admitted: AtomicUsize::new(0),
+            max_concurrent,
+            max_admitted: max_concurrent.saturating_add(max_queued),
+        }
+    }
+
+    fn default_size() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::new(cores, DEFAULT_QUEUED_PER_THREAD * cores)
+    }
+
+    async fn decide(self: Arc<Self>, engine: PolicyEngine, input: PolicyInput) -> PolicyDecision {
+        let Some(admission) = Admission::enter(&self) else {
+            tracing::warn!("policy evaluation pool saturated; request refused");
+            return PolicyDecision::deny(SATURATED);
+        };
+        let Ok(handle) = Handle::try_current() else {
+            // No runtime, no async worker to stall.
+            return engine.decide(&input);
+        };
+        let Ok(turn) = Arc::clone(&self.running).acquire_owned().await else {
+            return PolicyDecision::deny(CANCELLED);
+        };
+        let task = handle.spawn_blocking(move || {
+            // Held until the evaluation ends, even if the request is dropped meanwhile.
+            let _held = (turn, admission);
+            engine.decide(&input)
+        });
+        match task.await {
+            Ok(decision) => decision,
+            Err(err) if err.is_panic() => {
+                tracing::error!("policy evaluation panicked; request refused");
+                PolicyDecision::deny(PANICKED)
+            }
+            Err(_) => PolicyDecision::deny(CANCELLED),
+        }
+    }
+}
+
+/// Evaluations that may wait for a turn per thread of the default pool.
+const DEFAULT_QUEUED_PER_THREAD: usize = 16;
+
+/// A place among the pool's admitted evaluations, given back on drop.
+struct Admission(Arc<EvaluationPool>);
+
+impl Admission {
+    fn enter(pool: &Arc<EvaluationPool>) -> Option<Self> {
+        pool.admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < pool.max_admitted).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Admission(Arc::clone(pool)))
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
