@@ -5,7 +5,7 @@
 //!
 //! T threads (1, 2, 4, 16) each append records back to back and time the synchronous part
 //! of every call (what a worker is blocked for), then await durability as `AuditLayer`
-//! does. Once with the default 64 MiB files, once with 1 MiB files so that rotations (an
+//! does. Once with the default 64 MiB files, once with 256 KiB files so that rotations (an
 //! fsync of the old file and of the directory, under the lock) show up in the tail.
 //!
 //!   cargo run --release -p zt-tower --all-features --example audit_contention -- [RECORDS_PER_THREAD]
@@ -69,20 +69,18 @@ fn us(d: Duration) -> f64 {
 }
 
 fn main() {
-    let per_thread: usize = std::env::args()
-        .nth(1)
-        .map_or(5000, |a| a.parse().unwrap());
+    let per_thread: usize = std::env::args().nth(1).map_or(500, |a| a.parse().unwrap());
     println!(
         "file size | threads | records | files | records/s | blocked p50 | p99 | p99.9 | max (µs)"
     );
-    for max_file_size in [64u64 << 20, 1 << 20] {
+    for max_file_size in [64u64 << 20, 256 << 10] {
         for threads in [1, 2, 4, 16] {
             let (mut blocked, elapsed, files) = run(threads, per_thread, max_file_size);
             blocked.sort();
             let at = |q: f64| blocked[((blocked.len() - 1) as f64 * q).round() as usize];
             println!(
-                "{} MiB | {threads} | {} | {files} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1}",
-                max_file_size >> 20,
+                "{} KiB | {threads} | {} | {files} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1}",
+                max_file_size >> 10,
                 blocked.len(),
                 blocked.len() as f64 / elapsed.as_secs_f64(),
                 us(at(0.5)),

@@ -1,9 +1,9 @@
 //! Does an expensive policy stall cheap requests? A real axum server (two tokio workers)
 //! behind `PolicyLayer`, over loopback, with two groups of clients:
 //!
-//! * **cheap**: 4 keep-alive connections, each sending `GET /cheap` every 2 ms (paced, so
+//! * **cheap**: 4 keep-alive connections from 127.0.0.2, each sending `GET /cheap` every 2 ms (paced, so
 //!   they measure latency, not throughput); the policy allows it at once;
-//! * **expensive**: 4 keep-alive connections hammering `GET /slow` back to back; the
+//! * **expensive**: 4 keep-alive connections from 127.0.0.3 hammering `GET /slow` back to back; the
 //!   policy iterates 3,000 × 3,000 elements for it and runs out of its time budget.
 //!
 //! Each round measures the cheap group alone, then with the expensive group running, for
@@ -13,7 +13,7 @@
 //!   cargo run --release -p zt-tower --all-features --example blocking_load -- [ROUNDS] [SECONDS] [PLACEMENT...]
 //!
 //! Placements: `inline`, `in_place`, `pool` (the default `PolicyLayer::new`), `pool:N:Q`
-//! (`blocking_pool(N, Q)`).
+//! (`blocking_pool(N, Q)`), `pool:N:Q:P` (and `max_concurrent_per_source(P)`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
@@ -25,7 +25,7 @@ use axum::Router;
 use axum::routing::get;
 use policy_rego::{BundleLoader, BundleWriter, PolicyEngine, PolicyOptions, PolicySet};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use zt_tower::PolicyLayer;
 
 const POLICY: &str = r#"package http.authz
@@ -58,7 +58,9 @@ fn engine() -> PolicyEngine {
         .file("data.json", data)
         .to_tar_gz()
         .unwrap();
-    let bundle = BundleLoader::new().load_tar_gz("blocking", &archive).unwrap();
+    let bundle = BundleLoader::new()
+        .load_tar_gz("blocking", &archive)
+        .unwrap();
     let options = PolicyOptions::new();
     PolicyEngine::with_set(PolicySet::compile(bundle, &options).unwrap(), options)
 }
@@ -71,7 +73,11 @@ fn layer(placement: &str, engine: PolicyEngine) -> PolicyLayer {
         "pool" => layer,
         other => {
             let mut parts = other.split(':').skip(1).map(|n| n.parse().unwrap());
-            layer.blocking_pool(parts.next().unwrap(), parts.next().unwrap())
+            let layer = layer.blocking_pool(parts.next().unwrap(), parts.next().unwrap());
+            match parts.next() {
+                Some(per_source) => layer.max_concurrent_per_source(per_source),
+                None => layer,
+            }
         }
     }
 }
@@ -84,8 +90,11 @@ struct Conn {
 }
 
 impl Conn {
-    async fn open(addr: SocketAddr) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
+    /// Connects from `local` (each group from its own loopback address, as two clients).
+    async fn open(addr: SocketAddr, local: [u8; 4]) -> Conn {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind((local, 0).into()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
         stream.set_nodelay(true).unwrap();
         Conn {
             stream: BufReader::new(stream),
@@ -96,7 +105,11 @@ impl Conn {
 
     async fn get(&mut self, path: &str) -> u16 {
         let req = format!("GET {path} HTTP/1.1\r\nhost: bench\r\n\r\n");
-        self.stream.get_mut().write_all(req.as_bytes()).await.unwrap();
+        self.stream
+            .get_mut()
+            .write_all(req.as_bytes())
+            .await
+            .unwrap();
         self.line.clear();
         self.stream.read_line(&mut self.line).await.unwrap();
         let status: u16 = self.line.split(' ').nth(1).unwrap().parse().unwrap();
@@ -144,7 +157,7 @@ async fn cheap_group(addr: SocketAddr, duration: Duration) -> Vec<Duration> {
     let mut tasks = Vec::new();
     for i in 0..CHEAP_CONNECTIONS {
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr).await;
+            let mut conn = Conn::open(addr, [127, 0, 0, 2]).await;
             // Spread the connections over the interval.
             tokio::time::sleep(CHEAP_INTERVAL * i as u32 / CHEAP_CONNECTIONS as u32).await;
             let mut tick = tokio::time::interval(CHEAP_INTERVAL);
@@ -173,7 +186,7 @@ async fn expensive_group(addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Duratio
     for _ in 0..EXPENSIVE_CONNECTIONS {
         let stop = stop.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::open(addr).await;
+            let mut conn = Conn::open(addr, [127, 0, 0, 3]).await;
             let mut samples = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 let start = Instant::now();
@@ -210,14 +223,13 @@ fn round(placement: &str, engine: &PolicyEngine, duration: Duration) -> Round {
         .enable_all()
         .build()
         .unwrap();
-    let listener = server
-        .block_on(TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = server.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
         .route("/cheap", get(|| async { "ok" }))
         .route("/slow", get(|| async { "done" }))
         .layer(layer(placement, engine.clone()));
+    let app = app.into_make_service_with_connect_info::<SocketAddr>();
     server.spawn(async move { axum::serve(listener, app).await.unwrap() });
 
     let alone = stats(client_runtime().block_on(cheap_group(addr, duration)));
@@ -261,7 +273,9 @@ fn main() {
     }
     let engine = engine();
     let mut results: Vec<Vec<Round>> = placements.iter().map(|_| Vec::new()).collect();
-    println!("round placement | cheap alone p50 p99 (ms) | cheap loaded p50 p99 max (ms) | p99 ratio | slow n p50 (ms)");
+    println!(
+        "round placement | cheap alone p50 p99 (ms) | cheap loaded p50 p99 max (ms) | p99 ratio | slow n p50 (ms)"
+    );
     for r in 0..rounds {
         for k in 0..placements.len() {
             let i = (r + k) % placements.len();
@@ -282,7 +296,9 @@ fn main() {
         }
     }
     println!("\nmedians over {rounds} rounds of {duration:?} per phase:");
-    println!("placement | alone p50 | alone p99 | loaded p50 | loaded p99 | p99 ratio (median of per-round) | slow req/s | slow p50");
+    println!(
+        "placement | alone p50 | alone p99 | loaded p50 | loaded p99 | p99 ratio (median of per-round) | slow req/s | slow p50"
+    );
     for (p, rs) in placements.iter().zip(&results) {
         let m = |f: &dyn Fn(&Round) -> f64| median(rs.iter().map(f).collect());
         println!(

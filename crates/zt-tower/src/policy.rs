@@ -43,9 +43,10 @@
 //! # }
 //! ```
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -72,13 +73,13 @@ pub struct PolicyLayer {
 
 impl PolicyLayer {
     /// Decides every request with `engine` (whose policy set may be reloaded underneath),
-    /// off the async workers on a bounded blocking pool (see
-    /// [`blocking_pool`](Self::blocking_pool) for the defaults).
+    /// off the async workers on a bounded pool of blocking threads, fair between sources
+    /// (see [`blocking_pool`](Self::blocking_pool) for the defaults).
     pub fn new(engine: PolicyEngine) -> Self {
         PolicyLayer {
             engine,
             options: Arc::new(InputOptions::default()),
-            placement: Placement::Pool(Arc::new(EvaluationPool::default_size())),
+            placement: Placement::Pool(Arc::new(EvaluationPool::new(PoolConfig::default_size()))),
         }
     }
 
@@ -88,16 +89,40 @@ impl PolicyLayer {
         self
     }
 
-    /// Evaluates on a pool of blocking threads: at most `max_concurrent` evaluations run at
-    /// once (tokio's blocking threads, never the async workers), at most `max_queued` more
-    /// wait for a turn without holding a worker, and a request beyond that is refused (403 /
-    /// `PERMISSION_DENIED`, reason `policy evaluation pool saturated`). An evaluation that
-    /// panics denies (`policy evaluation panicked`). Outside a tokio runtime the evaluation
-    /// runs on the calling thread. Zero for `max_concurrent` is taken as one.
+    /// Evaluates on tokio's blocking threads, never on the async workers: at most
+    /// `max_concurrent` evaluations run at once, and at most `max_queued` more wait for a
+    /// turn (without holding a worker). The pool is fair between sources (the verified
+    /// principal, else the peer's IP address): one source runs at most half of
+    /// `max_concurrent` evaluations at once (at least one; see
+    /// [`max_concurrent_per_source`](Self::max_concurrent_per_source)) and holds at most
+    /// half of the places, so a client that hammers an expensive policy path waits behind
+    /// itself while others are served.
     ///
-    /// Layers cloned from this one share the pool; `layer()` calls share it too.
+    /// A request that finds no place is refused (403 / `PERMISSION_DENIED`, reason
+    /// `policy evaluation pool saturated`); an evaluation that panics denies (`policy
+    /// evaluation panicked`). Outside a tokio runtime the evaluation runs on the calling
+    /// thread. Zero for `max_concurrent` is taken as one.
+    ///
+    /// The default: as many concurrent evaluations as the machine has cores, 16 waiting per
+    /// core. Layers cloned from this one, and every service it wraps, share one pool.
     pub fn blocking_pool(mut self, max_concurrent: usize, max_queued: usize) -> Self {
-        self.placement = Placement::Pool(Arc::new(EvaluationPool::new(max_concurrent, max_queued)));
+        self.placement = Placement::Pool(Arc::new(EvaluationPool::new(PoolConfig::new(
+            max_concurrent,
+            max_queued,
+        ))));
+        self
+    }
+
+    /// How many evaluations one source may run at once on the pool (default: half of the
+    /// pool's `max_concurrent`, at least one). Calls [`blocking_pool`](Self::blocking_pool)
+    /// with the default sizes first if the layer does not evaluate on a pool yet.
+    pub fn max_concurrent_per_source(mut self, n: usize) -> Self {
+        let mut config = match &self.placement {
+            Placement::Pool(pool) => pool.config,
+            _ => PoolConfig::default_size(),
+        };
+        config.per_source = n.clamp(1, config.max_concurrent);
+        self.placement = Placement::Pool(Arc::new(EvaluationPool::new(config)));
         self
     }
 
@@ -250,10 +275,11 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let input = policy_input(&req, &self.options);
+        let source = Source::of(req.extensions());
         let engine = self.engine.clone();
         let placement = self.placement.clone();
         BoxResponseFuture::new(async move {
-            let decision = placement.decide(engine, input).await;
+            let decision = placement.decide(engine, input, source).await;
             respond(inner, req, decision).await
         })
     }
@@ -312,17 +338,18 @@ impl fmt::Debug for Placement {
         match self {
             Placement::Inline => f.write_str("Inline"),
             Placement::InPlace => f.write_str("InPlace"),
-            Placement::Pool(pool) => f
-                .debug_struct("Pool")
-                .field("max_concurrent", &pool.max_concurrent)
-                .field("max_queued", &(pool.max_admitted - pool.max_concurrent))
-                .finish(),
+            Placement::Pool(pool) => fmt::Debug::fmt(&pool.config, f),
         }
     }
 }
 
 impl Placement {
-    async fn decide(self, engine: PolicyEngine, input: PolicyInput) -> PolicyDecision {
+    async fn decide(
+        self,
+        engine: PolicyEngine,
+        input: PolicyInput,
+        source: Source,
+    ) -> PolicyDecision {
         match self {
             Placement::Inline => engine.decide(&input),
             Placement::InPlace => match Handle::try_current().map(|h| h.runtime_flavor()) {
@@ -331,36 +358,56 @@ impl Placement {
                 }
                 _ => engine.decide(&input),
             },
-            Placement::Pool(pool) => pool.decide(engine, input).await,
+            Placement::Pool(pool) => pool.decide(engine, input, source).await,
         }
+    }
+}
+
+/// Who a request is from, for the pool's fairness: the verified principal, else the peer's
+/// IP address, else nobody in particular (all such requests share one place).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Source {
+    Principal(Arc<str>),
+    Address(IpAddr),
+    Unknown,
+}
+
+impl Source {
+    fn of(extensions: &http::Extensions) -> Source {
+        if let Some(peer) = peer_identity(extensions) {
+            return Source::Principal(match peer.spiffe_id() {
+                Some(id) => id.as_str().into(),
+                None => peer.subject().into(),
+            });
+        }
+        if let Some(info) = connect_info(extensions) {
+            return Source::Address(info.remote_addr().ip());
+        }
+        #[cfg(feature = "axum")]
+        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
+            return Source::Address(info.0.ip());
+        }
+        Source::Unknown
     }
 }
 
 // === impl EvaluationPool ===
 
-/// Admission to tokio's blocking threads for policy evaluations.
-struct EvaluationPool {
-    /// One per evaluation allowed to run at once.
-    running: Arc<Semaphore>,
-    /// Evaluations running or waiting for a turn.
-    admitted: AtomicUsize,
+/// How a [`PolicyLayer`]'s evaluation pool is sized.
+#[derive(Debug, Clone, Copy)]
+struct PoolConfig {
     max_concurrent: usize,
-    max_admitted: usize,
+    max_queued: usize,
+    per_source: usize,
 }
 
-/// Reasons given when the pool, not the policy, decides.
-const SATURATED: &str = "policy evaluation pool saturated";
-const PANICKED: &str = "policy evaluation panicked";
-const CANCELLED: &str = "policy evaluation cancelled";
-
-impl EvaluationPool {
+impl PoolConfig {
     fn new(max_concurrent: usize, max_queued: usize) -> Self {
         let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
-        EvaluationPool {
-            running: Arc::new(Semaphore::new(max_concurrent)),
-            admitted: AtomicUsize::new(0),
+        PoolConfig {
             max_concurrent,
-            max_admitted: max_concurrent.saturating_add(max_queued),
+            max_queued,
+            per_source: (max_concurrent / 2).max(1),
         }
     }
 
@@ -369,21 +416,87 @@ impl EvaluationPool {
         Self::new(cores, DEFAULT_QUEUED_PER_THREAD * cores)
     }
 
-    async fn decide(self: Arc<Self>, engine: PolicyEngine, input: PolicyInput) -> PolicyDecision {
-        let Some(admission) = Admission::enter(&self) else {
-            tracing::warn!("policy evaluation pool saturated; request refused");
-            return PolicyDecision::deny(SATURATED);
-        };
+    /// Evaluations running or waiting, all sources together.
+    fn max_admitted(&self) -> usize {
+        self.max_concurrent.saturating_add(self.max_queued)
+    }
+
+    /// Evaluations running or waiting for one source: half the places (at least one more
+    /// than it may run), so that one source cannot crowd the others out.
+    fn max_admitted_per_source(&self) -> usize {
+        (self.max_admitted() / 2).max(self.per_source + 1)
+    }
+}
+
+/// Evaluations that may wait for a turn per thread of the default pool.
+const DEFAULT_QUEUED_PER_THREAD: usize = 16;
+
+/// Admission to tokio's blocking threads for policy evaluations, fair between sources.
+struct EvaluationPool {
+    config: PoolConfig,
+    /// One per evaluation allowed to run at once.
+    running: Arc<Semaphore>,
+    places: Mutex<Places>,
+}
+
+#[derive(Default)]
+struct Places {
+    /// Evaluations running or waiting.
+    admitted: usize,
+    /// Sources with evaluations running or waiting; removed when they have none.
+    sources: HashMap<Source, SourcePlaces>,
+}
+
+struct SourcePlaces {
+    admitted: usize,
+    /// One per evaluation the source may run at once.
+    turns: Arc<Semaphore>,
+}
+
+/// Reasons given when the pool, not the policy, decides.
+const SATURATED: &str = "policy evaluation pool saturated";
+const PANICKED: &str = "policy evaluation panicked";
+const CANCELLED: &str = "policy evaluation cancelled";
+
+impl EvaluationPool {
+    fn new(config: PoolConfig) -> Self {
+        EvaluationPool {
+            config,
+            running: Arc::new(Semaphore::new(config.max_concurrent)),
+            places: Mutex::new(Places::default()),
+        }
+    }
+
+    fn places(&self) -> MutexGuard<'_, Places> {
+        // The counters stay consistent whatever panicked while they were held.
+        self.places.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    async fn decide(
+        self: Arc<Self>,
+        engine: PolicyEngine,
+        input: PolicyInput,
+        source: Source,
+    ) -> PolicyDecision {
         let Ok(handle) = Handle::try_current() else {
             // No runtime, no async worker to stall.
             return engine.decide(&input);
         };
-        let Ok(turn) = Arc::clone(&self.running).acquire_owned().await else {
+        let Some((admission, turns)) = Admission::enter(&self, source) else {
+            tracing::warn!("policy evaluation pool saturated; request refused");
+            return PolicyDecision::deny(SATURATED);
+        };
+        // First the source's turn, then a thread: a source that has all its turns in use
+        // waits behind itself, never in front of others.
+        let Ok(turn) = turns.acquire_owned().await else {
+            return PolicyDecision::deny(CANCELLED);
+        };
+        let Ok(thread) = Arc::clone(&self.running).acquire_owned().await else {
             return PolicyDecision::deny(CANCELLED);
         };
         let task = handle.spawn_blocking(move || {
             // Held until the evaluation ends, even if the request is dropped meanwhile.
-            let _held = (turn, admission);
+            let _held = (thread, turn, admission);
             engine.decide(&input)
         });
         match task.await {
@@ -397,26 +510,51 @@ impl EvaluationPool {
     }
 }
 
-/// Evaluations that may wait for a turn per thread of the default pool.
-const DEFAULT_QUEUED_PER_THREAD: usize = 16;
-
 /// A place among the pool's admitted evaluations, given back on drop.
-struct Admission(Arc<EvaluationPool>);
+struct Admission {
+    pool: Arc<EvaluationPool>,
+    source: Source,
+}
 
 impl Admission {
-    fn enter(pool: &Arc<EvaluationPool>) -> Option<Self> {
-        pool.admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < pool.max_admitted).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Admission(Arc::clone(pool)))
+    fn enter(pool: &Arc<EvaluationPool>, source: Source) -> Option<(Self, Arc<Semaphore>)> {
+        let config = pool.config;
+        let mut places = pool.places();
+        if places.admitted >= config.max_admitted() {
+            return None;
+        }
+        let entry = places
+            .sources
+            .entry(source.clone())
+            .or_insert_with(|| SourcePlaces {
+                admitted: 0,
+                turns: Arc::new(Semaphore::new(config.per_source)),
+            });
+        if entry.admitted >= config.max_admitted_per_source() {
+            return None;
+        }
+        entry.admitted += 1;
+        let turns = Arc::clone(&entry.turns);
+        places.admitted += 1;
+        drop(places);
+        let admission = Admission {
+            pool: Arc::clone(pool),
+            source,
+        };
+        Some((admission, turns))
     }
 }
 
 impl Drop for Admission {
     fn drop(&mut self) {
-        self.0.admitted.fetch_sub(1, Ordering::AcqRel);
+        let mut places = self.pool.places();
+        places.admitted = places.admitted.saturating_sub(1);
+        if let Some(entry) = places.sources.get_mut(&self.source) {
+            entry.admitted = entry.admitted.saturating_sub(1);
+            if entry.admitted == 0 {
+                places.sources.remove(&self.source);
+            }
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use policy_rego::{
 };
 use tower::util::BoxCloneService;
 use tower::{BoxError, ServiceBuilder, ServiceExt};
-use zt_tower::{PolicyLayer, request_decision, response_verdict};
+use zt_tower::{PolicyLayer, TlsConnectInfo, request_decision, response_verdict};
 
 /// GET is allowed, anything else denied.
 fn set(options: &PolicyOptions) -> PolicySet {
@@ -97,7 +97,11 @@ async fn a_running_evaluation_does_not_stall_the_worker() {
     // One async worker. Inline, the first evaluation would hold it, and the second request
     // could not even start.
     let (engine, mut gate) = gated_engine();
-    let svc = service(PolicyLayer::new(engine).blocking_pool(2, 0));
+    let svc = service(
+        PolicyLayer::new(engine)
+            .blocking_pool(2, 0)
+            .max_concurrent_per_source(2),
+    );
     let first = tokio::spawn(call(svc.clone(), get()));
     assert_eq!(gate.entered.recv().await, Some(0));
 
@@ -156,6 +160,42 @@ async fn waiting_requests_get_their_turn_up_to_the_queue_limit() {
     assert_eq!(queued.await.unwrap().status(), StatusCode::OK);
 }
 
+fn get_from(addr: &str) -> Request<()> {
+    let mut req = get();
+    req.extensions_mut()
+        .insert(TlsConnectInfo::new(addr.parse().unwrap(), None));
+    req
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_source_that_fills_its_share_waits_behind_itself_not_in_front_of_others() {
+    let (engine, mut gate) = gated_engine();
+    // Two evaluations at once, one per source; six places, three per source.
+    let svc = service(PolicyLayer::new(engine).blocking_pool(2, 4));
+    let a = "10.0.0.1:4000";
+    let first = tokio::spawn(call(svc.clone(), get_from(a)));
+    assert_eq!(gate.entered.recv().await, Some(0));
+    let waiting: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(call(svc.clone(), get_from(a))))
+        .collect();
+    tokio::task::yield_now().await;
+    // Source A has used its share of the places.
+    let refused = call(svc.clone(), get_from(a)).await;
+    assert_denied_by_policy(&refused, "policy evaluation pool saturated");
+
+    // Another source is served at once, while A's first evaluation still runs and A's
+    // others wait.
+    let other = call(svc.clone(), get_from("10.0.0.2:4000")).await;
+    assert_eq!(other.status(), StatusCode::OK);
+    assert!(waiting.iter().all(|w| !w.is_finished()));
+
+    gate.release.send(()).unwrap();
+    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+    for w in waiting {
+        assert_eq!(w.await.unwrap().status(), StatusCode::OK);
+    }
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_panicking_evaluation_denies_by_default() {
     let svc = service(PolicyLayer::new(panicking_engine()));
@@ -170,7 +210,8 @@ async fn a_panicking_evaluation_denies_by_default() {
 #[tokio::test(flavor = "current_thread")]
 async fn inline_evaluation_decides_on_the_calling_thread() {
     let options = PolicyOptions::new();
-    let svc = service(PolicyLayer::new(PolicyEngine::with_set(set(&options), options)).evaluate_inline());
+    let svc =
+        service(PolicyLayer::new(PolicyEngine::with_set(set(&options), options)).evaluate_inline());
     assert_eq!(call(svc.clone(), get()).await.status(), StatusCode::OK);
     let delete = Request::delete("/orders/1").body(()).unwrap();
     let res = call(svc.clone(), delete).await;
