@@ -1,7 +1,8 @@
 //! Bundle loading from arbitrary bytes: as a `.tar.gz`, as a raw tar (gzipped here so the tar
-//! parser is reached), or as a list of files (so Rego parsing, data merging, compilation and
-//! the bytecode guard rewrite are reached). Never panics; whatever loads also compiles or
-//! fails with an error, and a compiled set decides without panicking.
+//! parser is reached), or as a list of files (so Rego parsing, data merging, compilation, the
+//! compiled-form scope check, the OPA-semantics check and the test replay are reached). Never
+//! panics; whatever loads also compiles or fails with an error, and a compiled set decides
+//! without panicking.
 #![no_main]
 
 use std::io::Write;

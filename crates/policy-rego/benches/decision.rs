@@ -149,9 +149,9 @@ const VARIANTS: [(Evaluator, EngineReuse, &str); 4] = [
     (
         Evaluator::Auto,
         EngineReuse::PerThread,
-        "compiled/per_thread",
+        "auto/per_thread",
     ),
-    (Evaluator::Auto, EngineReuse::Pool, "compiled/pool"),
+    (Evaluator::Auto, EngineReuse::Pool, "auto/pool"),
 ];
 
 fn bench_policy(
@@ -224,11 +224,16 @@ fn histogram(label: &str, engine: &PolicyEngine, input: &PolicyInput) {
     }
     ns.sort_unstable();
     println!(
-        "latency {label:<40} p50 {:>7.2} µs  p90 {:>7.2} µs  p99 {:>7.2} µs  p99.9 {:>7.2} µs  (n={N})",
+        "latency {label:<40} p50 {:>7.2} µs  p90 {:>7.2} µs  p99 {:>7.2} µs  p99.9 {:>7.2} µs  (n={N}, {})",
         percentile(&ns, 0.50) as f64 / 1e3,
         percentile(&ns, 0.90) as f64 / 1e3,
         percentile(&ns, 0.99) as f64 / 1e3,
         percentile(&ns, 0.999) as f64 / 1e3,
+        if engine.current().is_compiled() {
+            "compiled form"
+        } else {
+            "interpreter"
+        },
     );
 }
 
@@ -332,7 +337,7 @@ fn main() {
         );
     }
     scaling(
-        "envoy allow compiled/per_thread",
+        "envoy allow auto/per_thread",
         &envoy_engine(Evaluator::Auto, EngineReuse::PerThread),
         &envoy_allow,
     );
