@@ -46,7 +46,8 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -55,7 +56,7 @@ use policy_rego::{
     InputBuilder, InputDocument, InputOptions, PolicyDecision, PolicyEngine, PolicyInput,
 };
 use tokio::runtime::{Handle, RuntimeFlavor};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -73,7 +74,7 @@ pub struct PolicyLayer {
 
 impl PolicyLayer {
     /// Decides every request with `engine` (whose policy set may be reloaded underneath),
-    /// off the async workers on a bounded pool of blocking threads, fair between sources
+    /// off the async workers on a bounded pool of threads, fair between sources
     /// (see [`blocking_pool`](Self::blocking_pool) for the defaults).
     pub fn new(engine: PolicyEngine) -> Self {
         PolicyLayer {
@@ -89,9 +90,10 @@ impl PolicyLayer {
         self
     }
 
-    /// Evaluates on tokio's blocking threads, never on the async workers: at most
-    /// `max_concurrent` evaluations run at once, and at most `max_queued` more wait for a
-    /// turn (without holding a worker). The pool is fair between sources (the verified
+    /// Evaluates on a pool of `max_concurrent` threads of the layer's own (`zt-policy-N`,
+    /// started at the first request, stopped when the last layer or service using the pool
+    /// is dropped), never on the async workers; at most `max_queued` more evaluations wait
+    /// for a turn (without holding a worker). The pool is fair between sources (the verified
     /// principal, else the peer's IP address): one source runs at most half of
     /// `max_concurrent` evaluations at once (at least one; see
     /// [`max_concurrent_per_source`](Self::max_concurrent_per_source)) and holds at most
@@ -100,8 +102,8 @@ impl PolicyLayer {
     ///
     /// A request that finds no place is refused (403 / `PERMISSION_DENIED`, reason
     /// `policy evaluation pool saturated`); an evaluation that panics denies (`policy
-    /// evaluation panicked`). Outside a tokio runtime the evaluation runs on the calling
-    /// thread. Zero for `max_concurrent` is taken as one.
+    /// evaluation panicked`), and so does every request if no thread could be started
+    /// (`policy evaluation pool unavailable`). Zero for `max_concurrent` is taken as one.
     ///
     /// The default: as many concurrent evaluations as the machine has cores, 16 waiting per
     /// core. Layers cloned from this one, and every service it wraps, share one pool.
@@ -431,12 +433,16 @@ impl PoolConfig {
 /// Evaluations that may wait for a turn per thread of the default pool.
 const DEFAULT_QUEUED_PER_THREAD: usize = 16;
 
-/// Admission to tokio's blocking threads for policy evaluations, fair between sources.
+/// Threads of its own for policy evaluations (`zt-policy-N`, started at the first one,
+/// stopped when the last layer using the pool is dropped), with admission fair between
+/// sources. Long-lived threads keep their prepared evaluators warm (policy-rego keeps one
+/// per thread and policy set).
 struct EvaluationPool {
     config: PoolConfig,
-    /// One per evaluation allowed to run at once.
+    /// One per evaluation allowed to run at once (one per thread).
     running: Arc<Semaphore>,
     places: Mutex<Places>,
+    threads: OnceLock<Option<mpsc::Sender<Job>>>,
 }
 
 #[derive(Default)]
@@ -457,6 +463,7 @@ struct SourcePlaces {
 const SATURATED: &str = "policy evaluation pool saturated";
 const PANICKED: &str = "policy evaluation panicked";
 const CANCELLED: &str = "policy evaluation cancelled";
+const UNAVAILABLE: &str = "policy evaluation pool unavailable";
 
 impl EvaluationPool {
     fn new(config: PoolConfig) -> Self {
@@ -464,6 +471,7 @@ impl EvaluationPool {
             config,
             running: Arc::new(Semaphore::new(config.max_concurrent)),
             places: Mutex::new(Places::default()),
+            threads: OnceLock::new(),
         }
     }
 
@@ -478,10 +486,6 @@ impl EvaluationPool {
         input: PolicyInput,
         source: Source,
     ) -> PolicyDecision {
-        let Ok(handle) = Handle::try_current() else {
-            // No runtime, no async worker to stall.
-            return engine.decide(&input);
-        };
         let Some((admission, turns)) = Admission::enter(&self, source) else {
             tracing::warn!("policy evaluation pool saturated; request refused");
             return PolicyDecision::deny(SATURATED);
@@ -494,18 +498,65 @@ impl EvaluationPool {
         let Ok(thread) = Arc::clone(&self.running).acquire_owned().await else {
             return PolicyDecision::deny(CANCELLED);
         };
-        let task = handle.spawn_blocking(move || {
-            // Held until the evaluation ends, even if the request is dropped meanwhile.
-            let _held = (thread, turn, admission);
-            engine.decide(&input)
+        let Some(jobs) = self.threads() else {
+            return PolicyDecision::deny(UNAVAILABLE);
+        };
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move || {
+            let decision = panic::catch_unwind(AssertUnwindSafe(|| engine.decide(&input)));
+            // Given back before the answer is sent, so the next request finds the place free.
+            drop((thread, turn, admission));
+            // The request may be gone; nobody to tell then.
+            let _ = tx.send(decision.ok());
         });
-        match task.await {
-            Ok(decision) => decision,
-            Err(err) if err.is_panic() => {
+        if jobs.send(job).is_err() {
+            return PolicyDecision::deny(UNAVAILABLE);
+        }
+        match rx.await {
+            Ok(Some(decision)) => decision,
+            Ok(None) => {
                 tracing::error!("policy evaluation panicked; request refused");
                 PolicyDecision::deny(PANICKED)
             }
-            Err(_) => PolicyDecision::deny(CANCELLED),
+            Err(_) => PolicyDecision::deny(UNAVAILABLE),
+        }
+    }
+
+    /// The pool's threads, started at the first evaluation; `None` if none could start.
+    fn threads(&self) -> Option<&mpsc::Sender<Job>> {
+        self.threads
+            .get_or_init(|| {
+                let (jobs, queue) = mpsc::channel::<Job>();
+                let queue = Arc::new(Mutex::new(queue));
+                let mut started = 0;
+                for i in 0..self.config.max_concurrent {
+                    let queue = Arc::clone(&queue);
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("zt-policy-{i}"))
+                        .spawn(move || run_jobs(&queue));
+                    match spawned {
+                        Ok(_) => started += 1,
+                        Err(err) => {
+                            tracing::error!(error = %err, "could not start a policy evaluation thread");
+                        }
+                    }
+                }
+                (started > 0).then_some(jobs)
+            })
+            .as_ref()
+    }
+}
+
+/// One evaluation, as sent to the pool's threads.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A pool thread: runs jobs until the pool (every sender) is gone.
+fn run_jobs(queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        match job {
+            Ok(job) => job(),
+            Err(_) => return,
         }
     }
 }
