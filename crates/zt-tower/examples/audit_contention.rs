@@ -64,6 +64,58 @@ fn run(threads: usize, per_thread: usize, max_file_size: u64) -> (Vec<Duration>,
     (all, elapsed, files)
 }
 
+/// The control: the same threads appending a line of the same length to a file with one
+/// `write(2)` under a `std::sync::Mutex`, nothing else. Returns the time each call blocked
+/// and the time each held the lock.
+fn control(threads: usize, per_thread: usize, line_len: usize) -> (Vec<Duration>, Vec<Duration>) {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("control.log"))
+        .unwrap();
+    let file = Arc::new(std::sync::Mutex::new(file));
+    let barrier = Arc::new(Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let file = file.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let mut line = vec![b'x'; line_len];
+                line.push(b'\n');
+                barrier.wait();
+                let mut blocked = Vec::with_capacity(per_thread);
+                let mut held = Vec::with_capacity(per_thread);
+                for _ in 0..per_thread {
+                    let begin = Instant::now();
+                    let mut f = file.lock().unwrap();
+                    let locked = Instant::now();
+                    f.write_all(&line).unwrap();
+                    drop(f);
+                    let end = Instant::now();
+                    held.push(end - locked);
+                    blocked.push(end - begin);
+                }
+                (blocked, held)
+            })
+        })
+        .collect();
+    let (mut blocked, mut held) = (Vec::new(), Vec::new());
+    for h in handles {
+        let (b, l) = h.join().unwrap();
+        blocked.extend(b);
+        held.extend(l);
+    }
+    (blocked, held)
+}
+
+fn percentiles(mut v: Vec<Duration>) -> [f64; 4] {
+    v.sort();
+    let at = |q: f64| us(v[((v.len() - 1) as f64 * q).round() as usize]);
+    [at(0.5), at(0.99), at(0.999), at(1.0)]
+}
+
 fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
@@ -89,5 +141,18 @@ fn main() {
                 us(at(1.0)),
             );
         }
+    }
+    // A record line as `record()` writes it is ≈ 330 bytes.
+    println!(
+        "\ncontrol: write(2) of a 330-byte line under a std Mutex, 20x the records per thread"
+    );
+    println!("threads | blocked p50 | p99 | p99.9 | max | lock held p50 | p99 | p99.9 | max (µs)");
+    for threads in [1, 2, 4, 16] {
+        let (blocked, held) = control(threads, per_thread * 20, 330);
+        let [b50, b99, b999, bmax] = percentiles(blocked);
+        let [h50, h99, h999, hmax] = percentiles(held);
+        println!(
+            "{threads} | {b50:.1} | {b99:.1} | {b999:.1} | {bmax:.1} | {h50:.1} | {h99:.1} | {h999:.1} | {hmax:.1}"
+        );
     }
 }

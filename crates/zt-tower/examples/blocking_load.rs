@@ -12,7 +12,7 @@
 //!
 //!   cargo run --release -p zt-tower --all-features --example blocking_load -- [ROUNDS] [SECONDS] [PLACEMENT...]
 //!
-//! Placements: `inline`, `in_place`, `pool` (the default `PolicyLayer::new`), `pool:N:Q`
+//! Placements: `inline`, `pool` (the default `PolicyLayer::new`), `pool:N:Q`
 //! (`blocking_pool(N, Q)`), `pool:N:Q:P` (and `max_concurrent_per_source(P)`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,7 +69,6 @@ fn layer(placement: &str, engine: PolicyEngine) -> PolicyLayer {
     let layer = PolicyLayer::new(engine);
     match placement {
         "inline" => layer.evaluate_inline(),
-        "in_place" => layer.evaluate_in_place(),
         "pool" => layer,
         other => {
             let mut parts = other.split(':').skip(1).map(|n| n.parse().unwrap());
@@ -269,7 +268,7 @@ fn main() {
     let duration = Duration::from_secs_f64(args.get(1).map_or(2.0, |a| a.parse().unwrap()));
     let mut placements: Vec<String> = args.iter().skip(2).cloned().collect();
     if placements.is_empty() {
-        placements = vec!["inline".into(), "in_place".into(), "pool".into()];
+        placements = vec!["inline".into(), "pool".into()];
     }
     let engine = engine();
     let mut results: Vec<Vec<Round>> = placements.iter().map(|_| Vec::new()).collect();

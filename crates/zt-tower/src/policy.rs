@@ -11,6 +11,13 @@
 //! [`Verdict`] by `policy` with the policy's reasons, for `AuditLayer`; an allow verdict only
 //! where nothing further in (an extractor, say) left its own.
 //!
+//! Evaluation runs off the async workers, on a small pool of the layer's own threads that is
+//! fair between sources ([`PolicyLayer::blocking_pool`]): a policy that uses its whole time
+//! budget stalls neither the connections on the worker that received the request nor the
+//! other clients. A saturated pool or a panicking evaluation denies.
+//! [`PolicyLayer::evaluate_inline`] evaluates on the worker instead, for policy sets with a
+//! small time budget. Measurements: `docs/benchmarks.md`.
+//!
 //! The input carries `attributes.request.http` (method, path with query, host, headers
 //! without `authorization`/`cookie`/`proxy-authorization`), `attributes.source.address`
 //! and `attributes.source.principal` (the SPIFFE ID, else the certificate subject),
@@ -55,7 +62,6 @@ use mtls_verify::PeerIdentity;
 use policy_rego::{
     InputBuilder, InputDocument, InputOptions, PolicyDecision, PolicyEngine, PolicyInput,
 };
-use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::{Semaphore, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -129,19 +135,12 @@ impl PolicyLayer {
     }
 
     /// Evaluates on the async worker that serves the connection, as a plain function call:
-    /// no thread hop, but a policy that runs long stalls every connection on that worker
-    /// for up to the policy's time budget (`PolicyOptions::time_budget`). Only for policy
-    /// sets with a small time budget.
+    /// no thread hop (≈ 50 µs less at p50 on a busy machine), but a policy that runs long
+    /// stalls every connection on that worker for up to the policy's time budget
+    /// (`PolicyOptions::time_budget`, 50 ms by default). Only for policy sets whose time
+    /// budget is small enough to stall a worker for.
     pub fn evaluate_inline(mut self) -> Self {
         self.placement = Placement::Inline;
-        self
-    }
-
-    /// Evaluates on the worker that serves the connection inside
-    /// [`tokio::task::block_in_place`], which hands the worker's other tasks to another
-    /// thread first. Falls back to inline evaluation outside a multi-thread runtime.
-    pub fn evaluate_in_place(mut self) -> Self {
-        self.placement = Placement::InPlace;
         self
     }
 }
@@ -331,7 +330,6 @@ where
 #[derive(Clone)]
 enum Placement {
     Inline,
-    InPlace,
     Pool(Arc<EvaluationPool>),
 }
 
@@ -339,7 +337,6 @@ impl fmt::Debug for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Placement::Inline => f.write_str("Inline"),
-            Placement::InPlace => f.write_str("InPlace"),
             Placement::Pool(pool) => fmt::Debug::fmt(&pool.config, f),
         }
     }
@@ -354,12 +351,6 @@ impl Placement {
     ) -> PolicyDecision {
         match self {
             Placement::Inline => engine.decide(&input),
-            Placement::InPlace => match Handle::try_current().map(|h| h.runtime_flavor()) {
-                Ok(RuntimeFlavor::MultiThread) => {
-                    tokio::task::block_in_place(|| engine.decide(&input))
-                }
-                _ => engine.decide(&input),
-            },
             Placement::Pool(pool) => pool.decide(engine, input, source).await,
         }
     }
