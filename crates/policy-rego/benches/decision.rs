@@ -146,11 +146,7 @@ const VARIANTS: [(Evaluator, EngineReuse, &str); 4] = [
         EngineReuse::Pool,
         "interpreter/pool",
     ),
-    (
-        Evaluator::Auto,
-        EngineReuse::PerThread,
-        "auto/per_thread",
-    ),
+    (Evaluator::Auto, EngineReuse::PerThread, "auto/per_thread"),
     (Evaluator::Auto, EngineReuse::Pool, "auto/pool"),
 ];
 
