@@ -11,12 +11,12 @@ use rustls::crypto::CryptoProvider;
 use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, NamedGroup};
 
-use crate::material::{load_identity, load_roots};
+use crate::material::{LoadedIdentity, load_roots};
 use crate::pem::Source;
 use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::server::{CommonSettings, MaterialStatus};
 use crate::verifier::{ChainPolicy, ServerVerifier};
-use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity};
+use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
 
 /// Builds a [`ClientTls`] for outbound mTLS (tonic `Channel`, hyper client): our certificate
 /// and key, the CA bundle that server certificates must chain to, and an optional authorizer
@@ -204,7 +204,7 @@ impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.shared.load();
         f.debug_struct("ClientTls")
-            .field("serial", &current.leaf.serial_hex())
+            .field("serial", &current.identity.leaf.serial_hex())
             .field("generation", &current.generation)
             .finish_non_exhaustive()
     }
@@ -232,14 +232,21 @@ impl Build for ClientParts {
         &self.common
     }
 
-    fn build(&self, snap: &Snapshot) -> Result<(Arc<ClientConfig>, PeerIdentity), Error> {
-        let [cert, key, ca] = snap.contents.as_slice() else {
+    fn provider(&self) -> &CryptoProvider {
+        &self.provider
+    }
+
+    fn config(
+        &self,
+        identity: &LoadedIdentity,
+        snap: &Snapshot,
+    ) -> Result<Arc<ClientConfig>, Error> {
+        let [_, _, ca] = snap.contents.as_slice() else {
             return Err(Error::Task("material snapshot is incomplete".into()));
         };
-        let [cert_src, key_src, ca_src] = self.sources.as_slice() else {
+        let [_, _, ca_src] = self.sources.as_slice() else {
             return Err(Error::Task("material sources are incomplete".into()));
         };
-        let identity = load_identity(cert, cert_src.path(), key, key_src.path(), &self.provider)?;
         let roots = load_roots(ca, ca_src.path())?;
         let verifier = Arc::new(ServerVerifier::new(
             roots,
@@ -251,10 +258,12 @@ impl Build for ClientParts {
             .with_protocol_versions(self.common.versions())?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified)));
+            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
+                identity.certified.clone(),
+            )));
         config.alpn_protocols = self.common.alpn.clone();
         config.resumption = Resumption::store(self.sessions.clone());
-        Ok((Arc::new(config), identity.leaf))
+        Ok(Arc::new(config))
     }
 }
 

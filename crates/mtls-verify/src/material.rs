@@ -15,13 +15,16 @@ use crate::pem::{certificates_at, crls_at, private_key_at};
 use crate::{Error, PeerIdentity};
 
 /// Our own certificate chain and key, checked.
+#[derive(Clone)]
 pub(crate) struct LoadedIdentity {
     pub(crate) certified: Arc<CertifiedKey>,
     pub(crate) leaf: PeerIdentity,
 }
 
 /// Parses and checks our certificate chain and private key: both parse, the key matches the
-/// leaf's public key, and the leaf is currently valid.
+/// leaf's public key, and the leaf is currently valid. The validity period is checked last,
+/// so a refusal for it means nothing else is wrong (the reloader checks such material again
+/// as time passes).
 pub(crate) fn load_identity(
     cert_pem: &[u8],
     cert_path: &Path,
@@ -39,19 +42,6 @@ pub(crate) fn load_identity(
         path: cert_path.to_owned(),
         reason: e.to_string(),
     })?;
-    let now = SystemTime::now();
-    if leaf.not_after() < now {
-        return Err(Error::CertificateExpired {
-            path: cert_path.to_owned(),
-            not_after: rfc3339(leaf.not_after()),
-        });
-    }
-    if leaf.not_before() > now {
-        return Err(Error::CertificateNotYetValid {
-            path: cert_path.to_owned(),
-            not_before: rfc3339(leaf.not_before()),
-        });
-    }
     let key_der = private_key_at(key_pem, key_path)?;
     let key = provider
         .key_provider
@@ -81,6 +71,19 @@ pub(crate) fn load_identity(
                 reason: e.to_string(),
             });
         }
+    }
+    let now = SystemTime::now();
+    if leaf.not_after() < now {
+        return Err(Error::CertificateExpired {
+            path: cert_path.to_owned(),
+            not_after: rfc3339(leaf.not_after()),
+        });
+    }
+    if leaf.not_before() > now {
+        return Err(Error::CertificateNotYetValid {
+            path: cert_path.to_owned(),
+            not_before: rfc3339(leaf.not_before()),
+        });
     }
     Ok(LoadedIdentity {
         certified: Arc::new(certified),
@@ -115,6 +118,10 @@ pub(crate) fn load_roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, 
     root_store(&certificates_at(pem, path)?, path)
 }
 
+/// How the reason of an [`Error::Crl`] for a CRL past its nextUpdate begins (the reloader
+/// checks such a refusal again as time passes).
+pub(crate) const CRL_EXPIRED: &str = "expired (nextUpdate";
+
 /// Checks one CRL: it parses for webpki and, unless allowed, is not past its nextUpdate.
 pub(crate) fn check_crl(
     crl: &CertificateRevocationListDer<'_>,
@@ -133,7 +140,7 @@ pub(crate) fn check_crl(
         let next = system_time(next.timestamp());
         if next < SystemTime::now() {
             return Err(fail(format!(
-                "expired (nextUpdate {}); publish a fresh CRL or use allow_expired_crls()",
+                "{CRL_EXPIRED} {}); publish a fresh CRL or use allow_expired_crls()",
                 rfc3339(next)
             )));
         }

@@ -5,6 +5,17 @@
 //! and editors writing in place. A change is applied only once two reads in a row give the
 //! same bytes, so a half-written file is never taken; bad material is logged, counted and
 //! ignored while the last good set keeps serving.
+//!
+//! Two refinements keep a rotation from getting stuck:
+//!
+//! - A refusal that depends on the clock (our certificate not valid yet, or expired; a CRL
+//!   past its nextUpdate) is validated again, quietly, on every later poll: a certificate
+//!   issued a few seconds ahead of this host's clock is taken from the first poll after its
+//!   notBefore, with no further file change. Other refusals are remembered by hash and not
+//!   looked at again until the files change.
+//! - A refused certificate or key never holds back the rest of the set: the CA bundle and
+//!   CRLs written with it are put in service with the certificate already serving (as their
+//!   own generation), so revocations apply from the first poll that reads them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -13,36 +24,64 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
+use rustls::crypto::CryptoProvider;
 use sha2::{Digest, Sha256};
 
+use crate::Error;
+use crate::material::{CRL_EXPIRED, LoadedIdentity, load_identity};
 use crate::pem::Source;
 use crate::server::{CommonSettings, MaterialStatus};
-use crate::{Error, PeerIdentity};
 
 /// How long to wait before the confirming second read after a change was seen.
 const SETTLE: Duration = Duration::from_millis(100);
 /// At most one expiry warning per this period (plus one per swap).
 const EXPIRY_WARNING_PERIOD: Duration = Duration::from_secs(3600);
+/// The first this many files are our own certificate chain and key; the others (the CA
+/// bundle, CRLs) say whom we trust.
+const IDENTITY_FILES: usize = 2;
 
-/// The bytes of every material file, read in one pass, and their combined hash.
+/// The bytes of every material file, read in one pass, with each file's hash and the set's.
 pub(crate) struct Snapshot {
     pub(crate) contents: Vec<Arc<[u8]>>,
+    /// SHA-256 of each file, in order.
+    pub(crate) digests: Vec<[u8; 32]>,
+    /// The hash of the whole set ([`set_hash`] of `digests`).
     pub(crate) hash: [u8; 32],
 }
 
 pub(crate) fn snapshot(sources: &[Source]) -> Result<Snapshot, Error> {
-    let mut hasher = Sha256::new();
     let mut contents = Vec::with_capacity(sources.len());
+    let mut digests = Vec::with_capacity(sources.len());
     for source in sources {
         let bytes = source.read()?;
-        hasher.update((bytes.len() as u64).to_be_bytes());
-        hasher.update(&bytes);
+        digests.push(Sha256::digest(&bytes).into());
         contents.push(bytes);
     }
+    let hash = set_hash(&digests);
     Ok(Snapshot {
         contents,
-        hash: hasher.finalize().into(),
+        digests,
+        hash,
     })
+}
+
+/// The hash of a set of files from the hashes of its files.
+fn set_hash(digests: &[[u8; 32]]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for digest in digests {
+        hasher.update(digest);
+    }
+    hasher.finalize().into()
+}
+
+/// Whether a refusal could turn into an acceptance of the same bytes as time passes (or the
+/// host's clock is corrected), so that the same files are worth validating again.
+fn depends_on_clock(e: &Error) -> bool {
+    match e {
+        Error::CertificateNotYetValid { .. } | Error::CertificateExpired { .. } => true,
+        Error::Crl { reason, .. } => reason.starts_with(CRL_EXPIRED),
+        _ => false,
+    }
 }
 
 /// Counters and the last error, shared by a TLS handle and its reloader.
@@ -122,9 +161,14 @@ pub(crate) trait Reload: Send + Sync + 'static {
     fn sources(&self) -> &[Source];
     /// The hash of the material now serving.
     fn applied_hash(&self) -> [u8; 32];
-    /// Validates the snapshot, marks the status cell accepted and swaps the new material in,
-    /// in that order (a status showing the new material never shows the error it replaced).
-    fn apply(&self, snapshot: Snapshot) -> Result<(), Error>;
+    /// Validates the snapshot and swaps it in. On success the status cell is marked accepted
+    /// before the new material is published (a status showing it never shows the error it
+    /// replaced). On refusal the error is reported to the status cell first when `report`
+    /// is set; then, if only our certificate or key was refused, the snapshot's other files
+    /// are published with the certificate already serving when they are valid and differ
+    /// from those serving (a status showing them also shows why the certificate was not
+    /// taken).
+    fn apply(&self, snapshot: &Snapshot, report: bool) -> Result<(), Error>;
     /// The status cell.
     fn status_cell(&self) -> &StatusCell;
     /// Warns if the serving certificate expires soon (rate-limited).
@@ -141,21 +185,51 @@ pub(crate) trait Build: Send + Sync + 'static {
     type Config: Send + Sync + 'static;
     /// A name for logs (`server` / `client`).
     const WHAT: &'static str;
-    /// The files, in the order `build` expects their contents.
+    /// The files: our certificate chain and key ([`IDENTITY_FILES`]), then the files that
+    /// say whom we trust, in the order `config` expects them.
     fn sources(&self) -> &[Source];
     /// The reload interval and expiry-warning window.
     fn common(&self) -> &CommonSettings;
-    /// Validates the files' contents and builds the configuration and our leaf's identity.
-    fn build(&self, snapshot: &Snapshot) -> Result<(Self::Config, PeerIdentity), Error>;
+    /// The provider our private key is loaded with.
+    fn provider(&self) -> &CryptoProvider;
+    /// Validates the snapshot's trust files (those after [`IDENTITY_FILES`]) and builds the
+    /// configuration that presents `identity`.
+    fn config(&self, identity: &LoadedIdentity, snapshot: &Snapshot)
+    -> Result<Self::Config, Error>;
+}
+
+/// Validates the snapshot's certificate chain and key.
+fn identity_of<B: Build>(parts: &B, snapshot: &Snapshot) -> Result<LoadedIdentity, Error> {
+    let ([cert, key, ..], [cert_src, key_src, ..]) =
+        (snapshot.contents.as_slice(), parts.sources())
+    else {
+        return Err(Error::Task("material snapshot is incomplete".into()));
+    };
+    load_identity(cert, cert_src.path(), key, key_src.path(), parts.provider())
 }
 
 /// One built set of material, swapped in whole.
 pub(crate) struct Generation<C> {
     pub(crate) config: C,
-    pub(crate) leaf: PeerIdentity,
+    pub(crate) identity: LoadedIdentity,
     pub(crate) generation: u64,
+    /// SHA-256 of each file this generation was built from.
+    digests: Vec<[u8; 32]>,
     pub(crate) hash: [u8; 32],
     pub(crate) loaded_at: SystemTime,
+}
+
+impl<C> Generation<C> {
+    fn new(config: C, identity: LoadedIdentity, digests: Vec<[u8; 32]>, generation: u64) -> Self {
+        Generation {
+            config,
+            identity,
+            generation,
+            hash: set_hash(&digests),
+            digests,
+            loaded_at: SystemTime::now(),
+        }
+    }
 }
 
 /// The material one side serves: the build parts, the current generation (an `ArcSwap`, so
@@ -171,7 +245,9 @@ impl<B: Build> Reloadable<B> {
     /// Reads the files and builds generation 1.
     pub(crate) fn new(parts: B) -> Result<Self, Error> {
         let snap = snapshot(parts.sources())?;
-        let first = Self::generation(&parts, &snap, 1)?;
+        let identity = identity_of(&parts, &snap)?;
+        let config = parts.config(&identity, &snap)?;
+        let first = Generation::new(config, identity, snap.digests, 1);
         let this = Reloadable {
             parts,
             current: ArcSwap::from_pointee(first),
@@ -182,21 +258,6 @@ impl<B: Build> Reloadable<B> {
         Ok(this)
     }
 
-    fn generation(
-        parts: &B,
-        snap: &Snapshot,
-        generation: u64,
-    ) -> Result<Generation<B::Config>, Error> {
-        let (config, leaf) = parts.build(snap)?;
-        Ok(Generation {
-            config,
-            leaf,
-            generation,
-            hash: snap.hash,
-            loaded_at: SystemTime::now(),
-        })
-    }
-
     /// The generation serving now.
     pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Generation<B::Config>>> {
         self.current.load()
@@ -205,7 +266,7 @@ impl<B: Build> Reloadable<B> {
     /// What is serving now and how reloads went.
     pub(crate) fn status(&self) -> MaterialStatus {
         let current = self.current.load();
-        let leaf = &current.leaf;
+        let leaf = &current.identity.leaf;
         let expires_in = leaf
             .not_after()
             .duration_since(SystemTime::now())
@@ -227,6 +288,40 @@ impl<B: Build> Reloadable<B> {
     pub(crate) fn spawn_reloader(self: &Arc<Self>) -> ReloadHandle {
         spawn(self, self.parts.common().reload_interval)
     }
+
+    /// After our certificate or key in `snapshot` was refused: publishes the snapshot's trust
+    /// files (CA bundle, CRLs) with the identity serving now, if they differ and are valid.
+    fn apply_trust(&self, current: &Generation<B::Config>, snapshot: &Snapshot, report: bool) {
+        let digests: Vec<[u8; 32]> = current
+            .digests
+            .iter()
+            .take(IDENTITY_FILES)
+            .chain(snapshot.digests.iter().skip(IDENTITY_FILES))
+            .copied()
+            .collect();
+        if digests == current.digests {
+            return;
+        }
+        match self.parts.config(&current.identity, snapshot) {
+            Ok(config) => {
+                let next = current.generation + 1;
+                let generation = Generation::new(config, current.identity.clone(), digests, next);
+                tracing::info!(
+                    material = B::WHAT,
+                    serial = current.identity.leaf.serial_hex(),
+                    generation = next,
+                    "new CA bundle and CRLs in use with the certificate already serving"
+                );
+                self.current.store(Arc::new(generation));
+            }
+            Err(e) if report => tracing::warn!(
+                material = B::WHAT,
+                reason = %e,
+                "the CA bundle and CRLs written with the refused certificate are refused too"
+            ),
+            Err(_) => {}
+        }
+    }
 }
 
 impl<B: Build> Reload for Reloadable<B> {
@@ -242,12 +337,33 @@ impl<B: Build> Reload for Reloadable<B> {
         self.current.load().hash
     }
 
-    fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
-        let next = self.current.load().generation + 1;
-        let generation = Self::generation(&self.parts, &snapshot, next)?;
+    fn apply(&self, snapshot: &Snapshot, report: bool) -> Result<(), Error> {
+        // Callers hold the reload lock: nothing else publishes until we return.
+        let current = self.current.load_full();
+        let identity = match identity_of(&self.parts, snapshot) {
+            Ok(identity) => identity,
+            Err(e) => {
+                if report {
+                    self.status.reject(B::WHAT, e.clone());
+                }
+                self.apply_trust(&current, snapshot, report);
+                return Err(e);
+            }
+        };
+        let config = match self.parts.config(&identity, snapshot) {
+            Ok(config) => config,
+            Err(e) => {
+                if report {
+                    self.status.reject(B::WHAT, e.clone());
+                }
+                return Err(e);
+            }
+        };
+        let next = current.generation + 1;
+        let generation = Generation::new(config, identity, snapshot.digests.clone(), next);
         tracing::info!(
             material = B::WHAT,
-            serial = generation.leaf.serial_hex(),
+            serial = generation.identity.leaf.serial_hex(),
             generation = next,
             "new TLS material in use"
         );
@@ -265,8 +381,8 @@ impl<B: Build> Reload for Reloadable<B> {
         let current = self.current.load();
         self.status.check_expiry(
             B::WHAT,
-            current.leaf.serial_hex(),
-            current.leaf.not_after(),
+            current.identity.leaf.serial_hex(),
+            current.identity.leaf.not_after(),
             self.parts.common().expiry_warning,
         );
     }
@@ -292,16 +408,9 @@ pub(crate) fn reload_once<R: Reload>(target: &R) -> Result<(), Error> {
     if snap.hash == target.applied_hash() {
         return Ok(());
     }
-    match target.apply(snap) {
-        Ok(()) => {
-            target.check_expiry();
-            Ok(())
-        }
-        Err(e) => {
-            target.status_cell().reject(target.what(), e.clone());
-            Err(e)
-        }
-    }
+    target.apply(&snap, true)?;
+    target.check_expiry();
+    Ok(())
 }
 
 /// Runs [`reload_once`] on tokio's blocking pool.
@@ -392,6 +501,14 @@ pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHan
     }
 }
 
+/// Content that `apply` refused, remembered so it is not validated and reported on every poll.
+struct Refused {
+    hash: [u8; 32],
+    /// The refusal depends on the clock: the same bytes are validated again, quietly, on
+    /// every poll until they are taken or refused for another reason.
+    recheck: bool,
+}
+
 fn poll_loop<R: Reload>(
     target: &Weak<R>,
     stop: &mpsc::Receiver<Command>,
@@ -401,8 +518,7 @@ fn poll_loop<R: Reload>(
     let mut wait = interval;
     // The hash seen once and waiting for a confirming read.
     let mut pending: Option<[u8; 32]> = None;
-    // The hash of content already rejected (not re-validated, not re-logged).
-    let mut rejected: Option<[u8; 32]> = None;
+    let mut refused: Option<Refused> = None;
     // A read error seen once (files may be mid-swap) and one already reported.
     let mut pending_read_error: Option<String> = None;
     let mut reported_read_error: Option<String> = None;
@@ -450,7 +566,23 @@ fn poll_loop<R: Reload>(
             target.check_expiry();
             continue;
         }
-        if rejected == Some(snap.hash) {
+        if let Some(r) = refused.as_mut().filter(|r| r.hash == snap.hash) {
+            // These bytes were confirmed by two reads when first refused.
+            pending = None;
+            if r.recheck {
+                match target.apply(&snap, false) {
+                    Ok(()) => {
+                        refused = None;
+                        target.check_expiry();
+                    }
+                    Err(e) if !depends_on_clock(&e) => {
+                        // Past the clock, something else is wrong: report it, once.
+                        r.recheck = false;
+                        target.status_cell().reject(target.what(), e);
+                    }
+                    Err(_) => {}
+                }
+            }
             continue;
         }
         if pending != Some(snap.hash) {
@@ -459,15 +591,16 @@ fn poll_loop<R: Reload>(
             continue;
         }
         pending = None;
-        let hash = snap.hash;
-        match target.apply(snap) {
+        match target.apply(&snap, true) {
             Ok(()) => {
-                rejected = None;
+                refused = None;
                 target.check_expiry();
             }
             Err(e) => {
-                rejected = Some(hash);
-                target.status_cell().reject(target.what(), e);
+                refused = Some(Refused {
+                    hash: snap.hash,
+                    recheck: depends_on_clock(&e),
+                });
             }
         }
     }
@@ -479,8 +612,9 @@ mod tests {
     use std::path::PathBuf;
     use std::sync::atomic::AtomicUsize;
 
-    /// A reload target over one file that accepts only content ending in "END\n" and
-    /// records every content it was asked to apply.
+    /// A reload target over one file that accepts only content ending in "END\n", refuses
+    /// content starting with "later" as not yet valid until `valid_later` is set, and records
+    /// every content it was asked to apply.
     struct Fake {
         sources: Vec<Source>,
         reads: AtomicUsize,
@@ -489,6 +623,23 @@ mod tests {
         hash: Mutex<[u8; 32]>,
         status: StatusCell,
         lock: Mutex<()>,
+        valid_later: std::sync::atomic::AtomicBool,
+    }
+
+    impl Fake {
+        fn new(sources: Vec<Source>) -> Arc<Fake> {
+            let first = snapshot(&sources).unwrap();
+            Arc::new(Fake {
+                sources,
+                reads: AtomicUsize::new(0),
+                seen: Mutex::new(Vec::new()),
+                applied: Mutex::new(Vec::new()),
+                hash: Mutex::new(first.hash),
+                status: StatusCell::default(),
+                lock: Mutex::new(()),
+                valid_later: std::sync::atomic::AtomicBool::new(false),
+            })
+        }
     }
 
     impl Reload for Fake {
@@ -502,11 +653,24 @@ mod tests {
         fn applied_hash(&self) -> [u8; 32] {
             *self.hash.lock().unwrap()
         }
-        fn apply(&self, snapshot: Snapshot) -> Result<(), Error> {
+        fn apply(&self, snapshot: &Snapshot, report: bool) -> Result<(), Error> {
             let text = String::from_utf8_lossy(&snapshot.contents[0]).into_owned();
             self.applied.lock().unwrap().push(text.clone());
-            if !text.ends_with("END\n") {
-                return Err(Error::Certificate("incomplete".into()));
+            let e = if !text.ends_with("END\n") {
+                Some(Error::Certificate("incomplete".into()))
+            } else if text.starts_with("later") && !self.valid_later.load(Ordering::SeqCst) {
+                Some(Error::CertificateNotYetValid {
+                    path: "material".into(),
+                    not_before: "later".into(),
+                })
+            } else {
+                None
+            };
+            if let Some(e) = e {
+                if report {
+                    self.status.reject("fake", e.clone());
+                }
+                return Err(e);
             }
             self.status.accepted();
             *self.hash.lock().unwrap() = snapshot.hash;
@@ -540,17 +704,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file: PathBuf = dir.path().join("material");
         std::fs::write(&file, "v1 END\n").unwrap();
-        let sources = vec![Source::File(file.clone())];
-        let first = snapshot(&sources).unwrap();
-        let fake = Arc::new(Fake {
-            sources,
-            reads: AtomicUsize::new(0),
-            seen: Mutex::new(Vec::new()),
-            applied: Mutex::new(Vec::new()),
-            hash: Mutex::new(first.hash),
-            status: StatusCell::default(),
-            lock: Mutex::new(()),
-        });
+        let fake = Fake::new(vec![Source::File(file.clone())]);
         // A long settle delay gives this test ample time between the reloader's reads.
         let (tx, rx) = mpsc::channel();
         let weak = Arc::downgrade(&fake);
@@ -595,17 +749,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("material");
         std::fs::write(&file, "v1 END\n").unwrap();
-        let sources = vec![Source::File(file)];
-        let first = snapshot(&sources).unwrap();
-        let fake = Arc::new(Fake {
-            sources,
-            reads: AtomicUsize::new(0),
-            seen: Mutex::new(Vec::new()),
-            applied: Mutex::new(Vec::new()),
-            hash: Mutex::new(first.hash),
-            status: StatusCell::default(),
-            lock: Mutex::new(()),
-        });
+        let fake = Fake::new(vec![Source::File(file)]);
         let handle = spawn(&fake, Duration::from_millis(10));
         assert!(handle.is_running());
         wait_until("a poll", || fake.reads.load(Ordering::SeqCst) > 0);
@@ -632,5 +776,41 @@ mod tests {
         let handle = spawn(&fake, Duration::from_millis(10));
         drop(fake);
         wait_until("the reloader to exit", || !handle.is_running());
+    }
+
+    #[test]
+    fn a_refusal_that_depends_on_the_clock_is_checked_again_on_later_polls() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("material");
+        std::fs::write(&file, "v1 END\n").unwrap();
+        let fake = Fake::new(vec![Source::File(file.clone())]);
+        let handle = spawn(&fake, Duration::from_millis(5));
+
+        std::fs::write(&file, "later v2 END\n").unwrap();
+        wait_until("v2 refused", || fake.status.rejected() == 1);
+        assert!(matches!(
+            fake.status.last_error(),
+            Some(Error::CertificateNotYetValid { .. })
+        ));
+        // Checked again on every poll, quietly: counted and reported once.
+        let tries = fake.applied.lock().unwrap().len();
+        wait_until("re-checks", || {
+            fake.applied.lock().unwrap().len() >= tries + 3
+        });
+        assert_eq!(fake.status.rejected(), 1);
+
+        // Once the clock allows it, the same bytes are taken with no file change.
+        fake.valid_later.store(true, Ordering::SeqCst);
+        wait_until("v2 applied", || fake.status.last_error().is_none());
+        let applied = fake.applied.lock().unwrap().clone();
+        assert!(applied.iter().all(|a| a == "later v2 END\n"), "{applied:?}");
+        assert_eq!(fake.status.rejected(), 1);
+        let tries = applied.len();
+        let reads = fake.reads.load(Ordering::SeqCst);
+        wait_until("more polls", || {
+            fake.reads.load(Ordering::SeqCst) >= reads + 3
+        });
+        assert_eq!(fake.applied.lock().unwrap().len(), tries, "applied again");
+        handle.stop();
     }
 }

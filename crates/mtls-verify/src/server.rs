@@ -13,7 +13,7 @@ use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSess
 use rustls::sign::SingleCertAndKey;
 use rustls::{HandshakeKind, NamedGroup, ServerConfig, ServerConnection, SupportedProtocolVersion};
 
-use crate::material::{load_crls, load_identity, load_roots};
+use crate::material::{LoadedIdentity, load_crls, load_roots};
 use crate::pem::Source;
 use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::verifier::{
@@ -117,11 +117,12 @@ pub struct MaterialStatus {
     pub expires_in: Duration,
     /// Whether expiry is within the configured warning window.
     pub expiring_soon: bool,
-    /// Bumps by one each time new material is swapped in (1 after `build`).
+    /// Bumps by one each time new material is swapped in (1 after `build`), including CA
+    /// bundles and CRLs put in service while the certificate written with them was refused.
     pub generation: u64,
     /// When the serving material was loaded.
     pub loaded_at: SystemTime,
-    /// The error of the last rejected update, cleared by the next successful one.
+    /// The error of the last rejected update, cleared by the next one taken whole.
     pub last_error: Option<Error>,
     /// How many updates were rejected since `build`.
     pub rejected_updates: u64,
@@ -365,7 +366,7 @@ impl fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let current = self.shared.load();
         f.debug_struct("ServerTls")
-            .field("serial", &current.leaf.serial_hex())
+            .field("serial", &current.identity.leaf.serial_hex())
             .field("generation", &current.generation)
             .finish_non_exhaustive()
     }
@@ -399,14 +400,17 @@ impl Build for Parts {
         &self.common
     }
 
-    fn build(&self, snap: &Snapshot) -> Result<(ServerConfigs, PeerIdentity), Error> {
-        let [cert, key, ca, crl_files @ ..] = snap.contents.as_slice() else {
+    fn provider(&self) -> &CryptoProvider {
+        &self.provider
+    }
+
+    fn config(&self, identity: &LoadedIdentity, snap: &Snapshot) -> Result<ServerConfigs, Error> {
+        let [_, _, ca, crl_files @ ..] = snap.contents.as_slice() else {
             return Err(Error::Task("material snapshot is incomplete".into()));
         };
-        let [cert_src, key_src, ca_src, crl_srcs @ ..] = self.sources.as_slice() else {
+        let [_, _, ca_src, crl_srcs @ ..] = self.sources.as_slice() else {
             return Err(Error::Task("material sources are incomplete".into()));
         };
-        let identity = load_identity(cert, cert_src.path(), key, key_src.path(), &self.provider)?;
         let roots = load_roots(ca, ca_src.path())?;
         let mut crls = Vec::new();
         for (bytes, src) in crl_files.iter().zip(crl_srcs) {
@@ -425,17 +429,14 @@ impl Build for Parts {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.common.versions())?
             .with_client_cert_verifier(verifier.clone())
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified)));
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified.clone())));
         config.alpn_protocols = self.common.alpn.clone();
         config.session_storage = self.session_storage.clone();
         config.ticketer = self.ticketer.clone();
-        Ok((
-            ServerConfigs {
-                config: Arc::new(config),
-                verifier,
-            },
-            identity.leaf,
-        ))
+        Ok(ServerConfigs {
+            config: Arc::new(config),
+            verifier,
+        })
     }
 }
 

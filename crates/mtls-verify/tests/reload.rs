@@ -7,12 +7,12 @@ mod support;
 
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mtls_verify::{Error, ServerConfigBuilder, ServerTls};
 use rustls::HandshakeKind;
 use support::{TestServer, client_with, connect, connect_keep, echo, wait_for};
-use ztkit_test_support::{TestCa, TestCert};
+use ztkit_test_support::{TestCa, TestCert, TestCrl};
 
 /// One generation of material: a CA, a server certificate and a client certificate from it.
 struct Round {
@@ -371,6 +371,115 @@ async fn bad_material_at_reload_is_ignored_and_the_last_good_set_keeps_serving()
     assert!(tls.status().last_error.is_none());
     assert_eq!(tls.status().serial, other.server.serial_hex());
     drop(reloader);
+}
+
+/// A rotation caught by clock skew: the new certificate's notBefore is 3 s ahead, and a CRL
+/// revoking one client is written in the same `..data` swap. The CRL is in force from the
+/// first poll that reads the set, while the old certificate keeps serving; the new certificate
+/// serves from the first poll after its notBefore, without any further file change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_ahead_of_the_clock_neither_sticks_nor_holds_back_its_crl() {
+    const INTERVAL: Duration = Duration::from_millis(100);
+    let dir = tempfile::tempdir().unwrap();
+    let round = Round::new(0);
+    let other = round
+        .ca
+        .leaf("other")
+        .spiffe_id("spiffe://example.org/other")
+        .client_auth()
+        .issue();
+    let files = |server: &TestCert, crl: &TestCrl| {
+        [
+            ("tls.crt", server.chain_pem.clone()),
+            ("tls.key", server.key_pem.clone()),
+            ("ca.crt", round.ca.cert_pem.clone()),
+            ("ca.crl", crl.pem.clone()),
+        ]
+    };
+    let mut kube = KubeDir::new(dir.path(), &files(&round.server, &round.ca.crl(&[])));
+    let tls = ServerConfigBuilder::from_files(
+        kube.path("tls.crt"),
+        kube.path("tls.key"),
+        kube.path("ca.crt"),
+    )
+    .crl_file(kube.path("ca.crl"))
+    .reload_interval(INTERVAL)
+    .build()
+    .unwrap();
+    let _reloader = tls.spawn_reloader();
+    let mut srv = TestServer::start(tls.clone()).await;
+    // Fresh client configurations throughout: full handshakes, no session resumed.
+    let revoked = || client_with(&round.ca, &round.client);
+    let kept = || client_with(&round.ca, &other);
+    assert!(connect(srv.addr, revoked()).await.accepted());
+    let _ = srv.next_event().await;
+
+    // notBefore 3 s ahead, on a whole second (X.509 keeps no fractions).
+    let ahead = (SystemTime::now() + Duration::from_secs(3))
+        .duration_since(UNIX_EPOCH)
+        .unwrap();
+    let not_before = UNIX_EPOCH + Duration::from_secs(ahead.as_secs() + 1);
+    let next = round
+        .ca
+        .leaf("localhost")
+        .dns("localhost")
+        .server_auth()
+        .valid_from(not_before)
+        .issue();
+    kube.swap(&files(&next, &round.ca.crl(&[&round.client])));
+
+    // The first poll that reads the set refuses the certificate (once) and applies the CRL.
+    wait_generation(&tls, 2).await;
+    let status = tls.status();
+    assert!(
+        status.loaded_at < not_before,
+        "the CRL waited for the certificate"
+    );
+    assert_eq!(status.serial, round.server.serial_hex());
+    assert_eq!(status.rejected_updates, 1);
+    assert!(
+        matches!(
+            status.last_error,
+            Some(Error::CertificateNotYetValid { ref path, .. }) if path.ends_with("tls.crt")
+        ),
+        "{:?}",
+        status.last_error
+    );
+    let out = connect(srv.addr, revoked()).await;
+    assert!(!out.accepted(), "revoked client accepted: {out:?}");
+    assert!(srv.next_event().await.refused_reason().contains("revoked"));
+    let out = connect(srv.addr, kept()).await;
+    assert!(out.accepted(), "{out:?}");
+    let _ = srv.next_event().await;
+    if tls.status().generation == 2 {
+        // Still before notBefore: the old certificate served this handshake.
+        assert_eq!(
+            out.server_serial.as_deref(),
+            Some(round.server.serial_hex().as_str())
+        );
+    }
+
+    // The refusal was clock-dependent: the same files are taken once notBefore has passed.
+    wait_generation(&tls, 3).await;
+    let status = tls.status();
+    assert_eq!(status.serial, next.serial_hex());
+    assert!(status.last_error.is_none(), "{:?}", status.last_error);
+    assert_eq!(status.rejected_updates, 1, "re-checks are not new refusals");
+    let late = status
+        .loaded_at
+        .duration_since(not_before)
+        .expect("the new certificate served before its notBefore");
+    // The first poll after notBefore takes it; the margin is for a busy machine.
+    assert!(late < INTERVAL + Duration::from_secs(1), "{late:?} late");
+    let out = connect(srv.addr, kept()).await;
+    assert!(out.accepted(), "{out:?}");
+    assert_eq!(
+        out.server_serial.as_deref(),
+        Some(next.serial_hex().as_str())
+    );
+    let _ = srv.next_event().await;
+    assert!(!connect(srv.addr, revoked()).await.accepted());
+    assert!(srv.next_event().await.refused_reason().contains("revoked"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

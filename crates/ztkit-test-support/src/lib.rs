@@ -316,6 +316,18 @@ impl LeafBuilder<'_> {
         self
     }
 
+    /// Makes the certificate valid from `not_before` (X.509 keeps whole seconds: pass a
+    /// whole second to know the exact value) for 30 days.
+    pub fn valid_from(mut self, not_before: SystemTime) -> Self {
+        let since_epoch = not_before
+            .duration_since(UNIX_EPOCH)
+            .expect("not_before after 1970");
+        let not_before = OffsetDateTime::UNIX_EPOCH + since_epoch;
+        self.params.not_before = not_before;
+        self.params.not_after = not_before + time::Duration::seconds(30 * DAY);
+        self
+    }
+
     /// Makes the certificate valid only from tomorrow.
     pub fn not_yet_valid(mut self) -> Self {
         self.params.not_before = offset(DAY);
