@@ -239,7 +239,13 @@ impl BundleLoader {
         self.assemble(name.to_owned(), files)
     }
 
-    fn assemble(&self, name: String, files: BTreeMap<String, Vec<u8>>) -> Result<Bundle> {
+    /// Builds a bundle from files already read (`path` → bytes, as [`read_dir_files`] and
+    /// the archive reader give them): signature, manifest, modules and data.
+    pub(crate) fn assemble(
+        &self,
+        name: String,
+        files: BTreeMap<String, Vec<u8>>,
+    ) -> Result<Bundle> {
         if let Some(v) = &self.verifier {
             v.verify(&files)?;
         }

@@ -198,6 +198,14 @@ impl PolicyEngine {
         self.finish_reload(&name, result)
     }
 
+    /// Compiles and tests a bundle the caller loaded (or the reason it could not be loaded);
+    /// swaps it in when that succeeds. Both outcomes are logged and counted as a reload.
+    pub(crate) fn reload_loaded(&self, source: &str, bundle: Result<Bundle>) -> Result<String> {
+        let _guard = self.shared.reload_lock.lock();
+        let result = bundle.and_then(|b| PolicySet::compile(b, &self.shared.options));
+        self.finish_reload(source, result)
+    }
+
     /// Swaps in a set compiled elsewhere (its tests are not run again).
     pub fn install(&self, set: PolicySet) {
         let _guard = self.shared.reload_lock.lock();

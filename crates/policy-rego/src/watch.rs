@@ -1,12 +1,15 @@
 //! Watching a bundle directory or file and reloading the engine when it changes.
 //!
-//! The watcher polls a SHA-256 fingerprint of the content (every file's path and bytes for a
-//! directory, the bytes for an archive). A new fingerprint is acted on only once it has been
-//! seen on two consecutive polls, so a file that is still being written is not loaded half
-//! way. Then the engine reloads: the new set is loaded, compiled and its tests run before it
-//! replaces the old one; a refused set is logged and not retried until the content changes
+//! Each poll reads the content once (every file's path and bytes for a directory, the bytes
+//! for an archive) and takes its SHA-256 fingerprint. A new fingerprint is acted on only once
+//! it has been seen on two consecutive polls, so a file that is still being written is not
+//! loaded half way. Then the engine reloads from the bytes that poll read and fingerprinted,
+//! never from a further read (which could catch a newer or half-written set and file its
+//! outcome under the wrong fingerprint): the set is built, compiled and its tests run before
+//! it replaces the old one; a refused set is logged and not retried until the content changes
 //! again.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 
+use crate::bundle::{Bundle, BundleLoader, read_dir_files, read_file_limited};
 use crate::engine::PolicyEngine;
 use crate::error::PolicyError;
 
@@ -82,7 +86,9 @@ impl PolicyWatcher {
     /// force (create the watcher right after loading the engine from the same path).
     pub fn new(engine: PolicyEngine, path: impl AsRef<Path>) -> Self {
         let path = path.as_ref().to_path_buf();
-        let in_force = fingerprint(&path, &engine).ok();
+        let in_force = Snapshot::read(&path, engine.options().loader())
+            .ok()
+            .map(|s| s.fingerprint());
         Self {
             shared: Arc::new(Shared {
                 engine,
@@ -118,13 +124,15 @@ impl PolicyWatcher {
 
     fn poll_inner(&self) -> WatchEvent {
         let shared = &self.shared;
-        let fp = match fingerprint(&shared.path, &shared.engine) {
-            Ok(fp) => fp,
+        let loader = shared.engine.options().loader();
+        let snapshot = match Snapshot::read(&shared.path, loader) {
+            Ok(snapshot) => snapshot,
             Err(error) => {
                 tracing::debug!(path = %shared.path.display(), %error, "policy bundle unreadable");
                 return WatchEvent::Unreadable { error };
             }
         };
+        let fp = snapshot.fingerprint();
         let Ok(mut state) = shared.state.lock() else {
             return WatchEvent::Unchanged;
         };
@@ -137,7 +145,9 @@ impl PolicyWatcher {
             return WatchEvent::Pending;
         }
         state.pending = None;
-        match shared.engine.reload_from_path(&shared.path) {
+        let source = shared.path.display().to_string();
+        let bundle = snapshot.into_bundle(source.clone(), loader);
+        match shared.engine.reload_loaded(&source, bundle) {
             Ok(revision) => {
                 state.in_force = Some(fp);
                 state.refused = None;
@@ -204,22 +214,47 @@ impl Drop for WatchHandle {
     }
 }
 
-fn fingerprint(path: &Path, engine: &PolicyEngine) -> Result<Fingerprint, PolicyError> {
-    let limits = engine.options().loader().get_limits();
-    let mut ctx = digest::Context::new(&digest::SHA256);
-    let meta = std::fs::metadata(path).map_err(|e| PolicyError::io(path.display(), e))?;
-    if meta.is_dir() {
-        for (name, content) in crate::bundle::read_dir_files(path, limits)? {
-            ctx.update(&(name.len() as u64).to_le_bytes());
-            ctx.update(name.as_bytes());
-            ctx.update(&(content.len() as u64).to_le_bytes());
-            ctx.update(&content);
-        }
-    } else {
-        let bytes = crate::bundle::read_file_limited(path, limits.get_max_compressed_bytes())?;
-        ctx.update(&bytes);
+/// The bundle as one poll read it: the files of a directory or the bytes of an archive.
+enum Snapshot {
+    Dir(BTreeMap<String, Vec<u8>>),
+    Archive(Vec<u8>),
+}
+
+impl Snapshot {
+    /// Reads `path` once, within `loader`'s limits.
+    fn read(path: &Path, loader: &BundleLoader) -> Result<Self, PolicyError> {
+        let limits = loader.get_limits();
+        let meta = std::fs::metadata(path).map_err(|e| PolicyError::io(path.display(), e))?;
+        Ok(if meta.is_dir() {
+            Snapshot::Dir(read_dir_files(path, limits)?)
+        } else {
+            Snapshot::Archive(read_file_limited(path, limits.get_max_compressed_bytes())?)
+        })
     }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
-    Ok(out)
+
+    fn fingerprint(&self) -> Fingerprint {
+        let mut ctx = digest::Context::new(&digest::SHA256);
+        match self {
+            Snapshot::Dir(files) => {
+                for (name, content) in files {
+                    ctx.update(&(name.len() as u64).to_le_bytes());
+                    ctx.update(name.as_bytes());
+                    ctx.update(&(content.len() as u64).to_le_bytes());
+                    ctx.update(content);
+                }
+            }
+            Snapshot::Archive(bytes) => ctx.update(bytes),
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// The bundle made of exactly these bytes, as [`BundleLoader::load_path`] would make it.
+    fn into_bundle(self, name: String, loader: &BundleLoader) -> Result<Bundle, PolicyError> {
+        match self {
+            Snapshot::Dir(files) => loader.assemble(name, files),
+            Snapshot::Archive(bytes) => loader.load_tar_gz(&name, &bytes),
+        }
+    }
 }

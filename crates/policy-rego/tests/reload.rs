@@ -60,9 +60,13 @@ fn options() -> PolicyOptions {
 }
 
 fn write_archive(path: &Path, w: BundleWriter) {
+    write_archive_bytes(path, &w.to_tar_gz().unwrap());
+}
+
+fn write_archive_bytes(path: &Path, bytes: &[u8]) {
     // Write next to the target and rename, so readers never see half a file.
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, w.to_tar_gz().unwrap()).unwrap();
+    std::fs::write(&tmp, bytes).unwrap();
     std::fs::rename(&tmp, path).unwrap();
 }
 
@@ -288,4 +292,140 @@ fn the_watcher_reloads_directories_in_the_background() {
     assert_eq!(outcome["loaded"], "rev-2");
     assert_eq!(engine.revision(), "rev-2");
     handle.stop();
+}
+
+/// Version `n` with a 1 MiB file of incompressible bytes that the loader ignores, so that
+/// reading and hashing the archive takes long enough for a writer to be caught in between.
+fn large(n: usize) -> Vec<u8> {
+    let mut x = n as u64 + 1;
+    let pad: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (x >> 56) as u8
+        })
+        .collect();
+    version(n, Broken::No)
+        .file("pad.bin", pad)
+        .to_tar_gz()
+        .unwrap()
+}
+
+/// Writes `bytes` over the file in place, in two halves, then sets its length: readers can
+/// see the new head over the old tail (as with `dd conv=notrunc`, or a writer that stalls).
+fn overwrite_in_place(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    let (head, tail) = bytes.split_at(bytes.len() / 2);
+    let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all(head).unwrap();
+    f.write_all(tail).unwrap();
+    f.set_len(bytes.len() as u64).unwrap();
+}
+
+/// A writer rewrites the archive in place, non-atomically, alternating between two valid
+/// revisions, while the background watcher reloads. Every set ever in force must be one of
+/// the two whole revisions (a thread decides all along), and no good revision may be refused
+/// for good (or taken for the one in force while the other was compiled): each round the
+/// writer stops at the watcher's first reload attempt, on the revision before the one it
+/// was writing at that moment (the one the watcher most likely fingerprinted), and that
+/// revision must then be loaded, and then the other one too.
+#[test]
+fn the_watcher_compiles_exactly_what_it_fingerprinted_while_a_writer_rewrites_the_bundle() {
+    const ROUNDS: usize = 20;
+    // How long the writer leaves each revision whole, swept so that some rounds line the
+    // watcher's reads up with the writes whatever the speed of the machine.
+    const PAUSES: [Duration; 5] = [
+        Duration::from_micros(250),
+        Duration::from_micros(500),
+        Duration::from_micros(1000),
+        Duration::from_micros(1500),
+        Duration::from_micros(2000),
+    ];
+    const WAIT: Duration = Duration::from_secs(10);
+    let names = ["rev-1", "rev-2"];
+    let revisions = [large(1), large(2)];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    write_archive_bytes(&path, &revisions[0]);
+    let engine = PolicyEngine::load(&path, options()).unwrap();
+    let watcher = PolicyWatcher::new(engine.clone(), &path);
+    let events = watcher.subscribe();
+    let handle = watcher.spawn(Duration::from_micros(100)).unwrap();
+
+    let stop_deciding = Arc::new(AtomicBool::new(false));
+    let decider = {
+        let engine = engine.clone();
+        let stop = stop_deciding.clone();
+        std::thread::spawn(move || {
+            let input = input();
+            let mut bad = BTreeSet::new();
+            while !stop.load(Ordering::Relaxed) {
+                let d = engine.decide(&input);
+                let whole = d.allow
+                    && names.contains(&d.revision.as_str())
+                    && d.reasons == [d.revision.clone(), d.revision.clone()];
+                if !whole {
+                    bad.insert(format!("{:?} {} {:?}", d.revision, d.allow, d.reasons));
+                }
+            }
+            bad
+        })
+    };
+
+    let mut loaded = BTreeSet::new();
+    let mut wait_loaded = |round: usize, name: &str| {
+        let started = std::time::Instant::now();
+        while engine.revision() != name {
+            let left = WAIT.saturating_sub(started.elapsed());
+            match events.recv_timeout(left) {
+                Ok(WatchEvent::Loaded { revision }) => {
+                    loaded.insert(revision);
+                }
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "round {round}: {name} is on disk but never loaded; {} in force, {:?}",
+                    engine.revision(),
+                    engine.reload_stats()
+                ),
+            }
+        }
+    };
+    for round in 0..ROUNDS {
+        let attempts = watcher.subscribe();
+        let pause = PAUSES[round % PAUSES.len()];
+        let writer = {
+            let (path, revisions) = (path.clone(), revisions.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                loop {
+                    i = 1 - i;
+                    overwrite_in_place(&path, &revisions[i]);
+                    std::thread::sleep(pause);
+                    let attempted = attempts.try_iter().any(|e| {
+                        matches!(e, WatchEvent::Loaded { .. } | WatchEvent::Refused { .. })
+                    });
+                    if attempted {
+                        overwrite_in_place(&path, &revisions[1 - i]);
+                        return 1 - i;
+                    }
+                }
+            })
+        };
+        let last = writer.join().unwrap();
+        wait_loaded(round, names[last]);
+        write_archive_bytes(&path, &revisions[1 - last]);
+        wait_loaded(round, names[1 - last]);
+    }
+    handle.stop();
+    stop_deciding.store(true, Ordering::Relaxed);
+    let bad = decider.join().unwrap();
+    assert!(bad.is_empty(), "decisions from a part-written set: {bad:?}");
+    for event in events.try_iter() {
+        if let WatchEvent::Loaded { revision } = event {
+            loaded.insert(revision);
+        }
+    }
+    assert!(
+        loaded.iter().all(|r| names.contains(&r.as_str())),
+        "{loaded:?}"
+    );
 }
