@@ -12,7 +12,9 @@
 //!
 //!   cargo run --release -p zt-tower --all-features --example blocking_load -- [ROUNDS] [SECONDS] [PLACEMENT...]
 //!
-//! Placements: `inline`, `pool` (the default `PolicyLayer::new`), `pool:N:Q`
+//! Placements: `inline`, `pool`, `spin` (the control: the default pool, and instead of the
+//! expensive group one thread spinning on a core, which is what the pool leaves the
+//! expensive group), (the default `PolicyLayer::new`), `pool:N:Q`
 //! (`blocking_pool(N, Q)`), `pool:N:Q:P` (and `max_concurrent_per_source(P)`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
@@ -69,7 +71,7 @@ fn layer(placement: &str, engine: PolicyEngine) -> PolicyLayer {
     let layer = PolicyLayer::new(engine);
     match placement {
         "inline" => layer.evaluate_inline(),
-        "pool" => layer,
+        "pool" | "spin" => layer,
         other => {
             let mut parts = other.split(':').skip(1).map(|n| n.parse().unwrap());
             let layer = layer.blocking_pool(parts.next().unwrap(), parts.next().unwrap());
@@ -141,6 +143,9 @@ struct Stats {
 }
 
 fn stats(mut samples: Vec<Duration>) -> Stats {
+    if samples.is_empty() {
+        samples.push(Duration::ZERO);
+    }
     samples.sort();
     let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     Stats {
@@ -236,7 +241,17 @@ fn round(placement: &str, engine: &PolicyEngine, duration: Duration) -> Round {
     let stop = Arc::new(AtomicBool::new(false));
     let hammer = {
         let stop = stop.clone();
-        std::thread::spawn(move || client_runtime().block_on(expensive_group(addr, stop)))
+        if placement == "spin" {
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+                Vec::new()
+            })
+        } else {
+            std::thread::spawn(move || client_runtime().block_on(expensive_group(addr, stop)))
+        }
     };
     let loaded = client_runtime().block_on(async {
         // Let the expensive group get going first.
