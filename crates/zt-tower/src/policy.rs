@@ -357,7 +357,9 @@ impl Placement {
 }
 
 /// Who a request is from, for the pool's fairness: the verified principal, else the peer's
-/// IP address, else nobody in particular (all such requests share one place).
+/// IP address (from [`TlsConnectInfo`](crate::TlsConnectInfo), axum's
+/// `ConnectInfo<SocketAddr>` or tonic's `TcpConnectInfo`), else nobody in particular (all
+/// such requests are one source).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Source {
     Principal(Arc<str>),
@@ -379,6 +381,13 @@ impl Source {
         #[cfg(feature = "axum")]
         if let Some(info) = extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>() {
             return Source::Address(info.0.ip());
+        }
+        #[cfg(feature = "tonic")]
+        if let Some(addr) = extensions
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(|info| info.remote_addr())
+        {
+            return Source::Address(addr.ip());
         }
         Source::Unknown
     }
