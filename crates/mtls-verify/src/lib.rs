@@ -11,6 +11,8 @@
 //!   fingerprint, parsed once per connection ([`ServerTls::peer_identity`]).
 //! - [`ClientConfigBuilder`] → [`ClientTls`] for outbound mTLS.
 //! - [`verify_client_chain`]: the server's verification as a function, for the CLI.
+//! - [`capture_refused_certificate`]: what a refused client presented, for an acceptor's
+//!   audit record.
 //!
 //! See `docs/mtls.md` for what is verified and why, and every option with its default.
 //!
@@ -49,6 +51,7 @@ pub use authorizer::{AuthorizeIdentity, IdentityAuthorizer, Rejection};
 pub use client::{ClientConfigBuilder, ClientTls};
 pub use error::Error;
 pub use identity::{MAX_CERTIFICATE_SIZE, PeerIdentity};
+pub use refused::{RefusedCertificate, capture_refused_certificate};
 pub use reload::ReloadHandle;
 pub use server::{
     DEFAULT_EXPIRY_WARNING, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_RELOAD_INTERVAL, MaterialStatus,
@@ -67,6 +70,7 @@ mod error;
 mod identity;
 mod material;
 pub mod pem;
+mod refused;
 mod reload;
 mod server;
 pub mod spiffe;

@@ -20,7 +20,7 @@ use rustls::{
 use sha2::{Digest, Sha256};
 
 use crate::identity::{MAX_CERTIFICATE_SIZE, serial_to_hex};
-use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, der};
+use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, der, refused};
 
 /// Default minimum RSA modulus size in bits.
 pub const DEFAULT_MIN_RSA_BITS: u32 = 2048;
@@ -244,14 +244,18 @@ impl ClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<PeerIdentity, rustls::Error> {
+        // Each refusal is also noted for an acceptor capturing it (`refused`), which then
+        // records the certificate in its audit trail; a no-op otherwise.
         if let Err(e) = self.options.policy.check(end_entity, intermediates) {
             tracing::warn!(reason = %e, "client certificate refused");
+            refused::note(end_entity, None, || e.to_string());
             return Err(other(e));
         }
         let identity = match PeerIdentity::from_der(end_entity) {
             Ok(id) => id,
             Err(e) => {
                 tracing::warn!(reason = %e, "client certificate refused");
+                refused::note(end_entity, None, || e.to_string());
                 return Err(other(e));
             }
         };
@@ -259,12 +263,14 @@ impl ClientVerifier {
             .inner
             .verify_client_cert(end_entity, intermediates, now)
         {
+            let reason = human_reason(&e);
             tracing::warn!(
                 subject = identity.subject(),
                 serial = identity.serial_hex(),
-                reason = %human_reason(&e),
+                reason = %reason,
                 "client certificate refused"
             );
+            refused::note(end_entity, Some(&identity), || reason);
             return Err(e);
         }
         if let Err(r) = self.options.authorizer.authorize(&identity) {
@@ -274,6 +280,9 @@ impl ClientVerifier {
                 reason = %r,
                 "client not authorized"
             );
+            refused::note(end_entity, Some(&identity), || {
+                format!("not authorized: {r}")
+            });
             return Err(other(Error::NotAuthorized(r)));
         }
         Ok(identity)
