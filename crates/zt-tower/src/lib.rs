@@ -34,7 +34,9 @@ pub mod rejection;
 mod require_identity;
 pub mod verdict;
 
-pub use acceptor::{TlsIncoming, TlsListener, TlsListenerOptions, TlsStream};
+pub use acceptor::{
+    AcceptorStats, AcceptorStatsHandle, TlsIncoming, TlsListener, TlsListenerOptions, TlsStream,
+};
 #[cfg(all(feature = "audit", feature = "policy"))]
 pub use audit::decision_log_sink;
 #[cfg(feature = "audit")]
