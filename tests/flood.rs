@@ -75,7 +75,8 @@ fn slowloris_flood_does_not_lock_out_valid_clients() {
     runtime().block_on(run_flood(Attack::Slowloris));
 }
 
-/// The flood's and the valid client's runtime: two workers, like the CI machine's cores.
+/// The flood's runtime: two workers, like the CI machine's cores. (The valid client runs
+/// on a thread of its own.)
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -382,6 +383,7 @@ async fn run_flood(attack: Attack) {
     } = tokio::task::spawn_blocking(move || valid.join().expect("valid client thread"))
         .await
         .unwrap();
+    let valid_done_after = started.elapsed();
     let open_at_end = counters.open.load(Ordering::Relaxed);
     let rss_peak = server.proc_status_kib("VmHWM");
     for slot in slots {
@@ -435,6 +437,10 @@ async fn run_flood(attack: Attack) {
         "{} of {ROUNDS} valid requests took longer than {BUDGET:?} during the flood: \
          {slow:#?}\n{report}",
         slow.len()
+    );
+    assert!(
+        valid_done_after < HOLD,
+        "the valid client's requests went on after the flood ended ({valid_done_after:?}): {report}"
     );
     // The flood was real: all its connections were open at once (on main, 1,153 were:
     // the rest hung in the backlog), and the server closed and the flood renewed them.

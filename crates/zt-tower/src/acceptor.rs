@@ -669,7 +669,7 @@ async fn handshake(shared: &Shared, accepted: Accepted, ticket: &Ticket) -> Outc
                 Some(cert) => Refusal {
                     kind: RefusalKind::Certificate,
                     remote_addr,
-                    reason: cert.reason().to_owned(),
+                    reason: cert.reason().to_owned().into(),
                     certificate: Some(cert),
                 },
                 None => Refusal::new(RefusalKind::Tls, remote_addr, tls_reason(&err)),
@@ -691,7 +691,7 @@ async fn handshake(shared: &Shared, accepted: Accepted, ticket: &Ticket) -> Outc
             return Outcome::Refused(Refusal {
                 kind: RefusalKind::Identity,
                 remote_addr,
-                reason: err.to_string(),
+                reason: err.to_string().into(),
                 certificate: refused_cert,
             });
         }

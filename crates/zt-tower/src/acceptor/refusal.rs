@@ -11,6 +11,7 @@
 //! individual records and one summary a second, and every refusal is in the log, alone or
 //! in a count.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Mutex, PoisonError};
 
@@ -127,7 +128,7 @@ impl RefusalKind {
 pub(super) struct Refusal {
     pub(super) kind: RefusalKind,
     pub(super) remote_addr: SocketAddr,
-    pub(super) reason: String,
+    pub(super) reason: Cow<'static, str>,
     /// The client certificate, when the refusal came from verifying it.
     pub(super) certificate: Option<RefusedCertificate>,
 }
@@ -136,7 +137,7 @@ impl Refusal {
     pub(super) fn new(
         kind: RefusalKind,
         remote_addr: SocketAddr,
-        reason: impl Into<String>,
+        reason: impl Into<Cow<'static, str>>,
     ) -> Self {
         Refusal {
             kind,
@@ -252,7 +253,7 @@ mod audit {
                 .action("handshake")
                 .resource(self.local_addr.clone())
                 .decision("deny")
-                .reason(refusal.reason.clone())
+                .reason(refusal.reason.as_ref())
                 .field("refusal", refusal.kind.as_str())
                 .field("peer", refusal.remote_addr.to_string());
             if let Some(cert) = cert {
