@@ -1,5 +1,6 @@
 //! Compiled policy sets and how they evaluate.
 
+mod ast_walk;
 mod bytecode_scope;
 mod opa_semantics;
 mod test_inputs;

@@ -22,7 +22,9 @@
 
 use std::collections::BTreeSet;
 
-use regorus::unstable::{Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead};
+use regorus::unstable::{Expr, Literal, LiteralStmt, Module, Ref, Rule, RuleHead};
+
+use super::ast_walk;
 
 /// A statement the compiled form is not trusted with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,7 +205,7 @@ pub(super) fn check<'a>(
                 functions: &functions,
                 found: None,
             };
-            walker.rule(rule);
+            ast_walk::rule(rule, &mut walker);
             if let Some((span, why)) = walker.found {
                 return Err(out(&span, why));
             }
@@ -253,183 +255,51 @@ struct Walker<'a> {
 }
 
 impl Walker<'_> {
-    fn rule(&mut self, rule: &Rule) {
-        match rule {
-            Rule::Spec { head, bodies, .. } => {
-                match head {
-                    RuleHead::Compr { refr, assign, .. } => {
-                        self.expr(refr);
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
-                    }
-                    RuleHead::Set { refr, key, .. } => {
-                        self.expr(refr);
-                        if let Some(k) = key {
-                            self.expr(k);
-                        }
-                    }
-                    RuleHead::Func {
-                        refr, args, assign, ..
-                    } => {
-                        self.expr(refr);
-                        for a in args {
-                            self.expr(a);
-                        }
-                        if let Some(a) = assign {
-                            self.expr(&a.value);
-                        }
-                    }
-                }
-                for body in bodies {
-                    if let Some(a) = &body.assign {
-                        self.expr(&a.value);
-                    }
-                    self.query(&body.query);
-                }
-            }
-            Rule::Default { value, .. } => self.expr(value),
-        }
-    }
-
-    fn query(&mut self, q: &Query) {
-        for stmt in &q.stmts {
-            self.stmt(stmt);
-        }
-    }
-
-    fn stmt(&mut self, stmt: &LiteralStmt) {
-        match &stmt.literal {
-            Literal::SomeVars { .. } => {}
-            Literal::SomeIn {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                if let Some(k) = key {
-                    self.expr(k);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
-            Literal::Expr { expr, .. } => {
-                if let Expr::AssignExpr { lhs, rhs, span, .. } = expr.as_ref()
-                    && !(self.always_defined(lhs) && self.always_defined(rhs))
-                {
-                    self.flag(span, UNDEFINED_BINDING);
-                }
-                self.expr(expr);
-            }
-            Literal::NotExpr { expr, .. } => self.expr(expr),
-            Literal::Every {
-                domain,
-                query,
-                span,
-                ..
-            } => {
-                self.flag(span, EVERY);
-                self.expr(domain);
-                self.query(query);
-            }
-        }
-        for w in &stmt.with_mods {
-            self.expr(&w.refr);
-            self.expr(&w.r#as);
-        }
-    }
-
     fn flag(&mut self, span: &regorus::unstable::Span, why: &'static str) {
         if self.found.is_none() {
             self.found = Some((span.clone(), why));
         }
     }
+}
 
-    /// Walks into nested queries (comprehensions) to check their statements.
-    fn expr(&mut self, e: &Expr) {
-        if self.found.is_some() {
-            return;
-        }
-        match e {
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                self.expr(term);
-                self.query(query);
-            }
-            Expr::ObjectCompr {
-                key, value, query, ..
-            } => {
-                self.expr(key);
-                self.expr(value);
-                self.query(query);
-            }
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                items.iter().for_each(|i| self.expr(i));
-            }
-            Expr::Object { fields, .. } => {
-                for (_, k, v) in fields {
-                    self.expr(k);
-                    self.expr(v);
+impl ast_walk::Visitor for Walker<'_> {
+    fn statement(&mut self, stmt: &LiteralStmt) {
+        match &stmt.literal {
+            Literal::Expr { expr, .. } => {
+                if let Expr::AssignExpr { lhs, rhs, span, .. } = expr.as_ref()
+                    && !(self.names.always_defined(lhs) && self.names.always_defined(rhs))
+                {
+                    self.flag(span, UNDEFINED_BINDING);
                 }
             }
-            Expr::Call {
-                fcn, params, span, ..
-            } => {
-                let name = fcn.span().text();
-                let own = name
+            Literal::Every { span, .. } => self.flag(span, EVERY),
+            Literal::SomeVars { .. } | Literal::SomeIn { .. } | Literal::NotExpr { .. } => {}
+        }
+    }
+
+    fn expression(&mut self, e: &Expr, _statement_level: bool) {
+        match e {
+            Expr::Call { fcn, span, .. } => {
+                let own = fcn
+                    .span()
+                    .text()
                     .rsplit('.')
                     .next()
                     .is_some_and(|last| self.functions.contains(last));
                 if !own {
                     self.flag(span, BUILTIN_CALL);
                 }
-                params.iter().for_each(|p| self.expr(p));
             }
-            Expr::UnaryExpr { expr, span, .. } => {
-                self.flag(span, OPERATOR);
-                self.expr(expr);
-            }
-            Expr::RefDot { refr, .. } => self.expr(refr),
-            Expr::RefBrack { refr, index, .. } => {
-                self.expr(refr);
-                self.expr(index);
-            }
-            Expr::BinExpr { lhs, rhs, span, .. } | Expr::ArithExpr { lhs, rhs, span, .. } => {
-                self.flag(span, OPERATOR);
-                self.expr(lhs);
-                self.expr(rhs);
-            }
-            Expr::BoolExpr { lhs, rhs, .. } | Expr::AssignExpr { lhs, rhs, .. } => {
-                self.expr(lhs);
-                self.expr(rhs);
-            }
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                if let Some(k) = key {
-                    self.expr(k);
-                }
-                self.expr(value);
-                self.expr(collection);
-            }
-            Expr::String { .. }
-            | Expr::RawString { .. }
-            | Expr::Number { .. }
-            | Expr::Bool { .. }
-            | Expr::Null { .. }
-            | Expr::Var { .. } => {}
-            #[allow(unreachable_patterns)]
-            _ => {
-                // An expression kind this walker does not know (a newer regorus): not trusted.
-                self.flag(e.span(), OPERATOR);
-            }
+            Expr::UnaryExpr { span, .. }
+            | Expr::BinExpr { span, .. }
+            | Expr::ArithExpr { span, .. } => self.flag(span, OPERATOR),
+            _ => {}
         }
     }
 
-    fn always_defined(&self, e: &Expr) -> bool {
-        self.names.always_defined(e)
+    fn unknown(&mut self, e: &Expr) {
+        // An expression kind this check does not know: not trusted.
+        self.flag(e.span(), OPERATOR);
     }
 }
 

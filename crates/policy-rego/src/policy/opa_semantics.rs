@@ -18,9 +18,9 @@
 //! portable spelling of `not input.p in blocked` is `p := input.p; not p in blocked`, which
 //! both evaluate alike. `test_*` rules are not checked.
 
-use regorus::unstable::{
-    BoolOp, Expr, Literal, LiteralStmt, Module, Query, Ref, Rule, RuleHead, Span,
-};
+use regorus::unstable::{BoolOp, Expr, Literal, LiteralStmt, Module, Ref, Rule, Span};
+
+use super::ast_walk;
 
 /// A statement regorus and OPA evaluate differently.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub(super) fn check<'a>(
                 names: &names,
                 found: None,
             };
-            w.rule(rule);
+            ast_walk::rule(rule, &mut w);
             if let Some((span, kind)) = w.found {
                 return Err(Divergence {
                     rule: path.clone(),
@@ -103,98 +103,6 @@ impl Walker<'_> {
     fn flag(&mut self, span: &Span, kind: DivergenceKind) {
         if self.found.is_none() {
             self.found = Some((span.clone(), kind));
-        }
-    }
-
-    fn rule(&mut self, rule: &Rule) {
-        match rule {
-            Rule::Spec { head, bodies, .. } => {
-                match head {
-                    RuleHead::Compr { refr, assign, .. } => {
-                        self.value(refr);
-                        if let Some(a) = assign {
-                            self.value(&a.value);
-                        }
-                    }
-                    RuleHead::Set { refr, key, .. } => {
-                        self.value(refr);
-                        if let Some(k) = key {
-                            self.value(k);
-                        }
-                    }
-                    RuleHead::Func {
-                        refr, args, assign, ..
-                    } => {
-                        self.value(refr);
-                        args.iter().for_each(|a| self.value(a));
-                        if let Some(a) = assign {
-                            self.value(&a.value);
-                        }
-                    }
-                }
-                for body in bodies {
-                    if let Some(a) = &body.assign {
-                        self.value(&a.value);
-                    }
-                    self.query(&body.query);
-                }
-            }
-            Rule::Default { value, .. } => self.value(value),
-        }
-    }
-
-    fn query(&mut self, q: &Query) {
-        for stmt in &q.stmts {
-            self.stmt(stmt);
-        }
-    }
-
-    fn stmt(&mut self, stmt: &LiteralStmt) {
-        match &stmt.literal {
-            Literal::SomeVars { .. } => {}
-            Literal::SomeIn {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                key.iter().for_each(|k| self.value(k));
-                self.value(value);
-                self.value(collection);
-            }
-            // A statement's own result only decides whether the body goes on; false and
-            // undefined both stop it, so a membership test is fine here, only its operands
-            // are looked into.
-            Literal::Expr { expr, .. } => self.statement_expr(expr),
-            Literal::NotExpr { expr, .. } => {
-                if let Some(span) = self.undefined_operand_under_negation(expr) {
-                    self.flag(&span, DivergenceKind::NegatedOperand);
-                }
-                self.statement_expr(expr);
-            }
-            Literal::Every { domain, query, .. } => {
-                self.value(domain);
-                self.query(query);
-            }
-        }
-        for w in &stmt.with_mods {
-            self.value(&w.r#as);
-        }
-    }
-
-    fn statement_expr(&mut self, e: &Expr) {
-        match e {
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                ..
-            } => {
-                key.iter().for_each(|k| self.value(k));
-                self.value(value);
-                self.value(collection);
-            }
-            e => self.value(e),
         }
     }
 
@@ -236,71 +144,37 @@ impl Walker<'_> {
             .find_map(|o| self.undefined_operand_under_negation(o))
     }
 
-    /// An expression used as a value: a membership test here must have defined operands.
-    fn value(&mut self, e: &Expr) {
-        if self.found.is_some() {
-            return;
-        }
-        match e {
-            Expr::Membership {
-                key,
-                value,
-                collection,
-                span,
-                ..
-            } => {
-                let operands_defined = key.iter().all(|k| self.always_defined(k))
-                    && self.always_defined(value)
-                    && self.always_defined(collection);
-                if !operands_defined {
-                    self.flag(span, DivergenceKind::MembershipValue);
-                }
-                key.iter().for_each(|k| self.value(k));
-                self.value(value);
-                self.value(collection);
-            }
-            Expr::ArrayCompr { term, query, .. } | Expr::SetCompr { term, query, .. } => {
-                self.value(term);
-                self.query(query);
-            }
-            Expr::ObjectCompr {
-                key, value, query, ..
-            } => {
-                self.value(key);
-                self.value(value);
-                self.query(query);
-            }
-            Expr::Array { items, .. } | Expr::Set { items, .. } => {
-                items.iter().for_each(|i| self.value(i));
-            }
-            Expr::Object { fields, .. } => {
-                for (_, k, v) in fields {
-                    self.value(k);
-                    self.value(v);
-                }
-            }
-            Expr::Call { fcn, params, .. } => {
-                self.value(fcn);
-                params.iter().for_each(|p| self.value(p));
-            }
-            Expr::UnaryExpr { expr, .. } => self.value(expr),
-            Expr::RefDot { refr, .. } => self.value(refr),
-            Expr::RefBrack { refr, index, .. } => {
-                self.value(refr);
-                self.value(index);
-            }
-            Expr::BinExpr { lhs, rhs, .. }
-            | Expr::BoolExpr { lhs, rhs, .. }
-            | Expr::ArithExpr { lhs, rhs, .. }
-            | Expr::AssignExpr { lhs, rhs, .. } => {
-                self.value(lhs);
-                self.value(rhs);
-            }
-            _ => {}
+    fn always_defined(&self, e: &Expr) -> bool {
+        self.names.always_defined(e)
+    }
+}
+
+impl ast_walk::Visitor for Walker<'_> {
+    fn statement(&mut self, stmt: &LiteralStmt) {
+        if let Literal::NotExpr { expr, .. } = &stmt.literal
+            && let Some(span) = self.undefined_operand_under_negation(expr)
+        {
+            self.flag(&span, DivergenceKind::NegatedOperand);
         }
     }
 
-    fn always_defined(&self, e: &Expr) -> bool {
-        self.names.always_defined(e)
+    // A statement's own result only decides whether the body goes on; false and undefined
+    // both stop it, so a membership test is fine as a statement (a negated one is checked
+    // above), and only as a value must its operands be defined.
+    fn expression(&mut self, e: &Expr, statement_level: bool) {
+        if let Expr::Membership {
+            key,
+            value,
+            collection,
+            span,
+            ..
+        } = e
+            && !statement_level
+            && !(key.iter().all(|k| self.always_defined(k))
+                && self.always_defined(value)
+                && self.always_defined(collection))
+        {
+            self.flag(span, DivergenceKind::MembershipValue);
+        }
     }
 }
