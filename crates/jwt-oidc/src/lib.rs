@@ -52,6 +52,11 @@
 //! 7. Claims: `exp` required, `nbf`/`iat` with leeway, `aud` contains a configured audience,
 //!    optional max age and required claims, `cnf.x5t#S256` against the client certificate.
 //!
+//! OIDC discovery reads two fields of the provider's metadata, `issuer` (which must equal the
+//! configured issuer exactly) and `jwks_uri`, with a small serde struct of this crate's own:
+//! a resource server needs nothing else from the document, and a full OpenID client library
+//! would bring a second crypto stack and a second JWK model onto the request path.
+//!
 //! `jsonwebtoken` provides the JWK model the JWKS parser uses; the token itself is checked
 //! by this crate with aws-lc-rs directly, because `jsonwebtoken::decode` rebuilds its key on
 //! every call (for RSA that costs about 15 % of the verification). So the crypto-backend

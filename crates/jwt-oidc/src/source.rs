@@ -1,13 +1,11 @@
 //! Where an issuer's keys come from: the [`JwksSource`] trait, and the HTTP source that does
-//! OIDC discovery (with `openidconnect`) or fetches a configured `jwks_uri`.
+//! OIDC discovery (with a small typed reader of its own) or fetches a configured `jwks_uri`.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use openidconnect::core::CoreProviderMetadata;
-use openidconnect::{AsyncHttpClient, DiscoveryError, HttpRequest, HttpResponse, IssuerUrl};
 use url::Url;
 
 use crate::AuthError;
@@ -62,6 +60,8 @@ pub(crate) struct HttpJwksSource {
 }
 
 const ACCEPT_JWKS: &str = "application/jwk-set+json, application/json";
+const ACCEPT_JSON: &str = "application/json";
+const MIME_JWK_SET: &str = "application/jwk-set+json";
 
 impl HttpJwksSource {
     pub(crate) fn new(issuer: String, mode: HttpMode, fetcher: HttpFetcher) -> Self {
@@ -84,39 +84,84 @@ impl HttpJwksSource {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
+    /// OIDC discovery: reads `issuer` and `jwks_uri` from
+    /// `{issuer}/.well-known/openid-configuration`, requires the document's `issuer` to equal
+    /// the configured one exactly (string comparison, as OpenID Connect Discovery 1.0 §4.3
+    /// requires), then fetches the JWKS it names.
     async fn discover(&self) -> Result<JwksDocument, AuthError> {
         let discovery_err = |reason: String| AuthError::Discovery {
             issuer: self.issuer.as_str().into(),
             reason: reason.into(),
         };
-        let issuer_url =
-            IssuerUrl::new(self.issuer.clone()).map_err(|e| discovery_err(e.to_string()))?;
-        let client = DiscoveryClient {
-            fetcher: &self.fetcher,
-            responses: Mutex::new(Vec::new()),
-        };
-        let metadata = CoreProviderMetadata::discover_async(issuer_url, &client)
-            .await
-            .map_err(|e| match e {
-                DiscoveryError::Request(inner) => inner,
-                DiscoveryError::Validation(reason) => discovery_err(reason),
-                DiscoveryError::Parse(e) => {
-                    discovery_err(format!("document is invalid at {}", e.path()))
-                }
-                DiscoveryError::Response(status, _, reason) => {
-                    discovery_err(format!("status {status}: {reason}"))
-                }
-                other => discovery_err(other.to_string()),
-            })?;
-        let jwks_uri = metadata.jwks_uri().url().clone();
-        let fetched = client
-            .take_response(&jwks_uri)
-            .ok_or_else(|| discovery_err("the JWKS response was not captured".to_owned()))?;
+        let url = discovery_url(&self.issuer).map_err(discovery_err)?;
+        let fetched = self.fetcher.get(&url, ACCEPT_JSON).await?;
+        check_content_type(&fetched, &[ACCEPT_JSON]).map_err(discovery_err)?;
+        let metadata = ProviderMetadata::parse(&fetched.body).map_err(discovery_err)?;
+        if metadata.issuer != self.issuer {
+            return Err(discovery_err(format!(
+                "unexpected issuer `{}` in the discovery document (expected `{}`)",
+                metadata.issuer, self.issuer
+            )));
+        }
+        let jwks_uri = Url::parse(&metadata.jwks_uri)
+            .map_err(|e| discovery_err(format!("jwks_uri is not a URL: {e}")))?;
+        let fetched = self.fetcher.get(&jwks_uri, ACCEPT_JWKS).await?;
+        check_content_type(&fetched, &[ACCEPT_JSON, MIME_JWK_SET]).map_err(discovery_err)?;
         tracing::info!(issuer = %self.issuer, jwks_uri = %jwks_uri, "OIDC discovery done");
         if let Ok(mut guard) = self.jwks_uri.lock() {
             *guard = Some(jwks_uri);
         }
         Ok(document(fetched))
+    }
+}
+
+/// The two fields of an OpenID Provider Metadata document (OpenID Connect Discovery 1.0 §3)
+/// a resource server needs; the others are not read.
+#[derive(Debug, serde::Deserialize)]
+struct ProviderMetadata {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl ProviderMetadata {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(body).map_err(|e| {
+            // Only where it failed: the message may quote the document.
+            format!(
+                "document is invalid ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })
+    }
+}
+
+/// `{issuer}/.well-known/openid-configuration`, with one `/` between the two.
+fn discovery_url(issuer: &str) -> Result<Url, String> {
+    const SUFFIX: &str = ".well-known/openid-configuration";
+    let joined = if issuer.ends_with('/') {
+        format!("{issuer}{SUFFIX}")
+    } else {
+        format!("{issuer}/{SUFFIX}")
+    };
+    Url::parse(&joined).map_err(|e| format!("issuer is not a URL: {e}"))
+}
+
+/// A `Content-Type`, when present, must have one of these essences (type/subtype, compared
+/// case-insensitively, parameters ignored).
+fn check_content_type(fetched: &Fetched, expected: &[&str]) -> Result<(), String> {
+    let Some(ct) = fetched.content_type.as_deref() else {
+        return Ok(());
+    };
+    let essence = ct.split(';').next().unwrap_or_default().trim();
+    if expected.iter().any(|e| essence.eq_ignore_ascii_case(e)) {
+        Ok(())
+    } else {
+        Err(format!(
+            "unexpected Content-Type `{ct}` (expected {})",
+            expected.join(" or ")
+        ))
     }
 }
 
@@ -148,53 +193,63 @@ impl JwksSource for HttpJwksSource {
     }
 }
 
-/// The HTTP client handed to `openidconnect`: our fetcher, recording each response so the
-/// JWKS fetched during discovery is used as is (with its `Cache-Control`) instead of being
-/// fetched twice.
-struct DiscoveryClient<'f> {
-    fetcher: &'f HttpFetcher,
-    responses: Mutex<Vec<(Url, Fetched)>>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl DiscoveryClient<'_> {
-    fn take_response(&self, url: &Url) -> Option<Fetched> {
-        let mut guard = self.responses.lock().ok()?;
-        let i = guard.iter().position(|(u, _)| u == url)?;
-        Some(guard.swap_remove(i).1)
+    fn fetched(content_type: Option<&str>) -> Fetched {
+        Fetched {
+            body: Vec::new(),
+            content_type: content_type.map(str::to_owned),
+            cache_control: None,
+        }
     }
-}
 
-impl<'c> AsyncHttpClient<'c> for DiscoveryClient<'_> {
-    type Error = AuthError;
-    type Future = BoxFuture<'c, Result<HttpResponse, AuthError>>;
+    #[test]
+    fn discovery_url_has_one_slash_before_the_well_known_path() {
+        for issuer in [
+            "https://idp.example/realms/a",
+            "https://idp.example/realms/a/",
+        ] {
+            let url = discovery_url(issuer).unwrap();
+            assert_eq!(
+                url.as_str(),
+                "https://idp.example/realms/a/.well-known/openid-configuration"
+            );
+        }
+        assert!(discovery_url("not a url").is_err());
+    }
 
-    fn call(&'c self, request: HttpRequest) -> Self::Future {
-        Box::pin(async move {
-            let uri = request.uri().to_string();
-            let url = Url::parse(&uri).map_err(|_| AuthError::Fetch {
-                url: uri.as_str().into(),
-                reason: "not a URL".into(),
-            })?;
-            let accept = if url.path().ends_with("openid-configuration") {
-                "application/json"
-            } else {
-                ACCEPT_JWKS
-            };
-            let fetched = self.fetcher.get(&url, accept).await?;
-            let mut response = http::Response::builder().status(http::StatusCode::OK);
-            if let Some(ct) = &fetched.content_type {
-                response = response.header(http::header::CONTENT_TYPE, ct.as_str());
-            }
-            let response = response
-                .body(fetched.body.clone())
-                .map_err(|e| AuthError::Fetch {
-                    url: uri.as_str().into(),
-                    reason: e.to_string().into(),
-                })?;
-            if let Ok(mut guard) = self.responses.lock() {
-                guard.push((url, fetched));
-            }
-            Ok(response)
-        })
+    #[test]
+    fn metadata_needs_issuer_and_jwks_uri_and_ignores_the_rest() {
+        let doc = br#"{"issuer":"https://i","jwks_uri":"https://i/k","token_endpoint":"x","claims_supported":[1]}"#;
+        let m = ProviderMetadata::parse(doc).unwrap();
+        assert_eq!(
+            (m.issuer.as_str(), m.jwks_uri.as_str()),
+            ("https://i", "https://i/k")
+        );
+        for bad in [
+            &br#"{"issuer":"https://i"}"#[..],
+            br#"{"jwks_uri":"https://i/k"}"#,
+            br#"{"issuer":1,"jwks_uri":"https://i/k"}"#,
+            br#"[]"#,
+            b"",
+        ] {
+            let err = ProviderMetadata::parse(bad).unwrap_err();
+            assert!(err.starts_with("document is invalid"), "{err}");
+        }
+    }
+
+    #[test]
+    fn content_type_essence_is_compared_without_case_or_parameters() {
+        let json = [ACCEPT_JSON];
+        assert!(check_content_type(&fetched(None), &json).is_ok());
+        assert!(
+            check_content_type(&fetched(Some("Application/JSON; charset=utf-8")), &json).is_ok()
+        );
+        assert!(check_content_type(&fetched(Some("text/html")), &json).is_err());
+        assert!(check_content_type(&fetched(Some("application/json-seq")), &json).is_err());
+        let jwks = [ACCEPT_JSON, MIME_JWK_SET];
+        assert!(check_content_type(&fetched(Some("application/jwk-set+json")), &jwks).is_ok());
     }
 }
