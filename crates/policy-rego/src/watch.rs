@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use aws_lc_rs::digest;
 
-use crate::bundle::{Bundle, BundleLoader, read_dir_files, read_file_limited};
+use crate::bundle::read::{read_dir_files, read_file_limited};
+use crate::bundle::{Bundle, BundleLoader};
 use crate::engine::PolicyEngine;
 use crate::error::PolicyError;
 
