@@ -80,7 +80,7 @@ mod error;
 mod input;
 mod log;
 mod policy;
-mod testing;
+mod test_report;
 mod watch;
 
 pub use bundle::{
@@ -93,5 +93,5 @@ pub use error::{PolicyError, Result};
 pub use input::{InputBuilder, InputDocument, InputOptions, PolicyInput};
 pub use log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, DecisionLogSink};
 pub use policy::{EngineReuse, Evaluator, PolicyOptions, PolicySet};
-pub use testing::{TestOutcome, TestReport, TestResult};
+pub use test_report::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, WatchEvent, WatchHandle};

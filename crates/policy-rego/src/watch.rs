@@ -224,12 +224,12 @@ enum Snapshot {
 impl Snapshot {
     /// Reads `path` once, within `loader`'s limits.
     fn read(path: &Path, loader: &BundleLoader) -> Result<Self, PolicyError> {
-        let limits = loader.get_limits();
+        let limits = loader.configured_limits();
         let meta = std::fs::metadata(path).map_err(|e| PolicyError::io(path.display(), e))?;
         Ok(if meta.is_dir() {
             Snapshot::Dir(read_dir_files(path, limits)?)
         } else {
-            Snapshot::Archive(read_file_limited(path, limits.get_max_compressed_bytes())?)
+            Snapshot::Archive(read_file_limited(path, limits.compressed_bytes_limit())?)
         })
     }
 

@@ -57,7 +57,7 @@ impl BundleLimits {
         self
     }
 
-    pub(crate) const fn get_max_compressed_bytes(&self) -> u64 {
+    pub(crate) const fn compressed_bytes_limit(&self) -> u64 {
         self.max_compressed_bytes
     }
 

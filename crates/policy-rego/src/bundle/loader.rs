@@ -41,7 +41,7 @@ impl BundleLoader {
     }
 
     /// The configured limits.
-    pub fn get_limits(&self) -> &BundleLimits {
+    pub fn configured_limits(&self) -> &BundleLimits {
         &self.limits
     }
 

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::bundle::{Bundle, under_roots};
 use crate::error::{PolicyError, Result};
-use crate::testing::TestOutcome;
+use crate::test_report::TestOutcome;
 
 impl PolicySet {
     /// Loads a directory or `.tar.gz` bundle and compiles it (running its tests unless

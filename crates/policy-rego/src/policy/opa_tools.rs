@@ -10,7 +10,7 @@ use super::{PolicySet, timer};
 use crate::decision::error_reason;
 use crate::error::{PolicyError, Result};
 use crate::input::PolicyInput;
-use crate::testing::{TestOutcome, TestReport, TestResult};
+use crate::test_report::{TestOutcome, TestReport, TestResult};
 
 impl PolicySet {
     /// Evaluates a rule (`data.pkg.rule` or `pkg/rule`) with the interpreter; `None` when it

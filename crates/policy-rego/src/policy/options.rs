@@ -181,7 +181,7 @@ impl PolicyOptions {
     }
 
     /// The decision rule as configured.
-    pub fn get_decision_rule(&self) -> &str {
+    pub fn configured_decision_rule(&self) -> &str {
         &self.decision_rule
     }
 }

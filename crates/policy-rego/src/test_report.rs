@@ -132,3 +132,35 @@ impl fmt::Display for TestReport {
         write!(f, "{}", self.summary())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(name: &str, outcome: TestOutcome) -> TestResult {
+        TestResult {
+            name: name.into(),
+            outcome,
+            duration_ns: 1_000_000,
+        }
+    }
+
+    #[test]
+    fn the_report_reads_like_opa_test() {
+        let report = TestReport {
+            results: vec![
+                result("data.p.test_a", TestOutcome::Pass),
+                result("data.p.test_b", TestOutcome::Fail),
+                result("data.p.todo_test_c", TestOutcome::Skip),
+            ],
+        };
+        assert!(!report.is_success());
+        let shown = report.to_string();
+        assert!(shown.starts_with("FAILURES\n"), "{shown}");
+        assert!(shown.contains("data.p.test_b: FAIL (1.000ms)"));
+        assert!(shown.contains("PASS: 1/3\nFAIL: 1/3\nSKIPPED: 1/3\n"));
+        assert!(report.verbose().contains("data.p.test_a: PASS"));
+        let json = serde_json::to_value(&report.results[1]).unwrap();
+        assert_eq!(json["outcome"], "fail");
+    }
+}
