@@ -9,6 +9,7 @@
 //! | `jwt-oidc` (default) | [`jwt_oidc`] | OIDC discovery, JWKS cache, strict JWT validation |
 //! | `policy-rego` (default) | [`policy_rego`] | Rego policies and OPA bundles with hot reload |
 //! | `zt-audit` (default) | [`zt_audit`] | append-only, hash-chained audit log |
+//! | `zt-rotate` (default) | [`zt_rotate`] | the rotation seam the others share: holder trait, status, file watching, task handles |
 //! | `zt-tower` (default) | [`zt_tower`] | the TLS acceptor for axum/tonic and the tower layers (with the layers of the crates enabled above) |
 //!
 //! ```
@@ -26,5 +27,7 @@ pub use mtls_verify;
 pub use policy_rego;
 #[cfg(feature = "zt-audit")]
 pub use zt_audit;
+#[cfg(feature = "zt-rotate")]
+pub use zt_rotate;
 #[cfg(feature = "zt-tower")]
 pub use zt_tower;
