@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group};
-use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls, crypto_provider};
+use mtls_verify::{IdentityAuthorizer, ServerTls, ServerTlsBuilder, crypto_provider};
 use rustls::client::Resumption;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
@@ -82,7 +82,7 @@ fn bare_server(pki: &Pki, groups: Option<&[NamedGroup]>) -> Arc<ServerConfig> {
 }
 
 fn ztkit_server(pki: &Pki, groups: Option<&[NamedGroup]>) -> ServerTls {
-    let mut builder = ServerConfigBuilder::from_pem(
+    let mut builder = ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),

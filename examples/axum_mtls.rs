@@ -9,7 +9,7 @@
 //! then allows only the configured SPIFFE IDs / trust domain (403 otherwise). Certificate,
 //! key, CA and CRL files are reloaded when they change. Prints `listening on ADDR` once ready.
 //!
-//! `--client-auth-optional` turns it into a plain TLS server for comparison: clients may
+//! `--allow-unauthenticated` turns it into a plain TLS server for comparison: clients may
 //! come without a certificate and `RequireIdentityLayer` is left out (the load run's
 //! baseline, `scripts/load-mtls.sh`).
 //!
@@ -39,7 +39,7 @@ struct Args {
 }
 
 async fn hello(peer: Option<VerifiedPeer>, token: Option<TokenClaims>) -> String {
-    // Without --client-auth-optional every connection has a verified peer (the acceptor
+    // Without --allow-unauthenticated every connection has a verified peer (the acceptor
     // refuses the rest, and RequireIdentityLayer checks it again).
     let who = match peer {
         Some(VerifiedPeer(peer)) => peer
@@ -86,7 +86,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(auth) = jwt {
         app = app.layer(JwtAuthLayer::new(auth));
     }
-    if !args.tls.client_auth_optional {
+    if !args.tls.allow_unauthenticated {
         app = app.layer(RequireIdentityLayer::new(authorizer));
     }
 

@@ -28,7 +28,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use jwt_oidc::testing::{JwksServer, TestKey, b64url, jwks, now_unix};
 use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator};
-use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls};
+use mtls_verify::{IdentityAuthorizer, ServerTls, ServerTlsBuilder};
 use policy_rego::{PolicyEngine, PolicyOptions};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
@@ -96,7 +96,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("ztkit demo: PKI in {}", dir.path().display());
 
     // 2. The servers: certificate files reloaded every 200 ms; only ALLOWED may call.
-    let tls = ServerConfigBuilder::from_files(&cert_path, &key_path, &ca_path)
+    let tls = ServerTlsBuilder::from_files(&cert_path, &key_path, &ca_path)
         .reload_interval(Duration::from_millis(200))
         .build()?;
     let _reloader = tls.spawn_reloader();

@@ -4,7 +4,7 @@
 #   bash scripts/load-mtls.sh
 #
 # 1. Throughput: the axum example (`examples/axum_mtls.rs`, release build) as a TLS-only
-#    server (`--client-auth-optional`: no client certificate asked of the client, no
+#    server (`--allow-unauthenticated`: no client certificate asked of the client, no
 #    RequireIdentityLayer) against the same example as an mTLS server (client certificate
 #    required and verified, identity parsed once per connection, RequireIdentityLayer
 #    checking the trust domain on every request). Keep-alive HTTP/1.1, same run, ROUNDS
@@ -191,7 +191,7 @@ stop_server() {
 
 TLS_PORT=18443
 MTLS_PORT=18444
-start_server tls-only $TLS_PORT --client-auth-optional
+start_server tls-only $TLS_PORT --allow-unauthenticated
 TLS_PID=$SERVER_PID
 start_server mtls $MTLS_PORT --allow-trust-domain example.org
 MTLS_PID=$SERVER_PID
@@ -381,7 +381,7 @@ idle_run() {
 }
 idle_run mtls 18445 --allow-trust-domain example.org -- "${CERT_ARGS[@]}"
 m_before=$MEM_BEFORE m_after=$MEM_AFTER m_per=$MEM_PER
-idle_run tls-only 18446 --client-auth-optional --
+idle_run tls-only 18446 --allow-unauthenticated --
 t_before=$MEM_BEFORE t_after=$MEM_AFTER t_per=$MEM_PER
 echo "mTLS server:     VmRSS $m_before KiB -> $m_after KiB: $m_per KiB per connection (target <= 64 KiB)"
 echo "TLS-only server: VmRSS $t_before KiB -> $t_after KiB: $t_per KiB per connection"

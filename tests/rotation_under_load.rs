@@ -3,7 +3,7 @@
 //! (resumed and full handshakes) and over kept-alive HTTP/1.1 and HTTP/2 connections.
 //! Zero requests may fail, and after each rotation a new handshake sees the new serial.
 //!
-//! The server runs in-process (`ServerConfigBuilder::from_files` + `TlsListener` + axum)
+//! The server runs in-process (`ServerTlsBuilder::from_files` + `TlsListener` + axum)
 //! with a 100 ms reload interval, on files laid out as a Kubernetes secret volume:
 //!
 //! ```text
@@ -51,7 +51,7 @@ use axum::{Router, routing::get};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use mtls_verify::{ServerConfigBuilder, ServerTls};
+use mtls_verify::{ServerTls, ServerTlsBuilder};
 use rustls::ClientConfig;
 use rustls::client::Resumption;
 use support::{CLIENT_ID, GUARD, client_cert, client_config, https_get, server_cert, tls_connect};
@@ -461,7 +461,7 @@ async fn ten_rotations_under_load_fail_no_request() {
 
     let first = server_cert(&server_ca);
     let mut mount = Mount::new(&mnt, &Material::new(&first, &[&old_ca]));
-    let tls = ServerConfigBuilder::from_files(
+    let tls = ServerTlsBuilder::from_files(
         mount.path("tls.crt"),
         mount.path("tls.key"),
         mount.path("ca.crt"),

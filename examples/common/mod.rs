@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls};
+use mtls_verify::{IdentityAuthorizer, ServerTls, ServerTlsBuilder};
 
 /// TLS and listener flags (each also readable from the environment).
 #[derive(Debug, Clone, clap::Args)]
@@ -38,7 +38,7 @@ pub(crate) struct TlsArgs {
     /// `axum_mtls` then also leaves out `RequireIdentityLayer`: the TLS-only baseline of
     /// the load run (`scripts/load-mtls.sh`). Off by default.
     #[arg(long)]
-    pub(crate) client_auth_optional: bool,
+    pub(crate) allow_unauthenticated: bool,
     /// How often the cert/key/CA/CRL files are checked for changes, in milliseconds.
     #[arg(long, env = "ZTKIT_RELOAD_MS", default_value_t = 1000)]
     pub(crate) reload_ms: u64,
@@ -50,7 +50,7 @@ pub(crate) struct TlsArgs {
 impl TlsArgs {
     /// Builds and validates the server TLS material; typed error naming the file on failure.
     pub(crate) fn server_tls(&self) -> Result<ServerTls, mtls_verify::Error> {
-        let mut builder = ServerConfigBuilder::from_files(&self.cert, &self.key, &self.client_ca)
+        let mut builder = ServerTlsBuilder::from_files(&self.cert, &self.key, &self.client_ca)
             .reload_interval(Duration::from_millis(self.reload_ms))
             .handshake_timeout(Duration::from_millis(self.handshake_timeout_ms));
         for crl in &self.crl {
@@ -59,8 +59,8 @@ impl TlsArgs {
         if self.allow_tls12 {
             builder = builder.allow_tls12();
         }
-        if self.client_auth_optional {
-            builder = builder.client_auth_optional();
+        if self.allow_unauthenticated {
+            builder = builder.allow_unauthenticated();
         }
         builder.build()
     }
@@ -93,7 +93,7 @@ pub(crate) struct JwtArgs {
     /// Audience (`aud`) the tokens must be issued for, e.g. the resource indicator.
     #[arg(long, env = "ZTKIT_JWT_AUDIENCE", requires = "jwt_issuer")]
     pub(crate) jwt_audience: Option<String>,
-    /// Scope the token must grant (RequireScopeLayer); may be repeated.
+    /// Scope the token must grant (RequireClaimsLayer::scopes); may be repeated.
     #[arg(long, requires = "jwt_issuer")]
     pub(crate) jwt_require_scope: Vec<String>,
     /// Allow a plain-http issuer and JWKS URL. For loopback tests only: keys fetched over
@@ -124,10 +124,10 @@ impl JwtArgs {
         Ok(Some(auth))
     }
 
-    /// `RequireScopeLayer` for `--jwt-require-scope`, `None` when no scope is required.
-    pub(crate) fn scope_layer(&self) -> Option<zt_tower::RequireScopeLayer> {
+    /// `RequireClaimsLayer::scopes` for `--jwt-require-scope`, `None` when no scope is required.
+    pub(crate) fn scope_layer(&self) -> Option<zt_tower::RequireClaimsLayer> {
         (!self.jwt_require_scope.is_empty())
-            .then(|| zt_tower::RequireScopeLayer::new(self.jwt_require_scope.iter().cloned()))
+            .then(|| zt_tower::RequireClaimsLayer::scopes(self.jwt_require_scope.iter().cloned()))
     }
 }
 

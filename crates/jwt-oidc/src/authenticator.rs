@@ -910,7 +910,7 @@ impl JwtAuthenticatorBuilder {
     /// Accepts any `aud`, or none. Only for tokens that are audience-restricted some other
     /// way; otherwise a token minted for another service works here.
     #[must_use]
-    pub fn insecure_skip_audience_check(mut self) -> Self {
+    pub fn allow_any_audience(mut self) -> Self {
         self.any_audience = true;
         self
     }

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mtls_verify::{IdentityAuthorizer, PeerIdentity, ServerConfigBuilder};
+use mtls_verify::{IdentityAuthorizer, PeerIdentity, ServerTlsBuilder};
 use rustls::RootCertStore;
 use rustls::pki_types::UnixTime;
 use rustls::server::WebPkiClientVerifier;
@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         )
         .build()
         .unwrap();
-        let tls = ServerConfigBuilder::from_pem(
+        let tls = ServerTlsBuilder::from_pem(
             server.chain_pem.as_bytes(),
             server.key_pem.as_bytes(),
             ca.cert_pem.as_bytes(),

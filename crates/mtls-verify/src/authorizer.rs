@@ -11,8 +11,8 @@ use crate::{Error, PeerIdentity, SpiffeId};
 ///
 /// Implemented by [`IdentityAuthorizer`] and by every closure
 /// `Fn(&PeerIdentity) -> bool + Send + Sync + 'static` (a `false` becomes a generic
-/// [`Rejection`]). Implementations run inside the TLS handshake: keep them fast and never
-/// block.
+/// [`IdentityRejection`]). Implementations run inside the TLS handshake: keep them fast and
+/// never block.
 ///
 /// ```
 /// use mtls_verify::{AuthorizeIdentity, PeerIdentity};
@@ -27,34 +27,39 @@ use crate::{Error, PeerIdentity, SpiffeId};
 /// # Ok::<(), mtls_verify::Error>(())
 /// ```
 pub trait AuthorizeIdentity: Send + Sync + 'static {
-    /// `Ok(())` to allow the peer, or a [`Rejection`] saying why not.
+    /// `Ok(())` to allow the peer, or a [`IdentityRejection`] saying why not.
     ///
     /// # Errors
-    /// A [`Rejection`] with a short human-readable reason (it is logged; keep secrets out).
-    fn authorize(&self, peer: &PeerIdentity) -> Result<(), Rejection>;
+    /// A [`IdentityRejection`] with a short human-readable reason (it is logged; keep secrets out).
+    fn authorize(&self, peer: &PeerIdentity) -> Result<(), IdentityRejection>;
 }
 
 impl<F> AuthorizeIdentity for F
 where
     F: Fn(&PeerIdentity) -> bool + Send + Sync + 'static,
 {
-    fn authorize(&self, peer: &PeerIdentity) -> Result<(), Rejection> {
+    fn authorize(&self, peer: &PeerIdentity) -> Result<(), IdentityRejection> {
         if self(peer) {
             Ok(())
         } else {
-            Err(Rejection::new("refused by the authorization predicate"))
+            Err(IdentityRejection::new(
+                "refused by the authorization predicate",
+            ))
         }
     }
 }
 
-/// Why an authorizer refused a peer: a short, human-readable reason.
+/// Why an authorizer refused a verified peer's identity: a short, human-readable reason.
+///
+/// Not to be confused with `zt_tower::rejection::Rejection`, the HTTP/gRPC refusal of a
+/// request: this one is the authorizer's answer, which `zt-tower` turns into one.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rejection(Arc<str>);
+pub struct IdentityRejection(Arc<str>);
 
-impl Rejection {
+impl IdentityRejection {
     /// A rejection with the given reason.
     pub fn new(reason: impl Into<String>) -> Self {
-        Rejection(Arc::from(reason.into()))
+        IdentityRejection(Arc::from(reason.into()))
     }
 
     /// The reason.
@@ -63,15 +68,15 @@ impl Rejection {
     }
 }
 
-impl fmt::Display for Rejection {
+impl fmt::Display for IdentityRejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-impl std::error::Error for Rejection {}
+impl std::error::Error for IdentityRejection {}
 
-type CustomFn = dyn Fn(&PeerIdentity) -> Result<(), Rejection> + Send + Sync + 'static;
+type CustomFn = dyn Fn(&PeerIdentity) -> Result<(), IdentityRejection> + Send + Sync + 'static;
 
 /// The ready-made authorizers: any verified peer, exact SPIFFE IDs, a trust domain, DNS SAN
 /// patterns, a closure, or any of several.
@@ -184,9 +189,9 @@ impl IdentityAuthorizer {
         })
     }
 
-    /// Decides with a closure that returns a [`Rejection`] to refuse.
+    /// Decides with a closure that returns a [`IdentityRejection`] to refuse.
     pub fn custom(
-        f: impl Fn(&PeerIdentity) -> Result<(), Rejection> + Send + Sync + 'static,
+        f: impl Fn(&PeerIdentity) -> Result<(), IdentityRejection> + Send + Sync + 'static,
     ) -> Self {
         IdentityAuthorizer {
             kind: Kind::Custom(Arc::new(f)),
@@ -212,7 +217,7 @@ impl IdentityAuthorizer {
 }
 
 impl AuthorizeIdentity for IdentityAuthorizer {
-    fn authorize(&self, peer: &PeerIdentity) -> Result<(), Rejection> {
+    fn authorize(&self, peer: &PeerIdentity) -> Result<(), IdentityRejection> {
         match &self.kind {
             Kind::Any => Ok(()),
             Kind::SpiffeIds(ids) => {
@@ -220,7 +225,7 @@ impl AuthorizeIdentity for IdentityAuthorizer {
                 if ids.binary_search(id).is_ok() {
                     Ok(())
                 } else {
-                    Err(Rejection::new(format!(
+                    Err(IdentityRejection::new(format!(
                         "SPIFFE ID {id} is not in the allowed list"
                     )))
                 }
@@ -230,7 +235,7 @@ impl AuthorizeIdentity for IdentityAuthorizer {
                 if id.trust_domain() == &**td {
                     Ok(())
                 } else {
-                    Err(Rejection::new(format!(
+                    Err(IdentityRejection::new(format!(
                         "SPIFFE ID {id} is not in trust domain {td}"
                     )))
                 }
@@ -243,7 +248,7 @@ impl AuthorizeIdentity for IdentityAuthorizer {
                 if hit {
                     Ok(())
                 } else {
-                    Err(Rejection::new(format!(
+                    Err(IdentityRejection::new(format!(
                         "no DNS SAN of the peer ({}) matches the allowed patterns",
                         summarize(peer.dns_sans())
                     )))
@@ -260,19 +265,19 @@ impl AuthorizeIdentity for IdentityAuthorizer {
                     }
                 }
                 if reasons.is_empty() {
-                    return Err(Rejection::new(
+                    return Err(IdentityRejection::new(
                         "no authorizer allows any peer (empty any_of)",
                     ));
                 }
-                Err(Rejection::new(reasons.join("; ")))
+                Err(IdentityRejection::new(reasons.join("; ")))
             }
         }
     }
 }
 
-fn peer_spiffe_id(peer: &PeerIdentity) -> Result<&SpiffeId, Rejection> {
+fn peer_spiffe_id(peer: &PeerIdentity) -> Result<&SpiffeId, IdentityRejection> {
     peer.spiffe_id().ok_or_else(|| {
-        Rejection::new(match peer.uri_sans().len() {
+        IdentityRejection::new(match peer.uri_sans().len() {
             0 => "peer has no SPIFFE ID (no URI SAN)",
             1 => "peer has no SPIFFE ID (its URI SAN is not a valid SPIFFE ID)",
             _ => "peer has no SPIFFE ID (an X509-SVID has exactly one URI SAN)",
@@ -565,7 +570,7 @@ mod tests {
         let fe = peer_with(|b| b.spiffe_id("spiffe://example.org/fe").dns("fe.local"));
         assert!(IdentityAuthorizer::any().authorize(&fe).is_ok());
         let deny = IdentityAuthorizer::custom(|p| {
-            Err(Rejection::new(format!(
+            Err(IdentityRejection::new(format!(
                 "no entry for {}",
                 p.subject_cn().unwrap_or("?")
             )))

@@ -25,15 +25,15 @@ use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
 /// The server's certificate is checked against the name the client connects to (as in any
 /// TLS client) *and* against the authorizer. With a SPIFFE authorizer, the hostname check
 /// can be replaced by the authorizer through the named opt-in
-/// [`replace_hostname_check_with_authorizer`](Self::replace_hostname_check_with_authorizer)
+/// [`allow_any_hostname`](Self::allow_any_hostname)
 /// (SPIFFE workloads often have no DNS name matching the address dialled).
 ///
 /// ```
-/// use mtls_verify::{ClientConfigBuilder, IdentityAuthorizer};
+/// use mtls_verify::{ClientTlsBuilder, IdentityAuthorizer};
 /// use ztkit_test_support::TestPki;
 ///
 /// let pki = TestPki::new();
-/// let tls = ClientConfigBuilder::from_pem(
+/// let tls = ClientTlsBuilder::from_pem(
 ///     pki.client.chain_pem.as_bytes(),
 ///     pki.client.key_pem.as_bytes(),
 ///     pki.ca.cert_pem.as_bytes(),
@@ -43,7 +43,7 @@ use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
 /// assert!(tls.config().client_auth_cert_resolver.has_certs());
 /// # Ok::<(), mtls_verify::Error>(())
 /// ```
-pub struct ClientConfigBuilder {
+pub struct ClientTlsBuilder {
     cert: Source,
     key: Source,
     server_ca: Source,
@@ -53,9 +53,9 @@ pub struct ClientConfigBuilder {
     common: CommonSettings,
 }
 
-impl fmt::Debug for ClientConfigBuilder {
+impl fmt::Debug for ClientTlsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ClientConfigBuilder")
+        f.debug_struct("ClientTlsBuilder")
             .field("cert", &self.cert.path())
             .field("key", &self.key.path())
             .field("server_ca", &self.server_ca.path())
@@ -64,7 +64,7 @@ impl fmt::Debug for ClientConfigBuilder {
     }
 }
 
-impl ClientConfigBuilder {
+impl ClientTlsBuilder {
     /// Material from files (PEM): our chain, our key, and the CA bundle for servers.
     pub fn from_files(
         cert_chain: impl Into<PathBuf>,
@@ -88,7 +88,7 @@ impl ClientConfigBuilder {
     }
 
     fn new(cert: Source, key: Source, server_ca: Source) -> Self {
-        ClientConfigBuilder {
+        ClientTlsBuilder {
             cert,
             key,
             server_ca,
@@ -108,7 +108,7 @@ impl ClientConfigBuilder {
 
     /// Skips the hostname check and relies on the server authorizer alone. `build` refuses
     /// this unless the authorizer is SPIFFE-based (exact IDs or a trust domain).
-    pub fn replace_hostname_check_with_authorizer(mut self) -> Self {
+    pub fn allow_any_hostname(mut self) -> Self {
         self.identity_only = true;
         self
     }
@@ -159,7 +159,7 @@ impl ClientConfigBuilder {
     ///
     /// # Errors
     /// The same typed, file-naming errors as
-    /// [`ServerConfigBuilder::build`](crate::ServerConfigBuilder::build), and
+    /// [`ServerTlsBuilder::build`](crate::ServerTlsBuilder::build), and
     /// [`Error::Config`] for the hostname opt-in without a SPIFFE authorizer.
     pub fn build(self) -> Result<ClientTls, Error> {
         self.common.validate()?;
@@ -171,7 +171,7 @@ impl ClientConfigBuilder {
                 .is_some_and(IdentityAuthorizer::is_spiffe_based)
         {
             return Err(Error::Config(
-                "replace_hostname_check_with_authorizer needs a SPIFFE-based server_authorizer \
+                "allow_any_hostname needs a SPIFFE-based server_authorizer \
                  (spiffe_ids or trust_domain)"
                     .into(),
             ));

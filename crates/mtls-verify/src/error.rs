@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::authorizer::Rejection;
+use crate::authorizer::IdentityRejection;
 
 /// Everything that can go wrong in this crate.
 ///
@@ -128,7 +128,7 @@ pub enum Error {
 
     /// The chain verified but the identity authorizer refused it.
     #[error("peer not authorized: {0}")]
-    NotAuthorized(Rejection),
+    NotAuthorized(IdentityRejection),
 
     /// A string is not a valid SPIFFE ID.
     #[error("invalid SPIFFE ID: {0}")]

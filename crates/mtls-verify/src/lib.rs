@@ -2,14 +2,14 @@
 //!
 //! `mtls-verify` builds the TLS side of a zero-trust service:
 //!
-//! - [`ServerConfigBuilder`] → [`ServerTls`]: TLS 1.3 only, client certificates required and
+//! - [`ServerTlsBuilder`] → [`ServerTls`]: TLS 1.3 only, client certificates required and
 //!   verified by rustls's `WebPkiClientVerifier` *plus* the checks it lacks (an identity
 //!   [authorizer](IdentityAuthorizer), RSA ≥ 2048, no SHA-1, chain depth and size caps),
 //!   CRLs with unknown status denied, session resumption, ALPN `h2`/`http/1.1`,
 //!   post-quantum hybrid key exchange first, and hot reload of every file.
 //! - [`PeerIdentity`]: the verified client's SPIFFE ID, SANs, subject, serial and SHA-256
 //!   fingerprint, parsed once per connection ([`ServerTls::peer_identity`]).
-//! - [`ClientConfigBuilder`] → [`ClientTls`] for outbound mTLS.
+//! - [`ClientTlsBuilder`] → [`ClientTls`] for outbound mTLS.
 //! - [`verify_client_chain`]: the server's verification as a function, for the CLI.
 //! - [`capture_refused_certificate`]: what a refused client presented, for an acceptor's
 //!   audit record.
@@ -17,11 +17,11 @@
 //! See `docs/mtls.md` for what is verified and why, and every option with its default.
 //!
 //! ```
-//! use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder};
+//! use mtls_verify::{IdentityAuthorizer, ServerTlsBuilder};
 //! use ztkit_test_support::TestPki;
 //!
 //! let pki = TestPki::new(); // a throw-away CA, server and client certificates
-//! let tls = ServerConfigBuilder::from_pem(
+//! let tls = ServerTlsBuilder::from_pem(
 //!     pki.server.chain_pem.as_bytes(),
 //!     pki.server.key_pem.as_bytes(),
 //!     pki.ca.cert_pem.as_bytes(),
@@ -47,15 +47,15 @@
 /// same version.
 pub use rustls;
 
-pub use authorizer::{AuthorizeIdentity, IdentityAuthorizer, Rejection};
-pub use client::{ClientConfigBuilder, ClientTls};
+pub use authorizer::{AuthorizeIdentity, IdentityAuthorizer, IdentityRejection};
+pub use client::{ClientTls, ClientTlsBuilder};
 pub use error::Error;
 pub use identity::{MAX_CERTIFICATE_SIZE, PeerIdentity};
 pub use refused::{RefusedCertificate, capture_refused_certificate};
 pub use reload::ReloadHandle;
 pub use server::{
     DEFAULT_EXPIRY_WARNING, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_RELOAD_INTERVAL, MaterialStatus,
-    ServerConfigBuilder, ServerTls,
+    ServerTls, ServerTlsBuilder,
 };
 pub use spiffe::SpiffeId;
 pub use verifier::{

@@ -128,18 +128,18 @@ pub struct MaterialStatus {
     pub rejected_updates: u64,
 }
 
-// === ServerConfigBuilder ===
+// === ServerTlsBuilder ===
 
 /// Builds a [`ServerTls`]: our certificate and key, the CAs that issue client certificates,
 /// optional CRLs, and the verification policy. Every default is the strict choice; see
 /// `docs/mtls.md` for the full table.
 ///
 /// ```
-/// use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder};
+/// use mtls_verify::{IdentityAuthorizer, ServerTlsBuilder};
 /// use ztkit_test_support::TestPki;
 ///
 /// let pki = TestPki::new();
-/// let tls = ServerConfigBuilder::from_pem(
+/// let tls = ServerTlsBuilder::from_pem(
 ///     pki.server.chain_pem.as_bytes(),
 ///     pki.server.key_pem.as_bytes(),
 ///     pki.ca.cert_pem.as_bytes(),
@@ -151,7 +151,7 @@ pub struct MaterialStatus {
 /// assert_eq!(tls.status().serial, pki.server.serial_hex());
 ///
 /// // A key that does not belong to the certificate is refused at build time.
-/// let err = ServerConfigBuilder::from_pem(
+/// let err = ServerTlsBuilder::from_pem(
 ///     pki.server.chain_pem.as_bytes(),
 ///     pki.client.key_pem.as_bytes(),
 ///     pki.ca.cert_pem.as_bytes(),
@@ -161,7 +161,7 @@ pub struct MaterialStatus {
 /// assert!(matches!(err, mtls_verify::Error::KeyMismatch { .. }));
 /// # Ok::<(), mtls_verify::Error>(())
 /// ```
-pub struct ServerConfigBuilder {
+pub struct ServerTlsBuilder {
     cert: Source,
     key: Source,
     client_ca: Source,
@@ -171,9 +171,9 @@ pub struct ServerConfigBuilder {
     handshake_timeout: Duration,
 }
 
-impl fmt::Debug for ServerConfigBuilder {
+impl fmt::Debug for ServerTlsBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ServerConfigBuilder")
+        f.debug_struct("ServerTlsBuilder")
             .field("cert", &self.cert.path())
             .field("key", &self.key.path())
             .field("client_ca", &self.client_ca.path())
@@ -182,7 +182,7 @@ impl fmt::Debug for ServerConfigBuilder {
     }
 }
 
-impl ServerConfigBuilder {
+impl ServerTlsBuilder {
     /// Material from files (PEM): our chain (leaf first), our private key, and the CA bundle
     /// that client certificates must chain to. The files are re-read by
     /// [`ServerTls::spawn_reloader`].
@@ -208,7 +208,7 @@ impl ServerConfigBuilder {
     }
 
     fn new(cert: Source, key: Source, client_ca: Source) -> Self {
-        ServerConfigBuilder {
+        ServerTlsBuilder {
             cert,
             key,
             client_ca,
@@ -255,8 +255,8 @@ impl ServerConfigBuilder {
     /// Lets clients connect without a certificate (default: required). A certificate that
     /// is presented is still fully verified; [`ServerTls::peer_identity`] returns `None`
     /// for clients without one.
-    pub fn client_auth_optional(mut self) -> Self {
-        self.verifier.client_auth_optional = true;
+    pub fn allow_unauthenticated(mut self) -> Self {
+        self.verifier.allow_unauthenticated = true;
         self
     }
 
@@ -478,7 +478,7 @@ impl ServerTls {
         }
         let Some((leaf, intermediates)) = conn.peer_certificates().and_then(|c| c.split_first())
         else {
-            return if self.shared.parts.verifier.client_auth_optional {
+            return if self.shared.parts.verifier.allow_unauthenticated {
                 Ok(None)
             } else {
                 Err(Error::NoPeerCertificate)

@@ -177,7 +177,7 @@ pub(crate) struct ClientVerifierOptions {
     pub(crate) authorizer: Arc<dyn AuthorizeIdentity>,
     pub(crate) allow_unknown_revocation_status: bool,
     pub(crate) allow_expired_crls: bool,
-    pub(crate) client_auth_optional: bool,
+    pub(crate) allow_unauthenticated: bool,
 }
 
 impl Default for ClientVerifierOptions {
@@ -187,7 +187,7 @@ impl Default for ClientVerifierOptions {
             authorizer: Arc::new(IdentityAuthorizer::any()),
             allow_unknown_revocation_status: false,
             allow_expired_crls: false,
-            client_auth_optional: false,
+            allow_unauthenticated: false,
         }
     }
 }
@@ -224,7 +224,7 @@ impl ClientVerifier {
         if !options.allow_expired_crls {
             builder = builder.enforce_revocation_expiration();
         }
-        if options.client_auth_optional {
+        if options.allow_unauthenticated {
             builder = builder.allow_unauthenticated();
         }
         let inner = builder
@@ -731,7 +731,7 @@ mod tests {
     fn human_reasons_are_plain() {
         let e = rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer);
         assert!(human_reason(&e).contains("trusted CA"));
-        let e = other(Error::NotAuthorized(crate::Rejection::new("nope")));
+        let e = other(Error::NotAuthorized(crate::IdentityRejection::new("nope")));
         assert_eq!(human_reason(&e), "not authorized: nope");
         assert!(matches!(into_error(e), Error::NotAuthorized(_)));
     }

@@ -12,7 +12,7 @@
 mod support;
 
 use mtls_verify::{
-    ChainVerifyOptions, Error, IdentityAuthorizer, ServerConfigBuilder, verify_client_chain,
+    ChainVerifyOptions, Error, IdentityAuthorizer, ServerTlsBuilder, verify_client_chain,
 };
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PublicKeyData};
 use rustls::pki_types::CertificateDer;
@@ -223,7 +223,7 @@ fn sha1_signed_leaf_and_intermediate_are_refused() {
 #[tokio::test]
 async fn weak_intermediates_are_refused_in_a_real_handshake() {
     let pki = TestPki::new();
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),
@@ -263,7 +263,7 @@ async fn weak_intermediates_are_refused_in_a_real_handshake() {
 fn a_verifier_obtained_from_the_server_applies_the_same_policy() {
     use rustls::pki_types::UnixTime;
     let pki = TestPki::new();
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),
@@ -314,7 +314,7 @@ fn expired_crls_are_refused_unless_allowed() {
     let crl = expired_crl(&pki.ca);
     let crl_pem = crl.pem().unwrap();
     let builder = || {
-        ServerConfigBuilder::from_pem(
+        ServerTlsBuilder::from_pem(
             pki.server.chain_pem.as_bytes(),
             pki.server.key_pem.as_bytes(),
             pki.ca.cert_pem.as_bytes(),

@@ -7,7 +7,7 @@ mod support;
 
 use std::time::Duration;
 
-use mtls_verify::{ClientConfigBuilder, Error, IdentityAuthorizer, ServerConfigBuilder};
+use mtls_verify::{ClientTlsBuilder, Error, IdentityAuthorizer, ServerTlsBuilder};
 use support::{TestServer, connect_named, wait_for};
 use ztkit_test_support::{TestCa, TestCert};
 
@@ -38,7 +38,7 @@ fn mesh_named(ca_name: &str) -> Mesh {
 }
 
 async fn start(m: &Mesh) -> TestServer {
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         m.server.chain_pem.as_bytes(),
         m.server.key_pem.as_bytes(),
         m.ca.cert_pem.as_bytes(),
@@ -49,8 +49,8 @@ async fn start(m: &Mesh) -> TestServer {
     TestServer::start(tls).await
 }
 
-fn client(m: &Mesh) -> ClientConfigBuilder {
-    ClientConfigBuilder::from_pem(
+fn client(m: &Mesh) -> ClientTlsBuilder {
+    ClientTlsBuilder::from_pem(
         m.client.chain_pem.as_bytes(),
         m.client.key_pem.as_bytes(),
         m.ca.cert_pem.as_bytes(),
@@ -106,7 +106,7 @@ async fn the_hostname_check_can_be_replaced_by_a_spiffe_authorizer_only_by_opt_i
         .server_authorizer(
             IdentityAuthorizer::spiffe_ids(["spiffe://example.org/ns/prod/sa/api"]).unwrap(),
         )
-        .replace_hostname_check_with_authorizer()
+        .allow_any_hostname()
         .build()
         .unwrap();
     let (out, _) = connect_named(srv.addr, tls.config(), "api.prod.svc").await;
@@ -115,7 +115,7 @@ async fn the_hostname_check_can_be_replaced_by_a_spiffe_authorizer_only_by_opt_i
 
     let wrong = client(&m)
         .server_authorizer(IdentityAuthorizer::trust_domain("other.org").unwrap())
-        .replace_hostname_check_with_authorizer()
+        .allow_any_hostname()
         .build()
         .unwrap();
     let (out, _) = connect_named(srv.addr, wrong.config(), "api.prod.svc").await;
@@ -124,13 +124,13 @@ async fn the_hostname_check_can_be_replaced_by_a_spiffe_authorizer_only_by_opt_i
 
     // Without a SPIFFE authorizer the opt-in is refused at build time.
     for builder in [
-        client(&m).replace_hostname_check_with_authorizer(),
+        client(&m).allow_any_hostname(),
         client(&m)
             .server_authorizer(IdentityAuthorizer::any())
-            .replace_hostname_check_with_authorizer(),
+            .allow_any_hostname(),
         client(&m)
             .server_authorizer(IdentityAuthorizer::dns_san_patterns(["localhost"]).unwrap())
-            .replace_hostname_check_with_authorizer(),
+            .allow_any_hostname(),
     ] {
         assert!(matches!(builder.build(), Err(Error::Config(_))));
     }
@@ -157,7 +157,7 @@ async fn client_material_reloads_from_files() {
     let (crt, key) = m.client.write_to(dir.path(), "client");
     let ca = dir.path().join("ca.crt");
     std::fs::write(&ca, &m.ca.cert_pem).unwrap();
-    let tls = ClientConfigBuilder::from_files(&crt, &key, &ca)
+    let tls = ClientTlsBuilder::from_files(&crt, &key, &ca)
         .reload_interval(Duration::from_millis(100))
         .build()
         .unwrap();

@@ -7,13 +7,13 @@ mod support;
 
 use std::sync::Arc;
 
-use mtls_verify::{IdentityAuthorizer, ServerConfigBuilder, ServerTls};
+use mtls_verify::{IdentityAuthorizer, ServerTls, ServerTlsBuilder};
 use rustls::{HandshakeKind, NamedGroup, ProtocolVersion};
 use support::{ClientOpts, TestServer, client_config, client_with, connect};
 use ztkit_test_support::{KeyAlg, TestCa, TestCert, TestPki};
 
-fn server_builder(pki: &TestPki) -> ServerConfigBuilder {
-    ServerConfigBuilder::from_pem(
+fn server_builder(pki: &TestPki) -> ServerTlsBuilder {
+    ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),
@@ -84,7 +84,10 @@ async fn client_without_certificate_is_refused() {
 #[tokio::test]
 async fn optional_client_auth_accepts_no_certificate_but_verifies_a_presented_one() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki).client_auth_optional().build().unwrap();
+    let tls = server_builder(&pki)
+        .allow_unauthenticated()
+        .build()
+        .unwrap();
     let mut srv = server(tls).await;
 
     let out = connect(

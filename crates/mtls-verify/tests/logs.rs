@@ -7,9 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use mtls_verify::{
-    ChainVerifyOptions, IdentityAuthorizer, ServerConfigBuilder, verify_client_chain,
-};
+use mtls_verify::{ChainVerifyOptions, IdentityAuthorizer, ServerTlsBuilder, verify_client_chain};
 use ztkit_test_support::{TestCa, TestPki};
 
 #[derive(Clone, Default)]
@@ -74,7 +72,7 @@ fn expiry_within_the_window_is_logged_at_build() {
         .valid_for(Duration::from_secs(2 * 86400))
         .issue();
     let build = |window: Duration| {
-        ServerConfigBuilder::from_pem(
+        ServerTlsBuilder::from_pem(
             soon.chain_pem.as_bytes(),
             soon.key_pem.as_bytes(),
             ca.cert_pem.as_bytes(),

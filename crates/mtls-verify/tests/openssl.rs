@@ -9,7 +9,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use mtls_verify::{ChainVerifyOptions, Error, ServerConfigBuilder, verify_client_chain};
+use mtls_verify::{ChainVerifyOptions, Error, ServerTlsBuilder, verify_client_chain};
 use support::TestServer;
 use ztkit_test_support::TestPki;
 
@@ -115,7 +115,7 @@ async fn s_client_reason(srv: &mut TestServer, dir: &Path, name: &str) -> String
 }
 
 async fn server(pki: &TestPki) -> TestServer {
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),

@@ -9,7 +9,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use mtls_verify::{Error, ServerConfigBuilder, ServerTls};
+use mtls_verify::{Error, ServerTls, ServerTlsBuilder};
 use rustls::HandshakeKind;
 use support::{TestServer, client_with, connect, connect_keep, echo, wait_for};
 use ztkit_test_support::{TestCa, TestCert, TestCrl};
@@ -107,7 +107,7 @@ async fn kubernetes_symlink_swap_rotates_ten_times_within_two_seconds() {
     let mut round = Round::new(0);
     let mut kube = KubeDir::new(dir.path(), &round.files());
     // Default reload interval (1 s): new handshakes must see new material within 2 s.
-    let tls = ServerConfigBuilder::from_files(
+    let tls = ServerTlsBuilder::from_files(
         kube.path("tls.crt"),
         kube.path("tls.key"),
         kube.path("ca.crt"),
@@ -168,7 +168,7 @@ async fn in_place_writes_rotate_ten_times() {
     for ((_, content), path) in round.files().iter().zip(&paths) {
         std::fs::write(path, content).unwrap();
     }
-    let tls = ServerConfigBuilder::from_files(&paths[0], &paths[1], &paths[2])
+    let tls = ServerTlsBuilder::from_files(&paths[0], &paths[1], &paths[2])
         .reload_interval(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -211,7 +211,7 @@ fn bad_material_at_build_is_a_typed_error_naming_the_file() {
     let round = Round::new(0);
     let [crt, key, ca] = write_round(dir.path(), &round);
     let build = |crt: &Path, key: &Path, ca: &Path| {
-        ServerConfigBuilder::from_files(crt, key, ca)
+        ServerTlsBuilder::from_files(crt, key, ca)
             .build()
             .unwrap_err()
     };
@@ -271,7 +271,7 @@ fn bad_material_at_build_is_a_typed_error_naming_the_file() {
         "-----BEGIN X509 CRL-----\nAAAA\n-----END X509 CRL-----\n",
     )
     .unwrap();
-    let err = ServerConfigBuilder::from_files(&crt, &key, &ca)
+    let err = ServerTlsBuilder::from_files(&crt, &key, &ca)
         .crl_file(&bad_crl)
         .build()
         .unwrap_err();
@@ -286,7 +286,7 @@ async fn bad_material_at_reload_is_ignored_and_the_last_good_set_keeps_serving()
     let dir = tempfile::tempdir().unwrap();
     let good = Round::new(0);
     let [crt, key, ca] = write_round(dir.path(), &good);
-    let tls = ServerConfigBuilder::from_files(&crt, &key, &ca)
+    let tls = ServerTlsBuilder::from_files(&crt, &key, &ca)
         .reload_interval(Duration::from_millis(100))
         .build()
         .unwrap();
@@ -397,7 +397,7 @@ async fn a_certificate_ahead_of_the_clock_neither_sticks_nor_holds_back_its_crl(
         ]
     };
     let mut kube = KubeDir::new(dir.path(), &files(&round.server, &round.ca.crl(&[])));
-    let tls = ServerConfigBuilder::from_files(
+    let tls = ServerTlsBuilder::from_files(
         kube.path("tls.crt"),
         kube.path("tls.key"),
         kube.path("ca.crt"),
@@ -489,7 +489,7 @@ async fn resumed_sessions_are_reverified_against_the_current_crl() {
     let [crt, key, ca] = write_round(dir.path(), &round);
     let crl = dir.path().join("ca.crl");
     std::fs::write(&crl, round.ca.crl(&[]).pem).unwrap();
-    let tls = ServerConfigBuilder::from_files(&crt, &key, &ca)
+    let tls = ServerTlsBuilder::from_files(&crt, &key, &ca)
         .crl_file(&crl)
         .build()
         .unwrap();
@@ -541,7 +541,7 @@ fn expiry_is_reported_ahead_of_time() {
         .valid_for(Duration::from_secs(3 * 24 * 3600))
         .issue();
     let build = |window: Option<Duration>| {
-        let b = ServerConfigBuilder::from_pem(
+        let b = ServerTlsBuilder::from_pem(
             soon.chain_pem.as_bytes(),
             soon.key_pem.as_bytes(),
             ca.cert_pem.as_bytes(),
@@ -568,7 +568,7 @@ fn expiry_is_reported_ahead_of_time() {
 #[test]
 fn material_given_as_bytes_has_an_inert_reloader() {
     let round = Round::new(0);
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         round.server.chain_pem.as_bytes(),
         round.server.key_pem.as_bytes(),
         round.ca.cert_pem.as_bytes(),

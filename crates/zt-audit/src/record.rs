@@ -170,7 +170,7 @@ impl FromStr for TraceId {
 ///     .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 ///     .field("status", 200)
 ///     .field("latency_us", 812);
-/// assert_eq!(rec.get_field("status"), Some(&serde_json::json!(200)));
+/// assert_eq!(rec.field_value("status"), Some(&serde_json::json!(200)));
 /// assert_eq!(rec.trace().unwrap().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -280,7 +280,7 @@ impl Record {
     }
 
     /// A free-form field's value.
-    pub fn get_field(&self, key: &str) -> Option<&Value> {
+    pub fn field_value(&self, key: &str) -> Option<&Value> {
         self.extra.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 

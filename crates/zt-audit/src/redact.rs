@@ -320,9 +320,12 @@ mod tests {
         r.redact_record(&mut rec);
         assert_eq!(rec.reason.as_deref(), Some(REDACTED));
         assert_eq!(
-            rec.get_field("input"),
+            rec.field_value("input"),
             Some(&serde_json::json!({"a/b": [REDACTED, "y"]}))
         );
-        assert_eq!(rec.get_field("Cookie"), Some(&serde_json::json!(REDACTED)));
+        assert_eq!(
+            rec.field_value("Cookie"),
+            Some(&serde_json::json!(REDACTED))
+        );
     }
 }

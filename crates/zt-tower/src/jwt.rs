@@ -14,8 +14,11 @@
 //!   (gRPC `UNAUTHENTICATED`). The client learns nothing more; the reason goes to the log.
 //! * [`JwtAuthLayer::allow_anonymous`] lets requests *without* a token through
 //!   unauthenticated (no `Claims` extension); a request with an invalid token is still refused.
-//! * [`RequireScopeLayer`] / [`RequireClaimsLayer`] → `403` with
-//!   `error="insufficient_scope"` (gRPC `PERMISSION_DENIED`).
+//! * [`RequireClaimsLayer`] → `403` with `error="insufficient_scope"` (gRPC
+//!   `PERMISSION_DENIED`). One layer, two named constructors:
+//!   [`RequireClaimsLayer::scopes`] requires every listed scope and
+//!   [`RequireClaimsLayer::claims`] runs any [`CheckClaims`] (or closure). There is no
+//!   separate scope layer: a scope requirement *is* a claims check.
 //!
 //! ```
 //! use std::convert::Infallible;
@@ -23,7 +26,7 @@
 //! use jwt_oidc::testing::{TestKey, jwks, now_unix};
 //! use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator};
 //! use tower::{ServiceBuilder, ServiceExt};
-//! use zt_tower::{JwtAuthLayer, RequireScopeLayer};
+//! use zt_tower::{JwtAuthLayer, RequireClaimsLayer};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let key = TestKey::generate(Algorithm::Es256, "k1");
@@ -34,7 +37,7 @@
 //!     .unwrap();
 //! let svc = ServiceBuilder::new()
 //!     .layer(JwtAuthLayer::new(auth))
-//!     .layer(RequireScopeLayer::new(["orders:read"]))
+//!     .layer(RequireClaimsLayer::scopes(["orders:read"]))
 //!     .service_fn(|_req: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
 //!
 //! let token = key.token(&serde_json::json!({
@@ -367,20 +370,21 @@ impl CheckClaims for AllScopes {
     }
 }
 
-/// Requires every listed scope (from `scope` or `scp`) on the verified token.
-pub type RequireScopeLayer = RequireClaimsLayer;
-
 /// Layer that refuses requests whose verified claims fail a [`CheckClaims`] with 403
 /// `insufficient_scope` (gRPC `PERMISSION_DENIED`). Requests without claims (not
 /// authenticated, or anonymous) are refused with 401.
+///
+/// Built with [`scopes`](Self::scopes) (the common case) or [`claims`](Self::claims)
+/// (any check on the claims).
 #[derive(Clone)]
 pub struct RequireClaimsLayer {
     check: Arc<dyn CheckClaims>,
 }
 
 impl RequireClaimsLayer {
-    /// Requires all of `scopes`.
-    pub fn new<I, S>(scopes: I) -> Self
+    /// Requires every one of `scopes` on the verified token (read from its `scope` or
+    /// `scp` claim).
+    pub fn scopes<I, S>(scopes: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,

@@ -5,7 +5,7 @@
 //!   that verifies client certificates with [`mtls_verify`] and attaches a
 //!   [`TlsConnectInfo`] (with the [`PeerIdentity`](mtls_verify::PeerIdentity)) to every request.
 //! * [`RequireIdentityLayer`] — allow or deny by the verified identity.
-//! * `JwtAuthLayer`, `RequireScopeLayer` (feature `jwt`) — bearer tokens with
+//! * `JwtAuthLayer`, `RequireClaimsLayer` (feature `jwt`) — bearer tokens with
 //!   [`jwt_oidc`](https://docs.rs/jwt-oidc), certificate-bound to the mTLS identity.
 //! * [`rejection`] — the single place where a denial becomes an HTTP or gRPC response.
 //! * [`verdict`] — who decided a request, carried back up on its response for the audit.
@@ -54,7 +54,7 @@ pub use jwt::TokenClaims;
 #[cfg(feature = "jwt")]
 pub use jwt::{
     CheckClaims, JwtAuth, JwtAuthLayer, JwtResponseFuture, RequireClaims, RequireClaimsLayer,
-    RequireScopeLayer, request_claims,
+    request_claims,
 };
 #[cfg(all(feature = "policy", feature = "axum"))]
 pub use policy::Decision;

@@ -12,7 +12,7 @@
 //! |---|---|
 //! | `identity` | [`RequireIdentityLayer`](crate::RequireIdentityLayer) |
 //! | `jwt` | `JwtAuthLayer` (feature `jwt`) |
-//! | `scope` | `RequireScopeLayer` / `RequireClaimsLayer` (feature `jwt`) |
+//! | `scope` | `RequireClaimsLayer` (feature `jwt`) |
 //! | `policy` | `PolicyLayer` (feature `policy`) |
 //! | `VerifiedPeer`, `TokenClaims`, `Decision` | the axum extractors of those names, when they refuse |
 //!

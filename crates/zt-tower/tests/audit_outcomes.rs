@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use zt_audit::{AuditLog, Durability};
 use zt_tower::{
-    AuditLayer, Decision, JwtAuthLayer, PolicyLayer, RequireIdentityLayer, RequireScopeLayer,
+    AuditLayer, Decision, JwtAuthLayer, PolicyLayer, RequireClaimsLayer, RequireIdentityLayer,
     TlsConnectInfo, TokenClaims, VerifiedPeer,
 };
 use ztkit_test_support::TestCa;
@@ -258,7 +258,7 @@ async fn refused_by_jwt_and_scope_layers_names_the_layer_and_the_reason() {
     let svc = ServiceBuilder::new()
         .layer(AuditLayer::new(log.clone()))
         .layer(JwtAuthLayer::new(auth))
-        .layer(RequireScopeLayer::new(["orders:write"]))
+        .layer(RequireClaimsLayer::scopes(["orders:write"]))
         .service(service_fn(ok));
 
     let res = svc.clone().oneshot(get_req("/orders")).await.unwrap();

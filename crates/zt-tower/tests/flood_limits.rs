@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtls_verify::ServerConfigBuilder;
+use mtls_verify::ServerTlsBuilder;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -31,7 +31,7 @@ struct Server {
 /// An in-process listener whose connections answer `ping` with `pong`.
 async fn serve(options: TlsListenerOptions, handshake_timeout: Duration) -> Server {
     let pki = TestPki::new();
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtls_verify::{IdentityAuthorizer, PeerIdentity, ServerConfigBuilder};
+use mtls_verify::{IdentityAuthorizer, PeerIdentity, ServerTlsBuilder};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,7 +35,7 @@ async fn serve(options: TlsListenerOptions) -> Server {
     let pki = TestPki::new();
     let dir = tempfile::tempdir().unwrap();
     let log = AuditLog::builder(dir.path()).open().unwrap();
-    let tls = ServerConfigBuilder::from_pem(
+    let tls = ServerTlsBuilder::from_pem(
         pki.server.chain_pem.as_bytes(),
         pki.server.key_pem.as_bytes(),
         pki.ca.cert_pem.as_bytes(),

@@ -1,4 +1,4 @@
-//! JwtAuthLayer and RequireScopeLayer in front of an axum router, driven through tower.
+//! JwtAuthLayer and RequireClaimsLayer in front of an axum router, driven through tower.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -12,7 +12,7 @@ use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator};
 use mtls_verify::PeerIdentity;
 use serde_json::json;
 use tower::ServiceExt;
-use zt_tower::{JwtAuthLayer, RequireScopeLayer, TlsConnectInfo, TokenClaims};
+use zt_tower::{JwtAuthLayer, RequireClaimsLayer, TlsConnectInfo, TokenClaims};
 use ztkit_test_support::TestCa;
 
 const ISS: &str = "https://idp.example";
@@ -38,7 +38,7 @@ fn app(layer: JwtAuthLayer) -> Router {
         .route(
             "/orders",
             get(|TokenClaims(c): TokenClaims| async move { c.subject().unwrap_or("").to_owned() })
-                .layer(RequireScopeLayer::new(["orders:read"])),
+                .layer(RequireClaimsLayer::scopes(["orders:read"])),
         )
         .layer(layer)
 }

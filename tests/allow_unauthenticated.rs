@@ -1,4 +1,4 @@
-//! The axum example's `--client-auth-optional` mode (the TLS-only baseline of the load
+//! The axum example's `--allow-unauthenticated` mode (the TLS-only baseline of the load
 //! run): a client without a certificate is served as anonymous, a presented certificate is
 //! still verified, and without the flag a certificate stays mandatory.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -16,7 +16,7 @@ use ztkit_test_support::TestCa;
 async fn optional_client_auth_serves_anonymous_but_still_verifies_certificates() {
     let files = ServerFiles::new();
     let mut args = files.server_args();
-    args.push("--client-auth-optional".into());
+    args.push("--allow-unauthenticated".into());
     let server = ExampleServer::start("axum_mtls", &args);
     let roots = roots(&files.ca);
 
