@@ -53,25 +53,30 @@ pub struct ReloadStats {
     pub refused: u64,
 }
 
-impl PolicyEngine {
-    /// Loads, compiles and tests the bundle at `path` and starts deciding with it.
-    ///
-    /// # Errors
-    ///
-    /// Any [`PolicyError`](crate::PolicyError) from [`PolicySet::load`].
-    pub fn load(path: impl AsRef<Path>, options: PolicyOptions) -> Result<Self> {
-        let set = PolicySet::load(path, &options)?;
-        Ok(Self::with_set(set, options))
+/// Builds a [`PolicyEngine`]; see [`PolicyEngine::builder`].
+#[derive(Debug)]
+#[must_use = "a builder does nothing until build() or load() is called"]
+pub struct PolicyEngineBuilder {
+    options: PolicyOptions,
+    log: Option<DecisionLogConfig>,
+}
+
+impl PolicyEngineBuilder {
+    /// Sends a decision-log record for every decision to `config`'s sink.
+    pub fn decision_log(mut self, config: DecisionLogConfig) -> Self {
+        self.log = Some(config);
+        self
     }
 
-    /// Starts deciding with an already compiled set; later reloads use `options`.
-    pub fn with_set(set: PolicySet, options: PolicyOptions) -> Self {
+    /// The engine, deciding with `set` (already compiled and tested); reloads use the
+    /// builder's options.
+    pub fn build(self, set: PolicySet) -> PolicyEngine {
         tracing::info!(revision = %set.revision(), bundle = %set.bundle_name(), "policy set loaded");
-        Self {
+        PolicyEngine {
             shared: Arc::new(Shared {
                 current: ArcSwap::from_pointee(set),
-                options,
-                log: None,
+                options: self.options,
+                log: self.log,
                 reload_lock: Mutex::new(()),
                 loaded: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
@@ -79,21 +84,69 @@ impl PolicyEngine {
         }
     }
 
-    /// Sends a decision-log record for every decision to `config`'s sink. Call before
-    /// cloning the engine (clones made earlier keep their own configuration).
-    #[must_use]
-    pub fn with_decision_log(self, config: DecisionLogConfig) -> Self {
-        let shared = &self.shared;
-        Self {
-            shared: Arc::new(Shared {
-                current: ArcSwap::new(shared.current.load_full()),
-                options: shared.options.clone(),
-                log: Some(config),
-                reload_lock: Mutex::new(()),
-                loaded: AtomicU64::new(shared.loaded.load(Ordering::Relaxed)),
-                refused: AtomicU64::new(shared.refused.load(Ordering::Relaxed)),
-            }),
-        }
+    /// The engine, deciding with the bundle at `path` once it is loaded, compiled and its
+    /// tests pass under the builder's options.
+    ///
+    /// # Errors
+    ///
+    /// Any [`PolicyError`](crate::PolicyError) from [`PolicySet::load`].
+    pub fn load(self, path: impl AsRef<Path>) -> Result<PolicyEngine> {
+        let set = PolicySet::load(path, &self.options)?;
+        Ok(self.build(set))
+    }
+}
+
+impl PolicyEngine {
+    /// How to build an engine: the options its reloads use, a decision log, then the set it
+    /// starts with ([`PolicyEngineBuilder::build`]) or the bundle it loads
+    /// ([`PolicyEngineBuilder::load`]).
+    ///
+    /// Everything an engine is configured with is given here, before it exists, so there is
+    /// one engine per policy set: every clone, every [`PolicyWatcher`](crate::PolicyWatcher)
+    /// and every layer holding it decides, reloads and logs through the same one.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use policy_rego::{BundleLoader, BundleWriter, DecisionLogConfig, DecisionLogRecord,
+    ///                   PolicyEngine, PolicyInput, PolicyOptions, PolicySet};
+    ///
+    /// let archive = BundleWriter::new()
+    ///     .file("p.rego", "package http.authz\nallow if input.user == \"alice\"")
+    ///     .to_tar_gz()?;
+    /// let options = PolicyOptions::new();
+    /// let set = PolicySet::compile(BundleLoader::new().load_tar_gz("p", &archive)?, &options)?;
+    ///
+    /// let records = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = records.clone();
+    /// let engine = PolicyEngine::builder(options)
+    ///     .decision_log(DecisionLogConfig::new(move |r: DecisionLogRecord| {
+    ///         sink.lock().unwrap().push(r);
+    ///     }))
+    ///     .build(set);
+    ///
+    /// let input = PolicyInput::from_json(serde_json::json!({"user": "alice"}));
+    /// assert!(engine.clone().decide(&input).allow);
+    /// assert_eq!(records.lock().unwrap().len(), 1);
+    /// # Ok::<(), policy_rego::PolicyError>(())
+    /// ```
+    pub fn builder(options: PolicyOptions) -> PolicyEngineBuilder {
+        PolicyEngineBuilder { options, log: None }
+    }
+
+    /// Loads, compiles and tests the bundle at `path` and starts deciding with it, without a
+    /// decision log (shorthand for `PolicyEngine::builder(options).load(path)`).
+    ///
+    /// # Errors
+    ///
+    /// Any [`PolicyError`](crate::PolicyError) from [`PolicySet::load`].
+    pub fn load(path: impl AsRef<Path>, options: PolicyOptions) -> Result<Self> {
+        Self::builder(options).load(path)
+    }
+
+    /// Starts deciding with an already compiled set, without a decision log; later reloads
+    /// use `options` (shorthand for `PolicyEngine::builder(options).build(set)`).
+    pub fn with_set(set: PolicySet, options: PolicyOptions) -> Self {
+        Self::builder(options).build(set)
     }
 
     /// Decides on `input` with the set in force (see [`PolicySet::decide`]) and logs the

@@ -88,7 +88,7 @@ pub use bundle::{
     SIGNATURES_FILE, SignatureVerifier,
 };
 pub use decision::PolicyDecision;
-pub use engine::{PolicyEngine, ReloadStats};
+pub use engine::{PolicyEngine, PolicyEngineBuilder, ReloadStats};
 pub use error::{PolicyError, Result};
 pub use input::{InputBuilder, InputDocument, InputOptions, PolicyInput};
 pub use log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, DecisionLogSink};

@@ -82,16 +82,14 @@ fn collecting_sink() -> (Arc<Mutex<Vec<DecisionLogRecord>>>, DecisionLogConfig) 
 #[test]
 fn decision_logs_follow_opas_format_and_mask_fields() {
     let (records, config) = collecting_sink();
-    let engine = PolicyEngine::with_set(
-        set("data.http.authz.decision", PolicyOptions::new()),
-        PolicyOptions::new(),
-    )
-    .with_decision_log(
-        config
-            .erase("/input/attributes/request/http/headers/x-api-key")
-            .mask("/input/token/sub", json!("***"))
-            .label("app", "orders"),
-    );
+    let engine = PolicyEngine::builder(PolicyOptions::new())
+        .decision_log(
+            config
+                .erase("/input/attributes/request/http/headers/x-api-key")
+                .mask("/input/token/sub", json!("***"))
+                .label("app", "orders"),
+        )
+        .build(set("data.http.authz.decision", PolicyOptions::new()));
 
     let allowed = engine.decide(&request("GET"));
     let denied = engine.decide(&request("DELETE"));
@@ -185,7 +183,9 @@ fn evaluation_errors_deny_with_a_reason_and_are_logged() {
         for rule in ["data.http.authz.boom", "data.http.authz.conflict"] {
             let (records, config) = collecting_sink();
             let s = set(rule, PolicyOptions::new().evaluator(evaluator));
-            let engine = PolicyEngine::with_set(s, PolicyOptions::new()).with_decision_log(config);
+            let engine = PolicyEngine::builder(PolicyOptions::new())
+                .decision_log(config)
+                .build(s);
             let d = engine.decide(&request("GET"));
             assert!(!d.allow, "{evaluator:?} {rule}");
             assert_eq!(d.reasons.len(), 1);
@@ -301,4 +301,49 @@ fn public_types_can_cross_threads() {
         .join()
         .unwrap();
     assert!(d.allow);
+}
+
+/// One engine per policy set: the decision log is part of building the engine, so a watcher
+/// created on it reloads the very engine that logs (issue 8 §1: `with_decision_log` used to
+/// build a second engine that an earlier watcher never updated).
+#[test]
+fn a_watcher_reloads_the_engine_that_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    let write = |revision: &str, allow_get: bool| {
+        let mut m = Manifest::default();
+        m.revision = revision.into();
+        let rego = format!("package http.authz\ndefault allow := false\nallow if {allow_get}\n");
+        let archive = BundleWriter::new()
+            .manifest(&m)
+            .file("http/authz/policy.rego", rego)
+            .to_tar_gz()
+            .unwrap();
+        std::fs::write(&path, archive).unwrap();
+    };
+    write("r1", true);
+    let (records, config) = collecting_sink();
+    let engine = PolicyEngine::builder(PolicyOptions::new())
+        .decision_log(config)
+        .load(&path)
+        .unwrap();
+    let watcher = policy_rego::PolicyWatcher::new(engine.clone(), &path);
+    assert!(engine.decide(&request("GET")).allow);
+
+    write("r2", false);
+    assert!(matches!(watcher.poll(), policy_rego::WatchEvent::Pending));
+    assert!(matches!(
+        watcher.poll(),
+        policy_rego::WatchEvent::Loaded { .. }
+    ));
+
+    let d = engine.decide(&request("GET"));
+    assert!(
+        !d.allow,
+        "the engine that logs is the one the watcher reloaded"
+    );
+    assert_eq!(d.revision, "r2");
+    let records = records.lock().unwrap();
+    let revisions: Vec<&str> = records.iter().map(|r| r.revision.as_str()).collect();
+    assert_eq!(revisions, ["r1", "r2"]);
 }

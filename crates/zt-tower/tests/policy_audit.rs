@@ -53,12 +53,8 @@ allow if {{
     BundleLoader::new().load_tar_gz("orders", &archive).unwrap()
 }
 
-fn engine() -> PolicyEngine {
-    let options = PolicyOptions::new();
-    PolicyEngine::with_set(
-        PolicySet::compile(bundle(0, false), &options).unwrap(),
-        options,
-    )
+fn engine_builder() -> policy_rego::PolicyEngineBuilder {
+    PolicyEngine::builder(PolicyOptions::new())
 }
 
 struct Stack {
@@ -81,10 +77,12 @@ fn stack() -> Stack {
         .durability(Durability::Always)
         .open()
         .unwrap();
-    let engine = engine().with_decision_log(
-        policy_rego::DecisionLogConfig::new(zt_tower::decision_log_sink(log.clone()))
-            .erase("/input/attributes/request/http/headers/x-api-key"),
-    );
+    let engine = engine_builder()
+        .decision_log(
+            policy_rego::DecisionLogConfig::new(zt_tower::decision_log_sink(log.clone()))
+                .erase("/input/attributes/request/http/headers/x-api-key"),
+        )
+        .build(PolicySet::compile(bundle(0, false), &PolicyOptions::new()).unwrap());
     let app = Router::new()
         .route(
             "/{*path}",

@@ -49,16 +49,19 @@ fn gated_engine() -> (PolicyEngine, Gate) {
         }
     };
     let options = PolicyOptions::new();
-    let engine = PolicyEngine::with_set(set(&options), options)
-        .with_decision_log(DecisionLogConfig::new(sink));
+    let engine = PolicyEngine::builder(options.clone())
+        .decision_log(DecisionLogConfig::new(sink))
+        .build(set(&options));
     (engine, Gate { entered, release })
 }
 
 fn panicking_engine() -> PolicyEngine {
     let options = PolicyOptions::new();
-    PolicyEngine::with_set(set(&options), options).with_decision_log(DecisionLogConfig::new(
-        |_: DecisionLogRecord| panic!("decision-log sink failed"),
-    ))
+    PolicyEngine::builder(options.clone())
+        .decision_log(DecisionLogConfig::new(|_: DecisionLogRecord| {
+            panic!("decision-log sink failed")
+        }))
+        .build(set(&options))
 }
 
 type Svc = BoxCloneService<Request<()>, Response<String>, BoxError>;
