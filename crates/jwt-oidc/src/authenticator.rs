@@ -4,7 +4,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 use url::Url;
 
@@ -227,9 +226,6 @@ impl RefreshHost for Inner {
 pub struct JwtAuthenticator {
     inner: Arc<Inner>,
 }
-
-/// The same type under the name the design documents use.
-pub type Validator = JwtAuthenticator;
 
 impl std::fmt::Debug for JwtAuthenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -721,10 +717,9 @@ impl JwtAuthenticator {
                         reason: "x5t#S256 is not a base64url SHA-256 thumbprint",
                     };
                     let mut out = [0u8; 32];
-                    let n = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode_slice(t.as_bytes(), &mut out)
+                    let decoded = crate::token::b64_decode_into(t.as_bytes(), &mut out, "")
                         .map_err(|_| invalid())?;
-                    if n != 32 {
+                    if decoded.len() != 32 {
                         return Err(invalid());
                     }
                     Some(out)

@@ -85,7 +85,7 @@ pub mod fuzzing;
 
 pub use algorithm::Algorithm;
 pub use authenticator::{
-    CustomCheck, IssuerConfig, JwtAuthenticator, JwtAuthenticatorBuilder, RequestContext, Validator,
+    CustomCheck, IssuerConfig, JwtAuthenticator, JwtAuthenticatorBuilder, RequestContext,
 };
 pub use claims::Claims;
 pub use error::{AuthError, BearerError};

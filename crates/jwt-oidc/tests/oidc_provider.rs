@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, SystemTime};
 
-use base64::Engine as _;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use jwt_oidc::{AuthError, IssuerConfig, JwtAuthenticator, RequestContext};
@@ -106,8 +105,7 @@ impl Provider {
     /// An access token from the token endpoint for `resource`.
     async fn token(&self, resource: &str) -> String {
         let form = format!("grant_type=client_credentials&resource={resource}&scope=api%3Aread");
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", CLIENT.0, CLIENT.1));
+        let basic = base64_simd::STANDARD.encode_to_string(format!("{}:{}", CLIENT.0, CLIENT.1));
         let (status, body) = http(
             self.port,
             http::Request::post("/token")

@@ -511,9 +511,9 @@ async fn tampered_tokens_of_every_algorithm_are_refused() {
         let token = key.token(&claims());
         assert!(check(&auth, &token).await.is_ok(), "{alg}");
         let (signing_input, signature) = token.rsplit_once('.').unwrap();
-        let mut sig =
-            base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, signature)
-                .unwrap();
+        let mut sig = base64_simd::URL_SAFE_NO_PAD
+            .decode_to_vec(signature)
+            .unwrap();
         let middle = sig.len() / 2;
         sig[middle] ^= 0x01;
         let bad_sig = format!("{signing_input}.{}", b64url(&sig));

@@ -666,12 +666,12 @@ async fn handshake(shared: &Shared, accepted: Accepted, ticket: &Ticket) -> Outc
             }
             tokio::spawn(linger_close(socket));
             let refusal = match refused_cert {
-                Some(cert) => Refusal {
-                    kind: RefusalKind::Certificate,
+                Some(cert) => Refusal::new(
+                    RefusalKind::Certificate,
                     remote_addr,
-                    reason: cert.reason().to_owned().into(),
-                    certificate: Some(cert),
-                },
+                    cert.reason().to_owned(),
+                )
+                .with_certificate(Some(cert)),
                 None => Refusal::new(RefusalKind::Tls, remote_addr, tls_reason(&err)),
             };
             return Outcome::Refused(refusal);
@@ -688,12 +688,10 @@ async fn handshake(shared: &Shared, accepted: Accepted, ticket: &Ticket) -> Outc
             if shared.log_lines.allow() {
                 tracing::warn!(%remote_addr, error = %err, "client identity refused after handshake");
             }
-            return Outcome::Refused(Refusal {
-                kind: RefusalKind::Identity,
-                remote_addr,
-                reason: err.to_string().into(),
-                certificate: refused_cert,
-            });
+            return Outcome::Refused(
+                Refusal::new(RefusalKind::Identity, remote_addr, err.to_string())
+                    .with_certificate(refused_cert),
+            );
         }
     };
     let info = TlsConnectInfo {

@@ -14,10 +14,7 @@ pub struct BoxResponseFuture<B, E> {
     inner: Pin<Box<dyn Future<Output = Result<Response<B>, E>> + Send>>,
 }
 
-#[cfg_attr(
-    not(any(feature = "jwt", feature = "audit", feature = "policy")),
-    allow(dead_code)
-)]
+#[cfg(any(feature = "jwt", feature = "audit", feature = "policy"))]
 impl<B, E> BoxResponseFuture<B, E> {
     pub(crate) fn new(fut: impl Future<Output = Result<Response<B>, E>> + Send + 'static) -> Self {
         BoxResponseFuture {

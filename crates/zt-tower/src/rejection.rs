@@ -218,7 +218,7 @@ pub fn is_grpc(headers: &HeaderMap) -> bool {
 }
 
 /// `/package.Service/Method` → (`package.Service`, `Method`).
-#[cfg_attr(not(any(feature = "policy", feature = "audit")), allow(dead_code))]
+#[cfg(any(feature = "policy", feature = "audit"))]
 pub(crate) fn grpc_method(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/'))
@@ -298,6 +298,7 @@ mod tests {
         assert_eq!(res.headers()["grpc-status"], "14");
     }
 
+    #[cfg(any(feature = "policy", feature = "audit"))]
     #[test]
     fn grpc_paths() {
         assert_eq!(

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use axum::{Router, body::Body, routing::get};
-use base64::Engine as _;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use jwt_oidc::testing::{TestKey, jwks, now_unix};
@@ -170,8 +169,8 @@ async fn certificate_bound_token_must_match_the_connection_certificate() {
     let mine = ca.leaf("me").client_auth().issue();
     let theirs = ca.leaf("them").client_auth().issue();
     let id = |der: &[u8]| Arc::new(PeerIdentity::from_der(der).unwrap());
-    let thumb = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .encode(id(&mine.cert_der).fingerprint_sha256());
+    let thumb =
+        base64_simd::URL_SAFE_NO_PAD.encode_to_string(id(&mine.cert_der).fingerprint_sha256());
     let bound = token(&key, json!({"cnf": {"x5t#S256": thumb}}));
 
     let on_conn = |peer: Option<Arc<PeerIdentity>>| {

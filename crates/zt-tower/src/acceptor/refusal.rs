@@ -110,7 +110,7 @@ impl RefusalKind {
         RefusalKind::Identity,
     ];
 
-    #[cfg_attr(not(feature = "audit"), allow(dead_code))]
+    #[cfg(feature = "audit")]
     fn as_str(self) -> &'static str {
         match self {
             RefusalKind::Shed => "shed",
@@ -122,14 +122,17 @@ impl RefusalKind {
     }
 }
 
-/// One refused handshake.
+/// One refused handshake. Without the `audit` feature only its kind is kept (it is counted);
+/// the rest exists for the audit record.
 #[derive(Debug)]
-#[cfg_attr(not(feature = "audit"), allow(dead_code))]
 pub(super) struct Refusal {
     pub(super) kind: RefusalKind,
+    #[cfg(feature = "audit")]
     pub(super) remote_addr: SocketAddr,
+    #[cfg(feature = "audit")]
     pub(super) reason: Cow<'static, str>,
     /// The client certificate, when the refusal came from verifying it.
+    #[cfg(feature = "audit")]
     pub(super) certificate: Option<RefusedCertificate>,
 }
 
@@ -139,11 +142,30 @@ impl Refusal {
         remote_addr: SocketAddr,
         reason: impl Into<Cow<'static, str>>,
     ) -> Self {
+        #[cfg(not(feature = "audit"))]
+        let _ = (remote_addr, reason);
         Refusal {
             kind,
+            #[cfg(feature = "audit")]
             remote_addr,
+            #[cfg(feature = "audit")]
             reason: reason.into(),
+            #[cfg(feature = "audit")]
             certificate: None,
+        }
+    }
+
+    /// The certificate the client presented, when verifying it is what failed.
+    pub(super) fn with_certificate(self, certificate: Option<RefusedCertificate>) -> Self {
+        #[cfg(feature = "audit")]
+        return Refusal {
+            certificate,
+            ..self
+        };
+        #[cfg(not(feature = "audit"))]
+        {
+            let _ = certificate;
+            self
         }
     }
 }
