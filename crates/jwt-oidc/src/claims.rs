@@ -8,9 +8,9 @@ use crate::Algorithm;
 
 /// The claims of a verified access token.
 ///
-/// Registered claims are read once during validation; the full claims set is kept as the
-/// signed JSON text and parsed into a [`serde_json::Value`] only when [`Claims::raw`] is first
-/// called. Roles are read the same way, lazily, from the configured claim path.
+/// The claims set is read once during validation, by the crate's strict reader, into the
+/// registered claims (mostly spans of the signed JSON text) and a [`serde_json::Value`]
+/// ([`Claims::raw`]). Roles are read lazily from that value, at the configured claim path.
 pub struct Claims {
     pub(crate) issuer: Text,
     pub(crate) subject: Option<Text>,
@@ -28,7 +28,8 @@ pub struct Claims {
     /// The signed claims set; most strings above are spans into it (no copies).
     pub(crate) payload: String,
     pub(crate) roles_path: Option<Arc<[Box<str>]>>,
-    pub(crate) raw: OnceLock<serde_json::Value>,
+    /// The whole claims set, read in the same pass as the registered claims.
+    pub(crate) raw: serde_json::Value,
     pub(crate) roles: OnceLock<Box<[Box<str>]>>,
     /// Values later layers derived from these claims ([`Claims::derived`]); allocated on first
     /// use, so validation pays one word for it.
@@ -214,15 +215,11 @@ impl Claims {
         &self.payload
     }
 
-    /// The whole claims set as JSON, parsed on first use. A claims set nested deeper than
-    /// serde_json's recursion limit yields an empty object here (its registered claims were
-    /// still validated).
+    /// The whole claims set as JSON (an object). It was read during validation, in the same
+    /// pass as the registered claims, by the same strict reader: no second parse.
     #[must_use]
     pub fn raw(&self) -> &serde_json::Value {
-        self.raw.get_or_init(|| {
-            serde_json::from_str(&self.payload)
-                .unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new()))
-        })
+        &self.raw
     }
 
     /// One top-level claim from [`Claims::raw`].
@@ -329,7 +326,7 @@ impl Claims {
             algorithm: Algorithm::Es256,
             payload: "{}".to_owned(),
             roles_path: None,
-            raw: OnceLock::new(),
+            raw: serde_json::Value::Object(serde_json::Map::new()),
             roles: OnceLock::new(),
             derived: OnceLock::new(),
         }

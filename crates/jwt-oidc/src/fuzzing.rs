@@ -205,6 +205,32 @@ fn same_dates(expected: &ClaimsView, actual: &ClaimsView) -> bool {
         })
 }
 
+/// Equal JSON values; floats may differ in the last bits (serde_json's default float parser
+/// is not always correctly rounded; the reader's, Rust's own, is).
+fn same_value(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+            match (x.as_f64(), y.as_f64()) {
+                (Some(x), Some(y)) => {
+                    x == y || (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON
+                }
+                _ => false,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_value(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((kx, vx), (ky, vy))| kx == ky && same_value(vx, vy))
+        }
+        _ => a == b,
+    }
+}
+
 /// Parses `input` with this crate's reader and with serde_json, and panics where they
 /// disagree: on what is JSON at all, and on every header member and claim the validator reads.
 ///
@@ -231,6 +257,20 @@ pub fn check_json_against_serde(input: &[u8]) {
         (Err(e), Ok(())) => panic!("the reader accepts, serde_json refuses ({e}): {text:?}"),
         (Err(_), Err(_)) => return,
     };
+    // The value the reader builds (`Claims::raw`) is serde_json's.
+    let expected_value = serde_json::from_str::<serde_json::Value>(text);
+    let actual_value = Reader::new(text).value();
+    match (&expected_value, &actual_value) {
+        (Ok(e), Ok(a)) => assert!(same_value(e, a), "values differ: {e} vs {a}: {text:?}"),
+        (e, a) => panic!("value: serde_json says {e:?}, the reader {a:?}: {text:?}"),
+    }
+    if let (Ok(expected), Ok(claims)) = (&expected_value, token::parse_claims(text)) {
+        let members = serde_json::Value::Object(claims.members);
+        assert!(
+            same_value(expected, &members),
+            "claims members differ: {expected} vs {members}: {text:?}"
+        );
+    }
     if !matches!(tree, Tree::Obj(_)) {
         assert!(
             token::parse_claims(text).is_err(),

@@ -409,6 +409,63 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Where the reader is in its text (a byte offset).
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Reads any value into a [`serde_json::Value`], as `serde_json::from_str` would: objects
+    /// keep the last of duplicate members, integers that fit are `u64`/`i64`, everything else
+    /// (and `-0`) is `f64`. This is how a claims set is read once for both the validator and
+    /// [`crate::Claims::raw`].
+    pub(crate) fn value(&mut self) -> Result<serde_json::Value, JsonError> {
+        use serde_json::Value;
+        Ok(match self.peek()? {
+            b'"' => Value::String(self.string()?.into_owned()),
+            b'{' => {
+                let mut map = serde_json::Map::new();
+                self.object(|r, name| {
+                    let value = r.value()?;
+                    map.insert(name.into_owned(), value);
+                    Ok(())
+                })?;
+                Value::Object(map)
+            }
+            b'[' => {
+                let mut items = Vec::new();
+                self.array(|r| {
+                    items.push(r.value()?);
+                    Ok(())
+                })?;
+                Value::Array(items)
+            }
+            b't' => self.literal(b"true").map(|()| Value::Bool(true))?,
+            b'f' => self.literal(b"false").map(|()| Value::Bool(false))?,
+            b'n' => self.literal(b"null").map(|()| Value::Null)?,
+            b'-' | b'0'..=b'9' => Value::Number(self.number_value()?),
+            _ => return Err(JsonError::Syntax),
+        })
+    }
+
+    fn number_value(&mut self) -> Result<serde_json::Number, JsonError> {
+        let (text, value) = self.number()?;
+        if let Some(v) = value {
+            return Ok(v.into());
+        }
+        if text.starts_with('-')
+            && !text.contains(['.', 'e', 'E'])
+            && let Ok(v) = text.parse::<i64>()
+            && v != 0
+        {
+            return Ok(v.into());
+        }
+        // `number` refused what does not parse to a finite f64.
+        text.parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .ok_or(JsonError::Syntax)
+    }
+
     /// Checks and skips any value.
     pub(crate) fn skip_value(&mut self) -> Result<(), JsonError> {
         match self.peek()? {
@@ -546,6 +603,21 @@ mod tests {
         assert_eq!(skip(&in_string), Ok(()));
         let wide = format!("[{}]", vec!["[]"; 1000].join(","));
         assert_eq!(skip(&wide), Ok(()));
+    }
+
+    #[test]
+    fn values_are_what_serde_json_reads() {
+        let text = r#"{"u":18446744073709551615,"big":18446744073709551616,"i":-5,"z":-0,"f":1.5e3,"s":"a\u00e9","d":1,"d":[true,null],"o":{}}"#;
+        let mut r = Reader::new(text);
+        let ours = r.value().unwrap();
+        r.finish().unwrap();
+        let theirs: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(ours, theirs);
+        assert!(ours["z"].is_f64() && ours["big"].is_f64() && ours["i"].is_i64());
+        assert_eq!(ours["d"], serde_json::json!([true, null]));
+        assert_eq!(Reader::new("[1,]").value(), Err(JsonError::Syntax));
+        let deep = format!("{}{}", "[".repeat(40), "]".repeat(40));
+        assert_eq!(Reader::new(&deep).value(), Err(JsonError::TooDeep));
     }
 
     #[test]

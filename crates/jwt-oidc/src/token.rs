@@ -240,9 +240,13 @@ pub(crate) struct RawClaims<'a> {
     pub(crate) scp: Option<StrList<'a>>,
     pub(crate) cnf: Option<RawCnf<'a>>,
     pub(crate) client_id: Option<Cow<'a, str>>,
+    /// Every member (registered ones included, `null`s kept), as serde_json reads them: what
+    /// `Claims::raw` returns, built in the same pass.
+    pub(crate) members: serde_json::Map<String, serde_json::Value>,
 }
 
-/// Parses the claims set in one pass. `null` counts as absent; a claim read here that
+/// Parses the claims set in one pass, into the registered claims the validator acts on and
+/// the whole set as a JSON object. `null` counts as absent for registered claims; one that
 /// appears twice, or has the wrong type, refuses the token.
 pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
     let mut r = Reader::new(json);
@@ -263,10 +267,16 @@ pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
             "scp" => 7,
             "cnf" => 8,
             "client_id" => 9,
-            _ => return r.skip_value(),
+            _ => {
+                let value = r.value()?;
+                c.members.insert(name.into_owned(), value);
+                return Ok(());
+            }
         };
         first_sighting(&mut seen, bit)?;
+        let start = r.position();
         if r.null()? {
+            c.members.insert(name.into_owned(), serde_json::Value::Null);
             return Ok(());
         }
         match bit {
@@ -281,28 +291,15 @@ pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
             8 => c.cnf = Some(RawCnf::read(r)?),
             _ => c.client_id = Some(r.string()?),
         }
+        // The few bytes of a registered claim, already checked, as a JSON value too.
+        let text = json.get(start..r.position()).ok_or(JsonError::Syntax)?;
+        c.members
+            .insert(name.into_owned(), Reader::new(text).value()?);
         Ok(())
     })
     .and_then(|()| r.finish())
     .map_err(claims_error)?;
     Ok(c)
-}
-
-/// The top-level member names with a non-null value (for required-claim checks), from a
-/// claims set [`parse_claims`] already accepted.
-pub(crate) fn claim_names(json: &str) -> Result<Vec<Cow<'_, str>>, AuthError> {
-    let mut r = Reader::new(json);
-    let mut names = Vec::new();
-    r.object(|r, name| {
-        if !r.null()? {
-            r.skip_value()?;
-            names.push(name);
-        }
-        Ok(())
-    })
-    .and_then(|()| r.finish())
-    .map_err(claims_error)?;
-    Ok(names)
 }
 
 #[cfg(test)]

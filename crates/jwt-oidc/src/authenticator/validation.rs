@@ -123,7 +123,8 @@ impl JwtAuthenticator {
             String::from_utf8(payload_bytes)
                 .map_err(|_| AuthError::Malformed("claims set is not UTF-8"))
         );
-        let raw = tri!(token::parse_claims(&payload_json));
+        let mut raw = tri!(token::parse_claims(&payload_json));
+        let members = std::mem::take(&mut raw.members);
         let Some(iss) = raw.iss.as_deref() else {
             return AuthError::UnknownIssuer { iss: "".into() }.into();
         };
@@ -224,9 +225,10 @@ impl JwtAuthenticator {
         tri!(key.verify(seg.signing_input, sig));
 
         // Claims.
-        let mut claims = tri!(self.build_claims(&raw, &payload_json, key));
+        let mut claims = tri!(self.build_claims(&raw, &members, &payload_json, key));
         drop(raw);
         claims.payload = payload_json;
+        claims.raw = serde_json::Value::Object(members);
         tri!(self.check_request(&claims, ctx, now));
         let claims = Arc::new(claims);
         if let (Some(cache), Some(hash)) = (&inner.cache, hash)
@@ -278,6 +280,7 @@ impl JwtAuthenticator {
     fn build_claims(
         &self,
         raw: &RawClaims<'_>,
+        members: &serde_json::Map<String, serde_json::Value>,
         payload_json: &str,
         key: &VerifyingKey,
     ) -> Result<Claims, AuthError> {
@@ -312,9 +315,11 @@ impl JwtAuthenticator {
             }
         };
         if !cfg.required_claims.is_empty() {
-            let names = token::claim_names(payload_json)?;
             for required in &cfg.required_claims {
-                if !names.iter().any(|n| **n == **required) {
+                if members
+                    .get(&**required)
+                    .is_none_or(serde_json::Value::is_null)
+                {
                     return Err(AuthError::MissingClaim {
                         claim: required.clone(),
                     });
@@ -367,7 +372,7 @@ impl JwtAuthenticator {
             algorithm: key.algorithm(),
             payload: String::new(),
             roles_path: cfg.roles_path.clone(),
-            raw: std::sync::OnceLock::new(),
+            raw: serde_json::Value::Null,
             roles: std::sync::OnceLock::new(),
             derived: std::sync::OnceLock::new(),
         })
@@ -543,6 +548,10 @@ mod tests {
         assert_eq!(c.audiences().collect::<Vec<_>>(), ["x", "api"]);
         assert!(c.has_scope("b"));
         assert_eq!(c.client_id(), Some("c\u{e9}"));
+        // The claims set was read once, into the registered claims and the whole value.
+        let reparsed: Value = serde_json::from_str(c.json()).unwrap();
+        assert_eq!(c.raw(), &reparsed);
+        assert_eq!(c.get("scp"), Some(&json!(["a", "b"])));
         assert!(matches!(
             validate(
                 &auth,
