@@ -13,10 +13,11 @@ use rustls::{ClientConfig, NamedGroup};
 
 use crate::material::{LoadedIdentity, load_roots};
 use crate::pem::Source;
-use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
+use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot, TlsMaterial};
 use crate::server::{CommonSettings, MaterialStatus};
 use crate::verifier::{ChainPolicy, ServerVerifier};
 use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
+use zt_rotate::{MaterialHolder, RotationStatus};
 
 /// Builds a [`ClientTls`] for outbound mTLS (tonic `Channel`, hyper client): our certificate
 /// and key, the CA bundle that server certificates must chain to, and an optional authorizer
@@ -223,6 +224,7 @@ struct ClientParts {
 impl Build for ClientParts {
     type Config = Arc<ClientConfig>;
     const WHAT: &'static str = "client";
+    const MATERIAL: &'static str = "client TLS material";
 
     fn sources(&self) -> &[Source] {
         &self.sources
@@ -241,13 +243,15 @@ impl Build for ClientParts {
         identity: &LoadedIdentity,
         snap: &Snapshot,
     ) -> Result<Arc<ClientConfig>, Error> {
-        let [_, _, ca] = snap.contents.as_slice() else {
-            return Err(Error::Task("material snapshot is incomplete".into()));
+        let ([_, _, ca], [_, _, ca_path]) = (snap.contents.as_slice(), snap.paths.as_slice())
+        else {
+            return Err(if snap.contents.len() > 3 {
+                Error::Config("client TLS material takes no CRLs".into())
+            } else {
+                Error::Task("material snapshot is incomplete".into())
+            });
         };
-        let [_, _, ca_src] = self.sources.as_slice() else {
-            return Err(Error::Task("material sources are incomplete".into()));
-        };
-        let roots = load_roots(ca, ca_src.path())?;
+        let roots = load_roots(ca, ca_path)?;
         let verifier = Arc::new(ServerVerifier::new(
             roots,
             self.policy,
@@ -290,5 +294,28 @@ impl ClientTls {
     /// What is serving now and how reloads went.
     pub fn status(&self) -> MaterialStatus {
         self.shared.status()
+    }
+}
+
+/// Updates from any source, as for [`ServerTls`](crate::ServerTls); a client's material has
+/// no CRLs.
+impl MaterialHolder for ClientTls {
+    type Material = TlsMaterial;
+    type Error = Error;
+
+    fn update(&self, material: TlsMaterial) -> Result<(), Error> {
+        self.shared.update(material)
+    }
+
+    fn source_failed(&self, error: Error) {
+        self.shared.source_failed(error);
+    }
+
+    fn status(&self) -> RotationStatus {
+        MaterialHolder::status(&*self.shared)
+    }
+
+    fn is_transient(&self, error: &Error) -> bool {
+        self.shared.is_transient(error)
     }
 }

@@ -52,7 +52,7 @@ pub use client::{ClientTls, ClientTlsBuilder};
 pub use error::Error;
 pub use identity::{MAX_CERTIFICATE_SIZE, PeerIdentity};
 pub use refused::{RefusedCertificate, capture_refused_certificate};
-pub use reload::ReloadHandle;
+pub use reload::{ReloadHandle, TlsMaterial};
 pub use server::{
     DEFAULT_EXPIRY_WARNING, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_RELOAD_INTERVAL, MaterialStatus,
     ServerTls, ServerTlsBuilder,
@@ -62,6 +62,9 @@ pub use verifier::{
     ChainVerifyOptions, DEFAULT_MAX_CHAIN_DEPTH, DEFAULT_MIN_RSA_BITS, human_reason,
     verify_client_chain,
 };
+/// The rotation seam shared by every ztkit holder (from `zt-rotate`): [`ServerTls`] and
+/// [`ClientTls`] implement it, so any source can feed them [`TlsMaterial`].
+pub use zt_rotate::{MaterialHolder, RotationStatus};
 
 mod authorizer;
 mod client;

@@ -1,82 +1,181 @@
-//! Hot reload: poll the material files, wait for them to settle, validate, swap.
+//! Rotation of the TLS material: the server and client holders, fed through
+//! [`MaterialHolder`] by `zt-rotate`'s file watcher or by any source of your own.
 //!
-//! Files are read by path on every poll, so both ways cert-manager and people update them
-//! are seen: the Kubernetes `..data` symlink swap (the path resolves to the new directory)
-//! and editors writing in place. A change is applied only once two reads in a row give the
-//! same bytes, so a half-written file is never taken; bad material is logged, counted and
-//! ignored while the last good set keeps serving.
+//! A [`ServerTls`](crate::ServerTls) or [`ClientTls`](crate::ClientTls) *is* the holder:
+//! [`MaterialHolder::update`] takes a [`TlsMaterial`] (our chain and key, the CA bundle,
+//! CRLs), validates all of it, builds the rustls configuration and swaps it in whole
+//! (`ArcSwap`: handshakes never wait for an update). Refused material is logged, counted
+//! and ignored while the last good set keeps serving.
+//!
+//! Files are one source among others: [`spawn_reloader`](crate::ServerTls::spawn_reloader)
+//! runs `zt-rotate`'s watcher over the material files. It re-reads them by path on every poll
+//! and on inotify events in their directories, so both ways cert-manager and people update
+//! them are seen: the Kubernetes `..data` symlink swap and editors writing in place. A
+//! change is taken only once two reads in a row give the same bytes, and the bytes
+//! validated are those two reads saw.
 //!
 //! Two refinements keep a rotation from getting stuck:
 //!
 //! - A refusal that depends on the clock (our certificate not valid yet, or expired; a CRL
-//!   past its nextUpdate) is validated again, quietly, on every later poll: a certificate
-//!   issued a few seconds ahead of this host's clock is taken from the first poll after its
-//!   notBefore, with no further file change. Other refusals are remembered by hash and not
-//!   looked at again until the files change.
+//!   past its nextUpdate) is [transient](MaterialHolder::is_transient): the watcher validates
+//!   the same bytes again, quietly, with backoff capped at the reload interval, so a
+//!   certificate issued a few seconds ahead of this host's clock is taken right after its
+//!   notBefore with no further file change. Other refusals are not looked at again until the
+//!   files change.
 //! - A refused certificate or key never holds back the rest of the set: the CA bundle and
 //!   CRLs written with it are put in service with the certificate already serving (as their
-//!   own generation), so revocations apply from the first poll that reads them.
+//!   own generation), so revocations apply from the first update that carries them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, Weak};
-use std::thread::JoinHandle;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
 use sha2::{Digest, Sha256};
+use zt_rotate::{
+    FileRotation, FileSnapshot, FileWatcher, MaterialHolder, Publication, RotationStatus,
+    StatusRecorder,
+};
 
 use crate::Error;
+use crate::error::MEMORY;
 use crate::material::{CRL_EXPIRED, LoadedIdentity, load_identity};
-use crate::pem::Source;
+use crate::pem::{MAX_FILE_SIZE, Source};
 use crate::server::{CommonSettings, MaterialStatus};
 
-/// How long to wait before the confirming second read after a change was seen.
+/// Owns the background reloader started by `spawn_reloader`: `zt-rotate`'s
+/// [`TaskHandle`](zt_rotate::TaskHandle). Dropping it (or calling `stop`) stops the
+/// polling; `detach` lets it run for as long as the `ServerTls`/`ClientTls` lives.
+pub type ReloadHandle = zt_rotate::TaskHandle;
+
+/// How long after a change was seen the confirming read happens.
 const SETTLE: Duration = Duration::from_millis(100);
-/// At most one expiry warning per this period (plus one per swap).
+/// At most one expiry warning per this period (plus one per new certificate).
 const EXPIRY_WARNING_PERIOD: Duration = Duration::from_secs(3600);
-/// The first this many files are our own certificate chain and key; the others (the CA
+/// The first this many parts are our own certificate chain and key; the others (the CA
 /// bundle, CRLs) say whom we trust.
 const IDENTITY_FILES: usize = 2;
 
-/// The bytes of every material file, read in one pass, with each file's hash and the set's.
+// === TlsMaterial ===
+
+/// One complete set of TLS material, as an update to a [`ServerTls`](crate::ServerTls) or
+/// [`ClientTls`](crate::ClientTls) carries it: our certificate chain (leaf first) and private
+/// key, the CA bundle that peers' certificates must chain to, and (server only) CRLs. PEM or
+/// DER, as in the files.
+///
+/// ```
+/// use mtls_verify::{MaterialHolder, ServerConfigBuilder, TlsMaterial};
+/// use ztkit_test_support::TestPki;
+///
+/// let (old, new) = (TestPki::new(), TestPki::new());
+/// let tls = ServerConfigBuilder::from_pem(
+///     old.server.chain_pem.as_bytes(),
+///     old.server.key_pem.as_bytes(),
+///     old.ca.cert_pem.as_bytes(),
+/// )
+/// .build()?;
+/// // Material from anywhere (a secrets manager, the SPIFFE Workload API…):
+/// tls.update(TlsMaterial::from_pem(
+///     new.server.chain_pem.as_bytes(),
+///     new.server.key_pem.as_bytes(),
+///     new.ca.cert_pem.as_bytes(),
+/// ))?;
+/// assert_eq!(tls.status().serial, new.server.serial_hex());
+/// assert_eq!(tls.status().generation, 2);
+///
+/// // Refused material leaves the last good set serving.
+/// let mismatched = TlsMaterial::from_pem(
+///     new.server.chain_pem.as_bytes(),
+///     old.server.key_pem.as_bytes(),
+///     new.ca.cert_pem.as_bytes(),
+/// );
+/// assert!(matches!(tls.update(mismatched), Err(mtls_verify::Error::KeyMismatch { .. })));
+/// assert_eq!(tls.status().serial, new.server.serial_hex());
+/// # Ok::<(), mtls_verify::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct TlsMaterial {
+    /// Each part's name for errors (a file path, or `<memory>`) and its bytes: chain, key,
+    /// CA bundle, then CRLs.
+    parts: Vec<(PathBuf, Arc<[u8]>)>,
+}
+
+impl fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Names and sizes only: never key bytes.
+        let mut list = f.debug_list();
+        for (name, bytes) in &self.parts {
+            list.entry(&format_args!("{} ({} bytes)", name.display(), bytes.len()));
+        }
+        list.finish()
+    }
+}
+
+impl TlsMaterial {
+    /// Our chain and key, and the CA bundle for peers, as bytes.
+    pub fn from_pem(cert_chain_pem: &[u8], key_pem: &[u8], ca_pem: &[u8]) -> Self {
+        let part = |bytes: &[u8]| (PathBuf::from(MEMORY), Arc::from(bytes));
+        TlsMaterial {
+            parts: vec![part(cert_chain_pem), part(key_pem), part(ca_pem)],
+        }
+    }
+
+    /// Adds CRLs (PEM or DER; a server's only: a client refuses material with CRLs).
+    pub fn crl_pem(mut self, pem: &[u8]) -> Self {
+        self.parts.push((PathBuf::from(MEMORY), Arc::from(pem)));
+        self
+    }
+
+    /// Reads every source now (files by path; bytes as given).
+    pub(crate) fn read(sources: &[Source]) -> Result<Self, Error> {
+        let mut parts = Vec::with_capacity(sources.len());
+        for source in sources {
+            parts.push((source.path().to_owned(), source.read()?));
+        }
+        Ok(TlsMaterial { parts })
+    }
+
+    /// The material in a watcher's snapshot: each file's bytes as the snapshot holds them.
+    fn from_snapshot(sources: &[Source], snapshot: &FileSnapshot) -> Result<Self, Error> {
+        let mut parts = Vec::with_capacity(sources.len());
+        for source in sources {
+            let bytes = match source {
+                Source::File(path) => snapshot.get_shared(path).ok_or_else(|| {
+                    Error::Task(format!("{} is missing from the snapshot", path.display()))
+                })?,
+                Source::Memory(bytes) => bytes.clone(),
+            };
+            parts.push((source.path().to_owned(), bytes));
+        }
+        Ok(TlsMaterial { parts })
+    }
+}
+
+/// The parts of one update with their hashes, as the builds read them.
 pub(crate) struct Snapshot {
+    pub(crate) paths: Vec<PathBuf>,
     pub(crate) contents: Vec<Arc<[u8]>>,
-    /// SHA-256 of each file, in order.
-    pub(crate) digests: Vec<[u8; 32]>,
-    /// The hash of the whole set ([`set_hash`] of `digests`).
-    pub(crate) hash: [u8; 32],
+    /// SHA-256 of each part, in order.
+    digests: Vec<[u8; 32]>,
 }
 
-pub(crate) fn snapshot(sources: &[Source]) -> Result<Snapshot, Error> {
-    let mut contents = Vec::with_capacity(sources.len());
-    let mut digests = Vec::with_capacity(sources.len());
-    for source in sources {
-        let bytes = source.read()?;
-        digests.push(Sha256::digest(&bytes).into());
-        contents.push(bytes);
+impl Snapshot {
+    fn of(material: TlsMaterial) -> Self {
+        let (paths, contents): (Vec<_>, Vec<_>) = material.parts.into_iter().unzip();
+        let digests = contents.iter().map(|c| Sha256::digest(c).into()).collect();
+        Snapshot {
+            paths,
+            contents,
+            digests,
+        }
     }
-    let hash = set_hash(&digests);
-    Ok(Snapshot {
-        contents,
-        digests,
-        hash,
-    })
-}
-
-/// The hash of a set of files from the hashes of its files.
-fn set_hash(digests: &[[u8; 32]]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for digest in digests {
-        hasher.update(digest);
-    }
-    hasher.finalize().into()
 }
 
 /// Whether a refusal could turn into an acceptance of the same bytes as time passes (or the
-/// host's clock is corrected), so that the same files are worth validating again.
-fn depends_on_clock(e: &Error) -> bool {
+/// host's clock is corrected), so that the same material is worth validating again.
+pub(crate) fn depends_on_clock(e: &Error) -> bool {
     match e {
         Error::CertificateNotYetValid { .. } | Error::CertificateExpired { .. } => true,
         Error::Crl { reason, .. } => reason.starts_with(CRL_EXPIRED),
@@ -84,115 +183,36 @@ fn depends_on_clock(e: &Error) -> bool {
     }
 }
 
-/// Counters and the last error, shared by a TLS handle and its reloader.
-#[derive(Default)]
-pub(crate) struct StatusCell {
-    rejected: AtomicU64,
-    last_error: Mutex<Option<Error>>,
-    last_expiry_warning: Mutex<Option<Instant>>,
-}
-
-impl StatusCell {
-    pub(crate) fn reject(&self, what: &str, e: Error) {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            material = what,
-            reason = %e,
-            "rejected new TLS material; still serving the last good set"
-        );
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = Some(e);
+impl From<zt_rotate::Error> for Error {
+    fn from(e: zt_rotate::Error) -> Self {
+        match e {
+            zt_rotate::Error::Io { path, source } => Error::Io { path, source },
+            zt_rotate::Error::FileTooLarge { path, size, limit } => {
+                Error::FileTooLarge { path, size, limit }
+            }
+            other => Error::Task(other.to_string()),
         }
-    }
-
-    pub(crate) fn accepted(&self) {
-        if let Ok(mut last) = self.last_error.lock() {
-            *last = None;
-        }
-        if let Ok(mut w) = self.last_expiry_warning.lock() {
-            *w = None;
-        }
-    }
-
-    pub(crate) fn rejected(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn last_error(&self) -> Option<Error> {
-        self.last_error.lock().ok().and_then(|e| e.clone())
-    }
-
-    /// Logs a warning if `not_after` is within `window`, at most once per hour.
-    pub(crate) fn check_expiry(
-        &self,
-        what: &str,
-        serial: &str,
-        not_after: SystemTime,
-        window: Duration,
-    ) {
-        let left = not_after
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
-        if left > window {
-            return;
-        }
-        let Ok(mut last) = self.last_expiry_warning.lock() else {
-            return;
-        };
-        if last.is_some_and(|t| t.elapsed() < EXPIRY_WARNING_PERIOD) {
-            return;
-        }
-        *last = Some(Instant::now());
-        tracing::warn!(
-            material = what,
-            serial,
-            not_after = %crate::identity::rfc3339(not_after),
-            expires_in_secs = left.as_secs(),
-            "TLS certificate expires soon; rotate it"
-        );
     }
 }
 
-/// Something whose material can be reloaded from files.
-pub(crate) trait Reload: Send + Sync + 'static {
-    /// A name for logs (`server` / `client`).
-    fn what(&self) -> &'static str;
-    /// The files, in the order `apply` expects their contents.
-    fn sources(&self) -> &[Source];
-    /// The hash of the material now serving.
-    fn applied_hash(&self) -> [u8; 32];
-    /// Validates the snapshot and swaps it in. On success the status cell is marked accepted
-    /// before the new material is published (a status showing it never shows the error it
-    /// replaced). On refusal the error is reported to the status cell first when `report`
-    /// is set; then, if only our certificate or key was refused, the snapshot's other files
-    /// are published with the certificate already serving when they are valid and differ
-    /// from those serving (a status showing them also shows why the certificate was not
-    /// taken).
-    fn apply(&self, snapshot: &Snapshot, report: bool) -> Result<(), Error>;
-    /// The status cell.
-    fn status_cell(&self) -> &StatusCell;
-    /// Warns if the serving certificate expires soon (rate-limited).
-    fn check_expiry(&self);
-    /// Serializes `apply` between the reloader thread and `reload_now`.
-    fn reload_lock(&self) -> &Mutex<()>;
-    /// Called with the hash of every snapshot the poller reads (a hook for tests).
-    fn observed(&self, _hash: &[u8; 32]) {}
-}
+// === Build ===
 
-/// One side's TLS configuration (server or client), built from the material files.
+/// One side's TLS configuration (server or client), built from the material.
 pub(crate) trait Build: Send + Sync + 'static {
     /// What one build produces and handshakes use.
     type Config: Send + Sync + 'static;
     /// A name for logs (`server` / `client`).
     const WHAT: &'static str;
-    /// The files: our certificate chain and key ([`IDENTITY_FILES`]), then the files that
-    /// say whom we trust, in the order `config` expects them.
+    /// The same, naming the material (for the rotation status's logs).
+    const MATERIAL: &'static str;
+    /// The material's sources given to the builder: our certificate chain and key
+    /// ([`IDENTITY_FILES`]), then those that say whom we trust.
     fn sources(&self) -> &[Source];
     /// The reload interval and expiry-warning window.
     fn common(&self) -> &CommonSettings;
     /// The provider our private key is loaded with.
     fn provider(&self) -> &CryptoProvider;
-    /// Validates the snapshot's trust files (those after [`IDENTITY_FILES`]) and builds the
+    /// Validates the snapshot's trust parts (those after [`IDENTITY_FILES`]) and builds the
     /// configuration that presents `identity`.
     fn config(&self, identity: &LoadedIdentity, snapshot: &Snapshot)
     -> Result<Self::Config, Error>;
@@ -200,12 +220,12 @@ pub(crate) trait Build: Send + Sync + 'static {
 
 /// Validates the snapshot's certificate chain and key.
 fn identity_of<B: Build>(parts: &B, snapshot: &Snapshot) -> Result<LoadedIdentity, Error> {
-    let ([cert, key, ..], [cert_src, key_src, ..]) =
-        (snapshot.contents.as_slice(), parts.sources())
+    let ([cert, key, ..], [cert_path, key_path, ..]) =
+        (snapshot.contents.as_slice(), snapshot.paths.as_slice())
     else {
-        return Err(Error::Task("material snapshot is incomplete".into()));
+        return Err(Error::Task("TLS material is incomplete".into()));
     };
-    load_identity(cert, cert_src.path(), key, key_src.path(), parts.provider())
+    load_identity(cert, cert_path, key, key_path, parts.provider())
 }
 
 /// One built set of material, swapped in whole.
@@ -213,46 +233,55 @@ pub(crate) struct Generation<C> {
     pub(crate) config: C,
     pub(crate) identity: LoadedIdentity,
     pub(crate) generation: u64,
-    /// SHA-256 of each file this generation was built from.
+    /// SHA-256 of each part this generation was built from.
     digests: Vec<[u8; 32]>,
-    pub(crate) hash: [u8; 32],
     pub(crate) loaded_at: SystemTime,
 }
 
 impl<C> Generation<C> {
-    fn new(config: C, identity: LoadedIdentity, digests: Vec<[u8; 32]>, generation: u64) -> Self {
+    fn new(
+        config: C,
+        identity: LoadedIdentity,
+        digests: Vec<[u8; 32]>,
+        publication: Publication,
+    ) -> Self {
         Generation {
             config,
             identity,
-            generation,
-            hash: set_hash(&digests),
+            generation: publication.generation,
             digests,
-            loaded_at: SystemTime::now(),
+            loaded_at: publication.at,
         }
     }
 }
 
+// === Reloadable ===
+
 /// The material one side serves: the build parts, the current generation (an `ArcSwap`, so
-/// handshakes never wait for a reload) and the reload bookkeeping.
+/// handshakes never wait for an update) and the rotation status.
 pub(crate) struct Reloadable<B: Build> {
     pub(crate) parts: B,
     current: ArcSwap<Generation<B::Config>>,
-    status: StatusCell,
-    reload_lock: Mutex<()>,
+    status: StatusRecorder<Error>,
+    last_expiry_warning: Mutex<Option<Instant>>,
+    /// Serialises updates (the watcher, `reload_now` and pushes of other sources).
+    update_lock: Mutex<()>,
 }
 
 impl<B: Build> Reloadable<B> {
-    /// Reads the files and builds generation 1.
+    /// Reads the sources and builds generation 1.
     pub(crate) fn new(parts: B) -> Result<Self, Error> {
-        let snap = snapshot(parts.sources())?;
+        let snap = Snapshot::of(TlsMaterial::read(parts.sources())?);
         let identity = identity_of(&parts, &snap)?;
         let config = parts.config(&identity, &snap)?;
-        let first = Generation::new(config, identity, snap.digests, 1);
+        let status = StatusRecorder::new(B::MATERIAL);
+        let first = Generation::new(config, identity, snap.digests, status.record_published());
         let this = Reloadable {
             parts,
             current: ArcSwap::from_pointee(first),
-            status: StatusCell::default(),
-            reload_lock: Mutex::new(()),
+            status,
+            last_expiry_warning: Mutex::new(None),
+            update_lock: Mutex::new(()),
         };
         this.check_expiry();
         Ok(this)
@@ -263,7 +292,7 @@ impl<B: Build> Reloadable<B> {
         self.current.load()
     }
 
-    /// What is serving now and how reloads went.
+    /// What is serving now and how updates went.
     pub(crate) fn status(&self) -> MaterialStatus {
         let current = self.current.load();
         let leaf = &current.identity.leaf;
@@ -271,6 +300,7 @@ impl<B: Build> Reloadable<B> {
             .not_after()
             .duration_since(SystemTime::now())
             .unwrap_or_default();
+        let rotation = self.status.snapshot();
         MaterialStatus {
             serial: leaf.serial_hex().to_owned(),
             subject: leaf.subject().to_owned(),
@@ -280,17 +310,50 @@ impl<B: Build> Reloadable<B> {
             generation: current.generation,
             loaded_at: current.loaded_at,
             last_error: self.status.last_error(),
-            rejected_updates: self.status.rejected(),
+            rejected_updates: rotation.failures,
+            rotation,
         }
     }
 
-    /// Starts the background poller.
+    /// Starts the background watcher over the material files.
     pub(crate) fn spawn_reloader(self: &Arc<Self>) -> ReloadHandle {
-        spawn(self, self.parts.common().reload_interval)
+        let sources = self.parts.sources().to_vec();
+        let mut watcher = FileWatcher::new()
+            .poll_interval(self.parts.common().reload_interval)
+            .settle(SETTLE)
+            .max_file_size(MAX_FILE_SIZE);
+        let mut files = 0;
+        for source in &sources {
+            if let Source::File(path) = source {
+                watcher = watcher.file(path);
+                files += 1;
+            }
+        }
+        if files == 0 {
+            return ReloadHandle::inert();
+        }
+        let spawned = FileRotation::new(watcher, move |snapshot: &FileSnapshot| {
+            TlsMaterial::from_snapshot(&sources, snapshot)
+        })
+        .thread_name(format!("mtls-reload-{}", B::WHAT))
+        .on_poll(Self::check_expiry)
+        .spawn(self);
+        spawned.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot start the TLS material reloader");
+            ReloadHandle::inert()
+        })
+    }
+
+    /// Reads the files now and applies them (no wait for them to settle).
+    fn reload_once(&self) -> Result<(), Error> {
+        let material = TlsMaterial::read(self.parts.sources()).inspect_err(|e| {
+            self.status.record_failure(e.clone());
+        })?;
+        self.update(material)
     }
 
     /// After our certificate or key in `snapshot` was refused: publishes the snapshot's trust
-    /// files (CA bundle, CRLs) with the identity serving now, if they differ and are valid.
+    /// parts (CA bundle, CRLs) with the identity serving now, if they differ and are valid.
     fn apply_trust(&self, current: &Generation<B::Config>, snapshot: &Snapshot, report: bool) {
         let digests: Vec<[u8; 32]> = current
             .digests
@@ -304,12 +367,13 @@ impl<B: Build> Reloadable<B> {
         }
         match self.parts.config(&current.identity, snapshot) {
             Ok(config) => {
-                let next = current.generation + 1;
-                let generation = Generation::new(config, current.identity.clone(), digests, next);
+                let publication = self.status.record_partial_publication();
+                let generation =
+                    Generation::new(config, current.identity.clone(), digests, publication);
                 tracing::info!(
                     material = B::WHAT,
                     serial = current.identity.leaf.serial_hex(),
-                    generation = next,
+                    generation = generation.generation,
                     "new CA bundle and CRLs in use with the certificate already serving"
                 );
                 self.current.store(Arc::new(generation));
@@ -322,495 +386,160 @@ impl<B: Build> Reloadable<B> {
             Err(_) => {}
         }
     }
+
+    /// Warns if the serving certificate expires within the window, at most once per hour.
+    fn check_expiry(&self) {
+        let current = self.current.load();
+        let leaf = &current.identity.leaf;
+        let left = leaf
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        if left > self.parts.common().expiry_warning {
+            return;
+        }
+        let mut last = self
+            .last_expiry_warning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if last.is_some_and(|t| t.elapsed() < EXPIRY_WARNING_PERIOD) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(
+            material = B::WHAT,
+            serial = leaf.serial_hex(),
+            not_after = %crate::identity::rfc3339(leaf.not_after()),
+            expires_in_secs = left.as_secs(),
+            "TLS certificate expires soon; rotate it"
+        );
+    }
 }
 
-impl<B: Build> Reload for Reloadable<B> {
-    fn what(&self) -> &'static str {
-        B::WHAT
-    }
+impl<B: Build> MaterialHolder for Reloadable<B> {
+    type Material = TlsMaterial;
+    type Error = Error;
 
-    fn sources(&self) -> &[Source] {
-        self.parts.sources()
-    }
-
-    fn applied_hash(&self) -> [u8; 32] {
-        self.current.load().hash
-    }
-
-    fn apply(&self, snapshot: &Snapshot, report: bool) -> Result<(), Error> {
-        // Callers hold the reload lock: nothing else publishes until we return.
+    fn update(&self, material: TlsMaterial) -> Result<(), Error> {
+        let _serial = self
+            .update_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let snapshot = Snapshot::of(material);
         let current = self.current.load_full();
-        let identity = match identity_of(&self.parts, snapshot) {
+        if snapshot.digests == current.digests {
+            return Ok(());
+        }
+        let identity = match identity_of(&self.parts, &snapshot) {
             Ok(identity) => identity,
             Err(e) => {
-                if report {
-                    self.status.reject(B::WHAT, e.clone());
-                }
-                self.apply_trust(&current, snapshot, report);
+                // A repeat of the same refusal (a retry) is neither counted nor logged.
+                let new = self.status.record_failure(e.clone());
+                self.apply_trust(&current, &snapshot, new);
                 return Err(e);
             }
         };
-        let config = match self.parts.config(&identity, snapshot) {
+        let config = match self.parts.config(&identity, &snapshot) {
             Ok(config) => config,
             Err(e) => {
-                if report {
-                    self.status.reject(B::WHAT, e.clone());
-                }
+                self.status.record_failure(e.clone());
                 return Err(e);
             }
         };
-        let next = current.generation + 1;
-        let generation = Generation::new(config, identity, snapshot.digests.clone(), next);
+        // Recorded before published: a status showing the new material never shows the
+        // error it replaced.
+        let publication = self.status.record_published();
+        let generation = Generation::new(config, identity, snapshot.digests, publication);
         tracing::info!(
             material = B::WHAT,
             serial = generation.identity.leaf.serial_hex(),
-            generation = next,
+            generation = generation.generation,
             "new TLS material in use"
         );
-        // Accepted before published (the `Reload::apply` contract).
-        self.status.accepted();
         self.current.store(Arc::new(generation));
+        // A new certificate gets its own expiry warning.
+        *self
+            .last_expiry_warning
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.check_expiry();
         Ok(())
     }
 
-    fn status_cell(&self) -> &StatusCell {
-        &self.status
+    fn source_failed(&self, error: Error) {
+        self.status.record_failure(error);
     }
 
-    fn check_expiry(&self) {
-        let current = self.current.load();
-        self.status.check_expiry(
-            B::WHAT,
-            current.identity.leaf.serial_hex(),
-            current.identity.leaf.not_after(),
-            self.parts.common().expiry_warning,
-        );
+    fn status(&self) -> RotationStatus {
+        self.status.snapshot()
     }
 
-    fn reload_lock(&self) -> &Mutex<()> {
-        &self.reload_lock
+    fn is_transient(&self, error: &Error) -> bool {
+        depends_on_clock(error)
     }
 }
 
-/// One reload attempt without waiting for the files to settle: for `reload_now`.
-pub(crate) fn reload_once<R: Reload>(target: &R) -> Result<(), Error> {
-    let _guard = target
-        .reload_lock()
-        .lock()
-        .map_err(|_| Error::Task("reload lock poisoned".into()))?;
-    let snap = match snapshot(target.sources()) {
-        Ok(s) => s,
-        Err(e) => {
-            target.status_cell().reject(target.what(), e.clone());
-            return Err(e);
-        }
-    };
-    if snap.hash == target.applied_hash() {
-        return Ok(());
-    }
-    target.apply(&snap, true)?;
-    target.check_expiry();
-    Ok(())
-}
-
-/// Runs [`reload_once`] on tokio's blocking pool.
-pub(crate) async fn reload_now<R: Reload>(target: Arc<R>) -> Result<(), Error> {
-    tokio::task::spawn_blocking(move || reload_once(&*target))
+/// Runs [`Reloadable::reload_once`] on tokio's blocking pool.
+pub(crate) async fn reload_now<B: Build>(target: Arc<Reloadable<B>>) -> Result<(), Error> {
+    tokio::task::spawn_blocking(move || target.reload_once())
         .await
         .map_err(|e| Error::Task(format!("reload task: {e}")))?
-}
-
-/// What the handle tells the reloader thread.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Keep polling until the TLS handle itself is dropped.
-    Detach,
-}
-
-/// Handle to a background reloader; dropping it (or calling [`stop`](Self::stop)) stops the
-/// polling, [`detach`](Self::detach) lets it run for as long as the TLS handle lives.
-#[derive(Debug)]
-#[must_use = "the reloader stops when its handle is dropped; keep it or call .detach()"]
-pub struct ReloadHandle {
-    stop: Option<mpsc::Sender<Command>>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl ReloadHandle {
-    /// A handle that does nothing (material given as bytes cannot change).
-    pub(crate) fn inert() -> Self {
-        ReloadHandle {
-            stop: None,
-            thread: None,
-        }
-    }
-
-    /// Whether a reloader is polling files.
-    pub fn is_running(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-
-    /// Lets the reloader run until the `ServerTls`/`ClientTls` (all clones) is dropped.
-    pub fn detach(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(Command::Detach);
-        }
-        self.thread.take();
-    }
-
-    /// Stops polling and waits for the reloader to finish its current step.
-    pub fn stop(mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-impl Drop for ReloadHandle {
-    fn drop(&mut self) {
-        // Dropping the sender wakes the thread, which then exits on its own.
-        self.stop.take();
-    }
-}
-
-/// Starts polling `target`'s files every `interval` on a dedicated thread.
-pub(crate) fn spawn<R: Reload>(target: &Arc<R>, interval: Duration) -> ReloadHandle {
-    if target
-        .sources()
-        .iter()
-        .all(|s| matches!(s, Source::Memory(_)))
-    {
-        return ReloadHandle::inert();
-    }
-    let weak = Arc::downgrade(target);
-    let what = target.what();
-    let (tx, rx) = mpsc::channel::<Command>();
-    let spawned = std::thread::Builder::new()
-        .name(format!("mtls-reload-{what}"))
-        .spawn(move || poll_loop(&weak, &rx, interval, SETTLE.min(interval)));
-    match spawned {
-        Ok(thread) => ReloadHandle {
-            stop: Some(tx),
-            thread: Some(thread),
-        },
-        Err(e) => {
-            tracing::error!(error = %e, "cannot start the TLS material reloader thread");
-            ReloadHandle::inert()
-        }
-    }
-}
-
-/// Content that `apply` refused, remembered so it is not validated and reported on every poll.
-struct Refused {
-    hash: [u8; 32],
-    /// The refusal depends on the clock: the same bytes are validated again, quietly, on
-    /// every poll until they are taken or refused for another reason.
-    recheck: bool,
-}
-
-fn poll_loop<R: Reload>(
-    target: &Weak<R>,
-    stop: &mpsc::Receiver<Command>,
-    interval: Duration,
-    settle: Duration,
-) {
-    let mut wait = interval;
-    // The hash seen once and waiting for a confirming read.
-    let mut pending: Option<[u8; 32]> = None;
-    let mut refused: Option<Refused> = None;
-    // A read error seen once (files may be mid-swap) and one already reported.
-    let mut pending_read_error: Option<String> = None;
-    let mut reported_read_error: Option<String> = None;
-    let mut detached = false;
-    loop {
-        if detached {
-            std::thread::sleep(wait);
-        } else {
-            match stop.recv_timeout(wait) {
-                Err(RecvTimeoutError::Timeout) => {}
-                Ok(Command::Detach) => detached = true,
-                Err(RecvTimeoutError::Disconnected) => return,
-            }
-        }
-        let Some(target) = target.upgrade() else {
-            return;
-        };
-        wait = interval;
-        let Ok(_guard) = target.reload_lock().lock() else {
-            return;
-        };
-        let snap = match snapshot(target.sources()) {
-            Ok(s) => {
-                pending_read_error = None;
-                reported_read_error = None;
-                s
-            }
-            Err(e) => {
-                let text = e.to_string();
-                if pending_read_error.as_deref() == Some(&text) {
-                    if reported_read_error.as_deref() != Some(&text) {
-                        target.status_cell().reject(target.what(), e);
-                        reported_read_error = Some(text);
-                    }
-                } else {
-                    pending_read_error = Some(text);
-                    wait = settle;
-                }
-                continue;
-            }
-        };
-        target.observed(&snap.hash);
-        if snap.hash == target.applied_hash() {
-            pending = None;
-            target.check_expiry();
-            continue;
-        }
-        if let Some(r) = refused.as_mut().filter(|r| r.hash == snap.hash) {
-            // These bytes were confirmed by two reads when first refused.
-            pending = None;
-            if r.recheck {
-                match target.apply(&snap, false) {
-                    Ok(()) => {
-                        refused = None;
-                        target.check_expiry();
-                    }
-                    Err(e) if !depends_on_clock(&e) => {
-                        // Past the clock, something else is wrong: report it, once.
-                        r.recheck = false;
-                        target.status_cell().reject(target.what(), e);
-                    }
-                    Err(_) => {}
-                }
-            }
-            continue;
-        }
-        if pending != Some(snap.hash) {
-            pending = Some(snap.hash);
-            wait = settle;
-            continue;
-        }
-        pending = None;
-        match target.apply(&snap, true) {
-            Ok(()) => {
-                refused = None;
-                target.check_expiry();
-            }
-            Err(e) => {
-                refused = Some(Refused {
-                    hash: snap.hash,
-                    recheck: depends_on_clock(&e),
-                });
-            }
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-    use std::sync::atomic::AtomicUsize;
+    use crate::ServerConfigBuilder;
+    use ztkit_test_support::TestPki;
 
-    /// A reload target over one file that accepts only content ending in "END\n", refuses
-    /// content starting with "later" as not yet valid until `valid_later` is set, and records
-    /// every content it was asked to apply.
-    struct Fake {
-        sources: Vec<Source>,
-        reads: AtomicUsize,
-        seen: Mutex<Vec<[u8; 32]>>,
-        applied: Mutex<Vec<String>>,
-        hash: Mutex<[u8; 32]>,
-        status: StatusCell,
-        lock: Mutex<()>,
-        valid_later: std::sync::atomic::AtomicBool,
-    }
-
-    impl Fake {
-        fn new(sources: Vec<Source>) -> Arc<Fake> {
-            let first = snapshot(&sources).unwrap();
-            Arc::new(Fake {
-                sources,
-                reads: AtomicUsize::new(0),
-                seen: Mutex::new(Vec::new()),
-                applied: Mutex::new(Vec::new()),
-                hash: Mutex::new(first.hash),
-                status: StatusCell::default(),
-                lock: Mutex::new(()),
-                valid_later: std::sync::atomic::AtomicBool::new(false),
-            })
-        }
-    }
-
-    impl Reload for Fake {
-        fn what(&self) -> &'static str {
-            "fake"
-        }
-        fn sources(&self) -> &[Source] {
-            self.reads.fetch_add(1, Ordering::SeqCst);
-            &self.sources
-        }
-        fn applied_hash(&self) -> [u8; 32] {
-            *self.hash.lock().unwrap()
-        }
-        fn apply(&self, snapshot: &Snapshot, report: bool) -> Result<(), Error> {
-            let text = String::from_utf8_lossy(&snapshot.contents[0]).into_owned();
-            self.applied.lock().unwrap().push(text.clone());
-            let e = if !text.ends_with("END\n") {
-                Some(Error::Certificate("incomplete".into()))
-            } else if text.starts_with("later") && !self.valid_later.load(Ordering::SeqCst) {
-                Some(Error::CertificateNotYetValid {
-                    path: "material".into(),
-                    not_before: "later".into(),
-                })
-            } else {
-                None
-            };
-            if let Some(e) = e {
-                if report {
-                    self.status.reject("fake", e.clone());
-                }
-                return Err(e);
-            }
-            self.status.accepted();
-            *self.hash.lock().unwrap() = snapshot.hash;
-            Ok(())
-        }
-        fn status_cell(&self) -> &StatusCell {
-            &self.status
-        }
-        fn check_expiry(&self) {}
-        fn observed(&self, hash: &[u8; 32]) {
-            self.seen.lock().unwrap().push(*hash);
-        }
-        fn reload_lock(&self) -> &Mutex<()> {
-            &self.lock
-        }
-    }
-
-    fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-        let start = Instant::now();
-        while !cond() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out: {what}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    #[test]
+    fn material_equal_to_what_serves_is_taken_without_a_new_generation() {
+        let pki = TestPki::new();
+        let tls = ServerConfigBuilder::from_pem(
+            pki.server.chain_pem.as_bytes(),
+            pki.server.key_pem.as_bytes(),
+            pki.ca.cert_pem.as_bytes(),
+        )
+        .build()
+        .unwrap();
+        let same = TlsMaterial::from_pem(
+            pki.server.chain_pem.as_bytes(),
+            pki.server.key_pem.as_bytes(),
+            pki.ca.cert_pem.as_bytes(),
+        );
+        assert!(!format!("{same:?}").contains("PRIVATE"), "{same:?}");
+        tls.update(same).unwrap();
+        let status = MaterialHolder::status(&tls);
+        assert_eq!((status.generation, status.failures), (1, 0));
     }
 
     #[test]
-    fn a_change_is_applied_only_once_two_reads_agree() {
-        let dir = tempfile::tempdir().unwrap();
-        let file: PathBuf = dir.path().join("material");
-        std::fs::write(&file, "v1 END\n").unwrap();
-        let fake = Fake::new(vec![Source::File(file.clone())]);
-        // A long settle delay gives this test ample time between the reloader's reads.
-        let (tx, rx) = mpsc::channel();
-        let weak = Arc::downgrade(&fake);
-        let thread = std::thread::spawn(move || {
-            poll_loop(
-                &weak,
-                &rx,
-                Duration::from_millis(20),
-                Duration::from_millis(1500),
+    fn a_client_refuses_material_with_crls_and_counts_a_repeat_once() {
+        let pki = TestPki::new();
+        let tls = crate::ClientConfigBuilder::from_pem(
+            pki.client.chain_pem.as_bytes(),
+            pki.client.key_pem.as_bytes(),
+            pki.ca.cert_pem.as_bytes(),
+        )
+        .build()
+        .unwrap();
+        let with_crl = || {
+            TlsMaterial::from_pem(
+                pki.server.chain_pem.as_bytes(),
+                pki.server.key_pem.as_bytes(),
+                pki.ca.cert_pem.as_bytes(),
             )
-        });
-
-        // Half a write: seen once, then replaced by the complete content before the
-        // confirming read. The half-written content must never reach `apply`.
-        std::fs::write(&file, "v2 partial").unwrap();
-        let partial = snapshot(&[Source::File(file.clone())]).unwrap().hash;
-        wait_until("the reloader to see the partial file", || {
-            fake.seen.lock().unwrap().contains(&partial)
-        });
-        std::fs::write(&file, "v2 complete END\n").unwrap();
-        wait_until("v2 applied", || !fake.applied.lock().unwrap().is_empty());
-        assert_eq!(*fake.applied.lock().unwrap(), ["v2 complete END\n"]);
-        assert_eq!(fake.status.rejected(), 0);
-
-        // Content that stays bad is validated once, counted once, and not retried.
-        std::fs::write(&file, "v3 broken").unwrap();
-        wait_until("v3 rejected", || fake.status.rejected() == 1);
-        let reads = fake.reads.load(Ordering::SeqCst);
-        wait_until("more polls", || {
-            fake.reads.load(Ordering::SeqCst) >= reads + 5
-        });
-        assert_eq!(fake.status.rejected(), 1);
-        assert_eq!(fake.applied.lock().unwrap().len(), 2);
-        assert!(fake.status.last_error().is_some());
-
-        drop(tx);
-        thread.join().unwrap();
-    }
-
-    #[test]
-    fn the_reloader_stops_when_its_handle_is_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("material");
-        std::fs::write(&file, "v1 END\n").unwrap();
-        let fake = Fake::new(vec![Source::File(file)]);
-        let handle = spawn(&fake, Duration::from_millis(10));
-        assert!(handle.is_running());
-        wait_until("a poll", || fake.reads.load(Ordering::SeqCst) > 0);
-        // The thread holds the only weak reference; it is gone once the thread has exited.
-        assert_eq!(Arc::weak_count(&fake), 1);
-        drop(handle);
-        wait_until("the reloader thread to exit", || {
-            Arc::weak_count(&fake) == 0
-        });
-
-        let handle = spawn(&fake, Duration::from_millis(10));
-        assert!(handle.is_running());
-        handle.stop();
-        assert_eq!(Arc::weak_count(&fake), 0);
-
-        // A detached reloader keeps polling until the target itself is dropped.
-        spawn(&fake, Duration::from_millis(10)).detach();
-        let reads = fake.reads.load(Ordering::SeqCst);
-        wait_until("polls after detach", || {
-            fake.reads.load(Ordering::SeqCst) > reads + 2
-        });
-
-        // Any reloader exits once the TLS handle it serves is gone.
-        let handle = spawn(&fake, Duration::from_millis(10));
-        drop(fake);
-        wait_until("the reloader to exit", || !handle.is_running());
-    }
-
-    #[test]
-    fn a_refusal_that_depends_on_the_clock_is_checked_again_on_later_polls() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("material");
-        std::fs::write(&file, "v1 END\n").unwrap();
-        let fake = Fake::new(vec![Source::File(file.clone())]);
-        let handle = spawn(&fake, Duration::from_millis(5));
-
-        std::fs::write(&file, "later v2 END\n").unwrap();
-        wait_until("v2 refused", || fake.status.rejected() == 1);
-        assert!(matches!(
-            fake.status.last_error(),
-            Some(Error::CertificateNotYetValid { .. })
-        ));
-        // Checked again on every poll, quietly: counted and reported once.
-        let tries = fake.applied.lock().unwrap().len();
-        wait_until("re-checks", || {
-            fake.applied.lock().unwrap().len() >= tries + 3
-        });
-        assert_eq!(fake.status.rejected(), 1);
-
-        // Once the clock allows it, the same bytes are taken with no file change.
-        fake.valid_later.store(true, Ordering::SeqCst);
-        wait_until("v2 applied", || fake.status.last_error().is_none());
-        let applied = fake.applied.lock().unwrap().clone();
-        assert!(applied.iter().all(|a| a == "later v2 END\n"), "{applied:?}");
-        assert_eq!(fake.status.rejected(), 1);
-        let tries = applied.len();
-        let reads = fake.reads.load(Ordering::SeqCst);
-        wait_until("more polls", || {
-            fake.reads.load(Ordering::SeqCst) >= reads + 3
-        });
-        assert_eq!(fake.applied.lock().unwrap().len(), tries, "applied again");
-        handle.stop();
+            .crl_pem(pki.ca.crl(&[]).pem.as_bytes())
+        };
+        let err = tls.update(with_crl()).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+        assert!(tls.update(with_crl()).is_err());
+        let status = tls.status();
+        assert_eq!((status.generation, status.rejected_updates), (1, 1));
+        assert!(!tls.is_transient(&err));
+        assert!(tls.is_transient(&Error::CertificateNotYetValid {
+            path: "x".into(),
+            not_before: "later".into(),
+        }));
     }
 }

@@ -15,11 +15,12 @@ use rustls::{HandshakeKind, NamedGroup, ServerConfig, ServerConnection, Supporte
 
 use crate::material::{LoadedIdentity, load_crls, load_roots};
 use crate::pem::Source;
-use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
+use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot, TlsMaterial};
 use crate::verifier::{
     ClientVerifier, ClientVerifierOptions, IdentityCache, fingerprint, into_error,
 };
 use crate::{AuthorizeIdentity, Error, PeerIdentity};
+use zt_rotate::{MaterialHolder, RotationStatus};
 
 /// Default handshake timeout (enforced by the acceptor, e.g. `zt-tower`'s).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -124,8 +125,11 @@ pub struct MaterialStatus {
     pub loaded_at: SystemTime,
     /// The error of the last rejected update, cleared by the next one taken whole.
     pub last_error: Option<Error>,
-    /// How many updates were rejected since `build`.
+    /// How many updates were rejected since `build` (a refusal repeated with no update
+    /// taken in between, such as the re-checks of a certificate not valid yet, counts once).
     pub rejected_updates: u64,
+    /// The same rotation status every ztkit holder reports.
+    pub rotation: RotationStatus,
 }
 
 // === ServerTlsBuilder ===
@@ -391,6 +395,7 @@ struct ServerConfigs {
 impl Build for Parts {
     type Config = ServerConfigs;
     const WHAT: &'static str = "server";
+    const MATERIAL: &'static str = "server TLS material";
 
     fn sources(&self) -> &[Source] {
         &self.sources
@@ -408,17 +413,13 @@ impl Build for Parts {
         let [_, _, ca, crl_files @ ..] = snap.contents.as_slice() else {
             return Err(Error::Task("material snapshot is incomplete".into()));
         };
-        let [_, _, ca_src, crl_srcs @ ..] = self.sources.as_slice() else {
-            return Err(Error::Task("material sources are incomplete".into()));
+        let [_, _, ca_path, crl_paths @ ..] = snap.paths.as_slice() else {
+            return Err(Error::Task("material snapshot is incomplete".into()));
         };
-        let roots = load_roots(ca, ca_src.path())?;
+        let roots = load_roots(ca, ca_path)?;
         let mut crls = Vec::new();
-        for (bytes, src) in crl_files.iter().zip(crl_srcs) {
-            crls.extend(load_crls(
-                bytes,
-                src.path(),
-                self.verifier.allow_expired_crls,
-            )?);
+        for (bytes, path) in crl_files.iter().zip(crl_paths) {
+            crls.extend(load_crls(bytes, path, self.verifier.allow_expired_crls)?);
         }
         let verifier = Arc::new(ClientVerifier::new(
             roots,
@@ -520,5 +521,29 @@ impl ServerTls {
     /// What is serving now and how reloads went.
     pub fn status(&self) -> MaterialStatus {
         self.shared.status()
+    }
+}
+
+/// Updates from any source: validated whole, swapped in for new handshakes, refused
+/// material counted in [`MaterialStatus::rejected_updates`] while the last good set keeps
+/// serving. See [`TlsMaterial`] and `docs/rotation.md`.
+impl MaterialHolder for ServerTls {
+    type Material = TlsMaterial;
+    type Error = Error;
+
+    fn update(&self, material: TlsMaterial) -> Result<(), Error> {
+        self.shared.update(material)
+    }
+
+    fn source_failed(&self, error: Error) {
+        self.shared.source_failed(error);
+    }
+
+    fn status(&self) -> RotationStatus {
+        MaterialHolder::status(&*self.shared)
+    }
+
+    fn is_transient(&self, error: &Error) -> bool {
+        self.shared.is_transient(error)
     }
 }
