@@ -66,11 +66,11 @@ const IDENTITY_FILES: usize = 2;
 /// DER, as in the files.
 ///
 /// ```
-/// use mtls_verify::{MaterialHolder, ServerConfigBuilder, TlsMaterial};
+/// use mtls_verify::{MaterialHolder, ServerTlsBuilder, TlsMaterial};
 /// use ztkit_test_support::TestPki;
 ///
 /// let (old, new) = (TestPki::new(), TestPki::new());
-/// let tls = ServerConfigBuilder::from_pem(
+/// let tls = ServerTlsBuilder::from_pem(
 ///     old.server.chain_pem.as_bytes(),
 ///     old.server.key_pem.as_bytes(),
 ///     old.ca.cert_pem.as_bytes(),
@@ -489,13 +489,13 @@ pub(crate) async fn reload_now<B: Build>(target: Arc<Reloadable<B>>) -> Result<(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ServerConfigBuilder;
+    use crate::ServerTlsBuilder;
     use ztkit_test_support::TestPki;
 
     #[test]
     fn material_equal_to_what_serves_is_taken_without_a_new_generation() {
         let pki = TestPki::new();
-        let tls = ServerConfigBuilder::from_pem(
+        let tls = ServerTlsBuilder::from_pem(
             pki.server.chain_pem.as_bytes(),
             pki.server.key_pem.as_bytes(),
             pki.ca.cert_pem.as_bytes(),
@@ -516,7 +516,7 @@ mod tests {
     #[test]
     fn a_client_refuses_material_with_crls_and_counts_a_repeat_once() {
         let pki = TestPki::new();
-        let tls = crate::ClientConfigBuilder::from_pem(
+        let tls = crate::ClientTlsBuilder::from_pem(
             pki.client.chain_pem.as_bytes(),
             pki.client.key_pem.as_bytes(),
             pki.ca.cert_pem.as_bytes(),
