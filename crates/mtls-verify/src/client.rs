@@ -13,11 +13,10 @@ use rustls::{ClientConfig, NamedGroup};
 
 use crate::material::{LoadedIdentity, load_roots};
 use crate::pem::Source;
-use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot, TlsMaterial};
+use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::server::{CommonSettings, MaterialStatus};
 use crate::verifier::{ChainPolicy, ServerVerifier};
 use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
-use zt_rotate::{MaterialHolder, RotationStatus};
 
 /// Builds a [`ClientTls`] for outbound mTLS (tonic `Channel`, hyper client): our certificate
 /// and key, the CA bundle that server certificates must chain to, and an optional authorizer
@@ -297,25 +296,8 @@ impl ClientTls {
     }
 }
 
-/// Updates from any source, as for [`ServerTls`](crate::ServerTls); a client's material has
-/// no CRLs.
-impl MaterialHolder for ClientTls {
-    type Material = TlsMaterial;
-    type Error = Error;
-
-    fn update(&self, material: TlsMaterial) -> Result<(), Error> {
-        self.shared.update(material)
-    }
-
-    fn source_failed(&self, error: Error) {
-        self.shared.source_failed(error);
-    }
-
-    fn status(&self) -> RotationStatus {
-        MaterialHolder::status(&*self.shared)
-    }
-
-    fn is_transient(&self, error: &Error) -> bool {
-        self.shared.is_transient(error)
-    }
-}
+reload::impl_material_holder!(
+    /// Updates from any source, as for [`ServerTls`](crate::ServerTls); a client's material has
+    /// no CRLs.
+    ClientTls
+);

@@ -479,6 +479,35 @@ impl<B: Build> MaterialHolder for Reloadable<B> {
     }
 }
 
+/// Implements [`MaterialHolder`] for a public handle by delegating to its `shared`
+/// [`Reloadable`].
+macro_rules! impl_material_holder {
+    ($(#[$doc:meta])* $handle:ty) => {
+        $(#[$doc])*
+        impl zt_rotate::MaterialHolder for $handle {
+            type Material = crate::TlsMaterial;
+            type Error = crate::Error;
+
+            fn update(&self, material: crate::TlsMaterial) -> Result<(), crate::Error> {
+                zt_rotate::MaterialHolder::update(&*self.shared, material)
+            }
+
+            fn source_failed(&self, error: crate::Error) {
+                zt_rotate::MaterialHolder::source_failed(&*self.shared, error);
+            }
+
+            fn status(&self) -> zt_rotate::RotationStatus {
+                zt_rotate::MaterialHolder::status(&*self.shared)
+            }
+
+            fn is_transient(&self, error: &crate::Error) -> bool {
+                zt_rotate::MaterialHolder::is_transient(&*self.shared, error)
+            }
+        }
+    };
+}
+pub(crate) use impl_material_holder;
+
 /// Runs [`Reloadable::reload_once`] on tokio's blocking pool.
 pub(crate) async fn reload_now<B: Build>(target: Arc<Reloadable<B>>) -> Result<(), Error> {
     tokio::task::spawn_blocking(move || target.reload_once())

@@ -15,12 +15,12 @@ use rustls::{HandshakeKind, NamedGroup, ServerConfig, ServerConnection, Supporte
 
 use crate::material::{LoadedIdentity, load_crls, load_roots};
 use crate::pem::Source;
-use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot, TlsMaterial};
+use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::verifier::{
     ClientVerifier, ClientVerifierOptions, IdentityCache, fingerprint, into_error,
 };
 use crate::{AuthorizeIdentity, Error, PeerIdentity};
-use zt_rotate::{MaterialHolder, RotationStatus};
+use zt_rotate::RotationStatus;
 
 /// Default handshake timeout (enforced by the acceptor, e.g. `zt-tower`'s).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -524,26 +524,9 @@ impl ServerTls {
     }
 }
 
-/// Updates from any source: validated whole, swapped in for new handshakes, refused
-/// material counted in [`MaterialStatus::rejected_updates`] while the last good set keeps
-/// serving. See [`TlsMaterial`] and `docs/rotation.md`.
-impl MaterialHolder for ServerTls {
-    type Material = TlsMaterial;
-    type Error = Error;
-
-    fn update(&self, material: TlsMaterial) -> Result<(), Error> {
-        self.shared.update(material)
-    }
-
-    fn source_failed(&self, error: Error) {
-        self.shared.source_failed(error);
-    }
-
-    fn status(&self) -> RotationStatus {
-        MaterialHolder::status(&*self.shared)
-    }
-
-    fn is_transient(&self, error: &Error) -> bool {
-        self.shared.is_transient(error)
-    }
-}
+reload::impl_material_holder!(
+    /// Updates from any source: validated whole, swapped in for new handshakes, refused
+    /// material counted in [`MaterialStatus::rejected_updates`] while the last good set keeps
+    /// serving. See [`TlsMaterial`](crate::TlsMaterial) and `docs/rotation.md`.
+    ServerTls
+);
