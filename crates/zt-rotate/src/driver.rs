@@ -152,6 +152,8 @@ where
         let (retry_min, retry_max) = self.watcher.retry_bounds();
         let mut retry: Option<Retry> = None;
         let mut next_poll = Instant::now();
+        // Events in a busy directory wake at most one read per settle window.
+        let mut last_poll = next_poll.checked_sub(settle).unwrap_or(next_poll);
         let mut pending = false;
         loop {
             let deadline = retry.as_ref().map_or(next_poll, |r| r.at.min(next_poll));
@@ -163,7 +165,7 @@ where
                     // A change while a read waits to be confirmed does not hurry the
                     // confirmation: the settle window runs from the first read.
                     crate::watch::inotify::Woken::Changed if !pending => {
-                        next_poll = Instant::now();
+                        next_poll = next_poll.min((last_poll + settle).max(Instant::now()));
                     }
                     _ => {}
                 }
@@ -182,6 +184,7 @@ where
                 return;
             };
             pending = false;
+            last_poll = now;
             next_poll = now + interval;
             match self.watcher.poll() {
                 WatchEvent::Pending => {

@@ -304,3 +304,45 @@ fn dropping_the_handle_stops_and_joins_the_thread_and_detach_runs_until_the_hold
         Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_storm_of_unrelated_events_wakes_at_most_one_read_per_settle_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tls.crt");
+    std::fs::write(&file, "v1").unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = reads.clone();
+    let settle = Duration::from_millis(100);
+    let watcher = FileWatcher::new()
+        .file(&file)
+        // Counts the watcher's reads (every poll reads every target).
+        .dir_with(empty.path(), move |_| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        })
+        .poll_interval(Duration::from_secs(3600))
+        .settle(settle);
+    let holder = TextHolder::new();
+    let _handle = watch_files(watcher, &holder, text_of(&file)).unwrap();
+    wait_until("v1 taken", || holder.status().generation == 1);
+
+    let before = reads.load(Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_millis(600) {
+        std::fs::write(dir.path().join(format!("unrelated-{}", n % 50)), "x").unwrap();
+        n += 1;
+    }
+    // Then a real change, which must still be seen (by inotify: the next poll is an hour off).
+    std::fs::write(&file, "v2").unwrap();
+    wait_until("v2 taken", || holder.status().generation == 2);
+    let woken = reads.load(Ordering::SeqCst) - before;
+    let bound = started.elapsed().as_millis() / settle.as_millis() + 3;
+    assert!(n > 100, "only {n} events");
+    assert!(
+        woken as u128 <= bound,
+        "{woken} reads for {n} events (bound {bound})"
+    );
+}
