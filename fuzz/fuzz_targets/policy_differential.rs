@@ -23,17 +23,15 @@ struct Case {
 fn cases() -> &'static [Case] {
     static CASES: OnceLock<Vec<Case>> = OnceLock::new();
     CASES.get_or_init(|| {
-        let corpus: serde_yaml::Value = serde_yaml::from_str(CORPUS).expect("corpus parses");
+        let corpus: serde_json::Value = serde_saphyr::from_str(CORPUS).expect("corpus parses");
         let mut out = Vec::new();
-        for case in corpus["cases"].as_sequence().expect("cases") {
+        for case in corpus["cases"].as_array().expect("cases") {
             let name = case["name"].as_str().expect("name").to_owned();
             let rule = case["rule"].as_str().unwrap_or("data.t.r").to_owned();
             let mut writer =
                 BundleWriter::new().file("t.rego", case["rego"].as_str().expect("rego"));
             if !case["data"].is_null() {
-                let data: serde_json::Value =
-                    serde_yaml::from_value(case["data"].clone()).expect("data");
-                writer = writer.file("data.json", data.to_string());
+                writer = writer.file("data.json", case["data"].to_string());
             }
             let archive = writer.to_tar_gz().expect("archive");
             let refused = case["refused"].as_bool().unwrap_or(false);

@@ -102,9 +102,33 @@ impl Bundle {
     }
 }
 
+/// Reads a YAML data document (UTF-8) as JSON, within serde-saphyr's default budgets (alias
+/// replay, depth, events), so a hostile document fails instead of expanding without bound.
+pub(crate) fn yaml_document(bytes: &[u8]) -> std::result::Result<serde_json::Value, String> {
+    let text = std::str::from_utf8(bytes).map_err(|_| "not valid UTF-8".to_owned())?;
+    serde_saphyr::from_str(text).map_err(|e| format!("not valid YAML: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_documents_read_as_json_and_bombs_are_refused() {
+        assert_eq!(
+            yaml_document(b"a: [1, two, {b: true}]\nc: ~\n").unwrap(),
+            serde_json::json!({"a": [1, "two", {"b": true}], "c": null})
+        );
+        assert!(yaml_document(b"a: [").is_err());
+        assert!(yaml_document(&[0xff]).is_err());
+        // A billion laughs: nine levels of nine aliases.
+        let mut bomb = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..10 {
+            let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+            bomb.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+        }
+        assert!(yaml_document(bomb.as_bytes()).is_err());
+    }
 
     #[test]
     fn a_manifest_takes_defaults_for_what_it_omits() {

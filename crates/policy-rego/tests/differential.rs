@@ -152,7 +152,7 @@ fn dir() -> PathBuf {
 
 fn corpus() -> Corpus {
     let text = std::fs::read_to_string(dir().join("corpus.yaml")).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 fn recording() -> Recording {

@@ -290,3 +290,113 @@ fn verifier_configuration_errors_are_reported() {
     let v = SignatureVerifier::from_public_key_pem("ES256", keys.public_pem.as_bytes()).unwrap();
     assert!(!format!("{v:?}").contains("BEGIN"));
 }
+
+/// A data file that does not parse and does not match its digest is refused for its digest:
+/// it is never read as data (issue 8 §2).
+#[test]
+fn a_malformed_data_file_with_a_wrong_digest_is_a_digest_mismatch() {
+    let keys = ec_keys();
+    let mut files = signed_files(&keys);
+    files.insert("app/data.json".into(), b"{\"users\": [\"mallory\"".to_vec());
+    let msg = signature_error(&keys, &files);
+    assert!(msg.contains("app/data.json: digest mismatch"), "{msg}");
+}
+
+/// Data that would be costly or hostile to parse (nested far beyond any parser's depth limit,
+/// or a YAML alias bomb) is not parsed while anything that needs no parsing fails: the error
+/// is about the file whose bytes are wrong, not about the data (which sorts first and, before
+/// this ordering, was parsed first).
+#[test]
+fn hostile_data_is_not_parsed_when_verification_fails_without_it() {
+    let keys = ec_keys();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let mut bomb = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+        bomb.push_str(&format!("l{i}: &l{i} [{refs}]\n"));
+    }
+    for (data_path, hostile) in [("app/data.json", deep), ("app/extra/data.yaml", bomb)] {
+        // Signed with a small, valid file at that path.
+        let signed = || {
+            writer()
+                .file(data_path, "{\"ok\": true}")
+                .sign(
+                    BundleSigner::from_private_key_pem("ES256", keys.private_pem.as_bytes())
+                        .unwrap(),
+                )
+                .into_files()
+                .unwrap()
+        };
+        // A rego file altered: its bytes do not match.
+        let mut files = signed();
+        files.insert(data_path.into(), hostile.clone().into_bytes());
+        files.insert(
+            "app/authz/policy.rego".into(),
+            b"package app.authz\n\nallow := true\n".to_vec(),
+        );
+        let msg = signature_error(&keys, &files);
+        assert_eq!(
+            msg, "file app/authz/policy.rego: digest mismatch",
+            "{data_path}"
+        );
+
+        // A file the signature does not list (sorting after the data file).
+        let mut files = signed();
+        files.insert(data_path.into(), hostile.clone().into_bytes());
+        files.insert("app/zz.rego".into(), b"package app.zz\n".to_vec());
+        let msg = signature_error(&keys, &files);
+        assert_eq!(
+            msg, "file app/zz.rego is not included in the signature",
+            "{data_path}"
+        );
+
+        // A listed file missing.
+        let mut files = signed();
+        files.insert(data_path.into(), hostile.clone().into_bytes());
+        files.remove(".manifest");
+        let msg = signature_error(&keys, &files);
+        assert!(
+            msg.contains(".manifest is listed in the signature but missing"),
+            "{msg}"
+        );
+
+        // Signed with another key: nothing is read past the JWT.
+        let mut files = signed_files(&ec_keys());
+        files.insert(data_path.into(), hostile.clone().into_bytes());
+        let msg = signature_error(&keys, &files);
+        assert!(msg.starts_with("JWT does not verify"), "{msg}");
+
+        // Only the hostile file wrong: it is refused as a digest mismatch, within bounds.
+        let mut files = signed();
+        files.insert(data_path.into(), hostile.into_bytes());
+        let msg = signature_error(&keys, &files);
+        assert!(
+            msg.starts_with(&format!("file {data_path}: digest mismatch")),
+            "{msg}"
+        );
+    }
+}
+
+/// A canonical data file (as `opa build` and `BundleWriter` write JSON) is accepted on its
+/// bytes' digest; a reformatted one is still accepted through its canonical form.
+#[test]
+fn canonical_and_reformatted_data_both_verify() {
+    let keys = ec_keys();
+    let signer =
+        || BundleSigner::from_private_key_pem("ES256", keys.private_pem.as_bytes()).unwrap();
+    for data in [
+        r#"{"a":[1,2],"b":"x"}"#,
+        "{ \"b\": \"x\",\n  \"a\": [1, 2] }",
+    ] {
+        let files = BundleWriter::new()
+            .file("data.json", data)
+            .sign(signer())
+            .into_files()
+            .unwrap();
+        let bundle = loader(&keys).load_tar_gz("b", &to_tar_gz(&files)).unwrap();
+        assert_eq!(
+            bundle.data_json(),
+            serde_json::json!({"a": [1, 2], "b": "x"})
+        );
+    }
+}

@@ -151,9 +151,7 @@ fn parse_data(path: &str, bytes: &[u8]) -> Result<Value> {
         let s = std::str::from_utf8(bytes).map_err(|_| err("not valid UTF-8".into()))?;
         Value::from_json_str(s).map_err(|e| err(e.to_string()))?
     } else {
-        let j: serde_json::Value =
-            serde_yaml::from_slice(bytes).map_err(|e| err(format!("not valid YAML: {e}")))?;
-        Value::from(j)
+        Value::from(super::yaml_document(bytes).map_err(err)?)
     };
     if v.as_object().is_err() {
         return Err(err("the document is not an object".into()));

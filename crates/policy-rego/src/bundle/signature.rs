@@ -14,6 +14,13 @@
 //! with a matching digest, and every listed file must be present. Structured files
 //! (`data.json`, `data.yaml`, `.manifest`) are hashed in their canonical JSON form (see
 //! [`canonical`](super::canonical)); all others byte for byte.
+//!
+//! No file is parsed before what can be checked without parsing has passed: the JWT, the file
+//! list both ways and every byte-for-byte digest. A structured file whose bytes already hash
+//! to the signed digest (canonical, as `opa build` writes it) is then accepted unparsed; only
+//! one that is not is put in canonical form to be hashed (with a bounded parser of our own for
+//! JSON, within serde-saphyr's budgets for YAML), and if it does not parse it cannot be what
+//! was signed: a digest mismatch. The loader parses data and manifest only after all of this.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -176,6 +183,11 @@ impl SignatureVerifier {
             }
         }
 
+        // Every check that needs no parsing comes first: the file list both ways, then the
+        // digests of files hashed byte for byte. Only then are structured files hashed, and
+        // one whose bytes already hash to the signed digest (a canonical file, as `opa build`
+        // writes them) is accepted without being parsed at all.
+        let mut structured = Vec::new();
         for (path, content) in files {
             if path == SIGNATURES_FILE {
                 continue;
@@ -185,11 +197,11 @@ impl SignatureVerifier {
             })?;
             let want = hex::decode(&entry.hash)
                 .map_err(|_| PolicyError::Signature(format!("file {path}: digest is not hex")))?;
-            let got = file_digest(path, content, &entry.algorithm)?;
-            if want != got {
-                return Err(PolicyError::Signature(format!(
-                    "file {path}: digest mismatch"
-                )));
+            let algorithm = digest_algorithm(path, &entry.algorithm)?;
+            if is_structured(path) {
+                structured.push((path, content, want, algorithm));
+            } else if digest::digest(algorithm, content).as_ref() != want.as_slice() {
+                return Err(digest_mismatch(path));
             }
         }
         if let Some(missing) = listed.keys().next() {
@@ -197,8 +209,25 @@ impl SignatureVerifier {
                 "file {missing} is listed in the signature but missing from the bundle"
             )));
         }
+        for (path, content, want, algorithm) in structured {
+            if digest::digest(algorithm, content).as_ref() == want.as_slice() {
+                continue;
+            }
+            // Not canonical as it stands: hash its canonical form. Content that does not even
+            // parse cannot be what was signed, so that too is a digest mismatch.
+            let got = canonical_digest(path, content, algorithm).map_err(|detail| {
+                PolicyError::Signature(format!("file {path}: digest mismatch ({detail})"))
+            })?;
+            if got != want {
+                return Err(digest_mismatch(path));
+            }
+        }
         Ok(())
     }
+}
+
+fn digest_mismatch(path: &str) -> PolicyError {
+    PolicyError::Signature(format!("file {path}: digest mismatch"))
 }
 
 fn parse_algorithm(name: &str) -> Result<Algorithm> {
@@ -221,6 +250,38 @@ pub(crate) fn is_structured(path: &str) -> bool {
     )
 }
 
+/// The digest algorithm a signature names for a file.
+fn digest_algorithm(path: &str, algorithm: &str) -> Result<&'static digest::Algorithm> {
+    match algorithm {
+        "SHA-256" => Ok(&digest::SHA256),
+        "SHA-384" => Ok(&digest::SHA384),
+        "SHA-512" => Ok(&digest::SHA512),
+        "SHA-512-256" => Ok(&digest::SHA512_256),
+        "" => Err(PolicyError::Signature(format!(
+            "file {path}: no hashing algorithm given"
+        ))),
+        other => Err(PolicyError::Signature(format!(
+            "file {path}: unsupported hashing algorithm {other:?}"
+        ))),
+    }
+}
+
+/// The digest of a structured file's canonical JSON form (see the module docs); the error
+/// says why the content has none.
+fn canonical_digest(
+    path: &str,
+    content: &[u8],
+    algorithm: &'static digest::Algorithm,
+) -> std::result::Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(content.len());
+    if path.ends_with(".yaml") {
+        canonical::canonical_value(&super::yaml_document(content)?, &mut out);
+    } else {
+        canonical::canonical_json(content, &mut out).map_err(|e| format!("not valid JSON: {e}"))?;
+    }
+    Ok(digest::digest(algorithm, &out).as_ref().to_vec())
+}
+
 /// The digest OPA computes for a bundle file (see the module docs).
 ///
 /// # Errors
@@ -228,39 +289,13 @@ pub(crate) fn is_structured(path: &str) -> bool {
 /// [`PolicyError::Signature`] for an unsupported algorithm or a structured file that does not
 /// parse.
 pub(crate) fn file_digest(path: &str, content: &[u8], algorithm: &str) -> Result<Vec<u8>> {
-    let alg = match algorithm {
-        "SHA-256" => &digest::SHA256,
-        "SHA-384" => &digest::SHA384,
-        "SHA-512" => &digest::SHA512,
-        "SHA-512-256" => &digest::SHA512_256,
-        "" => {
-            return Err(PolicyError::Signature(format!(
-                "file {path}: no hashing algorithm given"
-            )));
-        }
-        other => {
-            return Err(PolicyError::Signature(format!(
-                "file {path}: unsupported hashing algorithm {other:?}"
-            )));
-        }
-    };
-    let canonical;
-    let bytes: &[u8] = if is_structured(path) {
-        let mut out = Vec::with_capacity(content.len());
-        if path.ends_with(".yaml") {
-            let v: serde_json::Value = serde_yaml::from_slice(content)
-                .map_err(|e| PolicyError::Signature(format!("file {path}: not valid YAML: {e}")))?;
-            canonical::canonical_value(&v, &mut out);
-        } else {
-            canonical::canonical_json(content, &mut out)
-                .map_err(|e| PolicyError::Signature(format!("file {path}: not valid JSON: {e}")))?;
-        }
-        canonical = out;
-        &canonical
+    let algorithm = digest_algorithm(path, algorithm)?;
+    if is_structured(path) {
+        canonical_digest(path, content, algorithm)
+            .map_err(|e| PolicyError::Signature(format!("file {path}: {e}")))
     } else {
-        content
-    };
-    Ok(digest::digest(alg, bytes).as_ref().to_vec())
+        Ok(digest::digest(algorithm, content).as_ref().to_vec())
+    }
 }
 
 #[derive(Deserialize)]

@@ -39,7 +39,7 @@ pub struct Case {
 
 pub fn cases(file: &str) -> Vec<Case> {
     let text = std::fs::read_to_string(fixture(file)).unwrap();
-    serde_yaml::from_str(&text).unwrap()
+    serde_saphyr::from_str(&text).unwrap()
 }
 
 impl Case {
