@@ -122,6 +122,41 @@ pub(crate) fn load_roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, 
 /// checks such a refusal again as time passes).
 pub(crate) const CRL_EXPIRED: &str = "expired (nextUpdate";
 
+/// The reason of an [`Error::Crl`] for a version 1 CRL: what is wrong and how to fix it.
+pub(crate) const CRL_V1: &str = "is a version 1 CRL, and only version 2 CRLs are accepted \
+     (RFC 5280 requires version 2 with the CRL number extension); with `openssl ca -gencrl`, \
+     set `crlnumber = <file holding a number, e.g. 01>` in the CA section of the openssl \
+     config and generate the CRL again";
+
+/// Parses one CRL as webpki will use it. A CRL webpki refuses is checked for the usual
+/// cause, a version 1 CRL (what `openssl ca -gencrl` writes without `crlnumber`), so the
+/// error says that and how to fix it rather than only `BadDer`.
+pub(crate) fn parse_crl<'a>(
+    crl: &'a CertificateRevocationListDer<'_>,
+    path: &Path,
+) -> Result<x509_parser::revocation_list::CertificateRevocationList<'a>, Error> {
+    let fail = |reason: String| Error::Crl {
+        path: path.to_owned(),
+        reason,
+    };
+    let parsed = x509_parser::revocation_list::CertificateRevocationList::from_der(crl);
+    if let Err(webpki_err) = webpki::OwnedCertRevocationList::from_der(crl) {
+        return Err(fail(match &parsed {
+            Ok((_, p)) if is_version_1(p) => CRL_V1.to_owned(),
+            _ => format!("cannot parse: {webpki_err}"),
+        }));
+    }
+    parsed
+        .map(|(_, p)| p)
+        .map_err(|e| fail(format!("cannot parse: {e}")))
+}
+
+/// A CRL without a version field, or with version 1 (encoded 0), is version 1.
+fn is_version_1(crl: &x509_parser::revocation_list::CertificateRevocationList<'_>) -> bool {
+    crl.version()
+        .is_none_or(|v| v == x509_parser::x509::X509Version::V1)
+}
+
 /// Checks one CRL: it parses for webpki and, unless allowed, is not past its nextUpdate.
 pub(crate) fn check_crl(
     crl: &CertificateRevocationListDer<'_>,
@@ -132,10 +167,7 @@ pub(crate) fn check_crl(
         path: path.to_owned(),
         reason,
     };
-    webpki::OwnedCertRevocationList::from_der(crl)
-        .map_err(|e| fail(format!("cannot parse: {e}")))?;
-    let (_, parsed) = x509_parser::revocation_list::CertificateRevocationList::from_der(crl)
-        .map_err(|e| fail(format!("cannot parse: {e}")))?;
+    let parsed = parse_crl(crl, path)?;
     if !allow_expired && let Some(next) = parsed.next_update() {
         let next = system_time(next.timestamp());
         if next < SystemTime::now() {

@@ -77,11 +77,14 @@ pub fn read_private_key_file(path: &Path) -> Result<PrivateKeyDer<'static>, Erro
     private_key_at(&read_file(path)?, path)
 }
 
-/// Reads a CRL file; see [`crls`].
+/// Reads a CRL file; see [`crls`]. Each CRL must parse as a version 2 CRL (the only
+/// version webpki accepts), so that an unusable file is named here rather than later; its
+/// dates are not checked.
 ///
 /// # Errors
 /// [`Error::Io`], [`Error::FileTooLarge`], [`Error::Pem`], and [`Error::Crl`] if the file
-/// holds no CRL.
+/// holds no CRL or a CRL that cannot be used (malformed, or version 1: the error says how
+/// to make `openssl ca -gencrl` write version 2).
 pub fn read_crls_file(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, Error> {
     let crls = crls_at(&read_file(path)?, path)?;
     if crls.is_empty() {
@@ -89,6 +92,9 @@ pub fn read_crls_file(path: &Path) -> Result<Vec<CertificateRevocationListDer<'s
             path: path.to_owned(),
             reason: "contains no CRL".into(),
         });
+    }
+    for crl in &crls {
+        crate::material::parse_crl(crl, path)?;
     }
     Ok(crls)
 }

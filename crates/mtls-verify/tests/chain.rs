@@ -17,6 +17,7 @@ use mtls_verify::{
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PublicKeyData};
 use rustls::pki_types::CertificateDer;
 use support::{ClientOpts, TestServer, client_config, connect};
+use x509_parser::prelude::FromDer;
 use ztkit_test_support::{KeyAlg, TestCa, TestPki};
 
 /// An RSA public key of the given size (a fixed odd modulus with the top bit set).
@@ -352,4 +353,67 @@ fn a_crl_that_expires_while_serving_fails_closed() {
         .allow_expired_crls()
         .at_time(later);
     verify_client_chain(&pki.client.chain_der, &relaxed).unwrap();
+}
+
+/// What `openssl ca -gencrl` writes without `crlnumber` (a version 1 CRL) is refused with
+/// what is wrong and how to fix it, not `BadDer`: when the server is built, through
+/// `verify_client_chain`, and when the file is read (the CLI's path). The same check on a
+/// CRL made by the real `openssl` CLI is in `tests/openssl.rs`.
+#[test]
+fn a_version_1_crl_is_refused_saying_why_and_how_to_fix_it() {
+    let pki = TestPki::new();
+    let v1 = pki.ca.crl_v1(&[&pki.client]);
+    // A well-formed CRL otherwise: no version field, one revoked serial.
+    let (_, parsed) =
+        x509_parser::revocation_list::CertificateRevocationList::from_der(&v1.der).unwrap();
+    assert_eq!(parsed.version(), None);
+    assert_eq!(parsed.iter_revoked_certificates().count(), 1);
+
+    let says_why_and_how = |err: &Error| {
+        let text = err.to_string();
+        assert!(matches!(err, Error::Crl { .. }), "{text}");
+        assert!(text.contains("version 1 CRL"), "{text}");
+        assert!(text.contains("only version 2 CRLs are accepted"), "{text}");
+        assert!(text.contains("crlnumber"), "{text}");
+        assert!(!text.contains("BadDer"), "{text}");
+    };
+    let err = ServerTlsBuilder::from_pem(
+        pki.server.chain_pem.as_bytes(),
+        pki.server.key_pem.as_bytes(),
+        pki.ca.cert_pem.as_bytes(),
+    )
+    .crl_pem(v1.pem.as_bytes())
+    .build()
+    .unwrap_err();
+    says_why_and_how(&err);
+
+    let err = verify_client_chain(
+        &pki.client.chain_der,
+        &options(&pki).crls(vec![v1.der.clone()]),
+    )
+    .unwrap_err();
+    says_why_and_how(&err);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("from-openssl.crl");
+    std::fs::write(&path, &v1.pem).unwrap();
+    let err = mtls_verify::pem::read_crls_file(&path).unwrap_err();
+    says_why_and_how(&err);
+    assert!(err.to_string().contains("from-openssl.crl"), "{err}");
+
+    // A version 2 CRL from the same CA still loads, and garbage is still just unparsable.
+    mtls_verify::pem::read_crls_file(&{
+        let p = dir.path().join("v2.crl");
+        std::fs::write(&p, pki.ca.crl(&[]).pem).unwrap();
+        p
+    })
+    .unwrap();
+    let mut broken = v1.der.to_vec();
+    broken[4] = 0x04; // the tbsCertList's first element is no longer a SEQUENCE
+    let err = verify_client_chain(
+        &pki.client.chain_der,
+        &options(&pki).crls(vec![broken.into()]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("cannot parse"), "{err}");
 }

@@ -1,5 +1,6 @@
 //! Weak certificates made by the real `openssl` CLI (RSA-1024 keys, SHA-1 signatures, which
-//! rcgen cannot produce), presented by `openssl s_client` to a `ServerTls` server.
+//! rcgen cannot produce), presented by `openssl s_client` to a `ServerTls` server; and the
+//! version 1 CRL `openssl ca -gencrl` writes without `crlnumber`.
 //! Run by `cargo xtask test` (`cargo test -- --ignored` with openssl installed).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +14,7 @@ use mtls_verify::{ChainVerifyOptions, Error, ServerTlsBuilder, verify_client_cha
 use support::TestServer;
 use ztkit_test_support::TestPki;
 
-fn openssl(dir: &Path, args: &[&str]) {
+fn openssl(dir: &Path, args: &[&str]) -> std::process::Output {
     let out = Command::new("openssl")
         .args(args)
         .current_dir(dir)
@@ -25,6 +26,7 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
 }
 
 /// Issues `name.crt`/`name.key` with openssl: a new key (`keyalg` args for genpkey), signed
@@ -182,4 +184,81 @@ async fn openssl_sha1_signed_client_certificate_is_refused() {
     let mut srv = server(&pki).await;
     let reason = s_client_reason(&mut srv, dir.path(), "sha1").await;
     assert!(reason.contains("SHA-1"), "{reason}");
+}
+
+/// A CA directory for `openssl ca -gencrl`: the test CA's certificate and key, an empty
+/// index, and a config without `crlnumber` (so openssl writes a version 1 CRL).
+fn openssl_ca_dir(dir: &Path, pki: &TestPki) {
+    std::fs::write(dir.join("ca.crt"), &pki.ca.cert_pem).unwrap();
+    std::fs::write(dir.join("ca.key"), pki.ca.key_pem()).unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ ca ]\ndefault_ca = test_ca\n[ test_ca ]\ndatabase = index.txt\n\
+         certificate = ca.crt\nprivate_key = ca.key\ndefault_md = sha256\n\
+         default_crl_days = 1\n",
+    )
+    .unwrap();
+}
+
+#[test]
+#[ignore = "needs openssl: run by cargo xtask test"]
+fn openssl_version_1_crl_is_refused_saying_how_to_fix_it() {
+    let pki = TestPki::new();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    openssl_ca_dir(dir, &pki);
+    openssl(
+        dir,
+        &["ca", "-gencrl", "-config", "ca.cnf", "-out", "v1.crl"],
+    );
+    let text = openssl(dir, &["crl", "-in", "v1.crl", "-noout", "-text"]);
+    assert!(String::from_utf8_lossy(&text.stdout).contains("Version 1 (0x0)"));
+
+    let build = |crl: &str| {
+        ServerTlsBuilder::from_pem(
+            pki.server.chain_pem.as_bytes(),
+            pki.server.key_pem.as_bytes(),
+            pki.ca.cert_pem.as_bytes(),
+        )
+        .crl_file(dir.join(crl))
+        .build()
+    };
+    let err = build("v1.crl").unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, Error::Crl { .. }), "{text}");
+    assert!(text.contains("v1.crl"), "{text}");
+    assert!(text.contains("version 1 CRL"), "{text}");
+    assert!(text.contains("only version 2 CRLs are accepted"), "{text}");
+    assert!(text.contains("crlnumber"), "{text}");
+
+    // Following the advice works: with `crlnumber` openssl writes version 2, which loads.
+    let mut cnf = std::fs::read_to_string(dir.join("ca.cnf")).unwrap();
+    cnf.push_str("crlnumber = crlnumber\n");
+    std::fs::write(dir.join("ca.cnf"), cnf).unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    openssl(
+        dir,
+        &["ca", "-gencrl", "-config", "ca.cnf", "-out", "v2.crl"],
+    );
+    build("v2.crl").unwrap();
+
+    // The version 1 CRL built in Rust (used where openssl is absent) is what openssl calls
+    // version 1, and its signature verifies against the CA.
+    std::fs::write(dir.join("rust-v1.crl"), pki.ca.crl_v1(&[&pki.client]).pem).unwrap();
+    let out = openssl(
+        dir,
+        &[
+            "crl",
+            "-in",
+            "rust-v1.crl",
+            "-CAfile",
+            "ca.crt",
+            "-noout",
+            "-text",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Version 1 (0x0)"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&pki.client.serial_hex().to_uppercase()));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verify OK"));
 }

@@ -217,3 +217,27 @@ fn verify_checks_crls() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A version 1 CRL (what `openssl ca -gencrl` writes without `crlnumber`) is a usage
+/// error naming the file, what is wrong and how to fix it, not `BadDer`.
+#[test]
+fn verify_explains_a_version_1_crl() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = TestCa::new("root");
+    let leaf = root.leaf("fine").spiffe_id(ID).client_auth().issue();
+    let ca = write(dir.path(), "ca.pem", &root.cert_pem);
+    let crl = write(dir.path(), "v1.crl", root.crl_v1(&[]).pem);
+    let leaf = write(dir.path(), "leaf.pem", &leaf.cert_pem);
+
+    let out = ztkit(&["cert", "verify", "--ca", &ca, "--crl", &crl, &leaf]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("v1.crl"), "{stderr}");
+    assert!(stderr.contains("version 1 CRL"), "{stderr}");
+    assert!(
+        stderr.contains("only version 2 CRLs are accepted"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("crlnumber"), "{stderr}");
+    assert!(!stderr.contains("BadDer"), "{stderr}");
+}

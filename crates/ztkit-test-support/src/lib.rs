@@ -220,6 +220,50 @@ impl TestCa {
         }
     }
 
+    /// A version 1 CRL signed by this CA that revokes `revoked`: no version field and no
+    /// extensions, as `openssl ca -gencrl` writes when its config sets no `crlnumber`.
+    /// Valid from an hour ago for a day; signed correctly. rcgen only writes version 2, so
+    /// this one is encoded here by hand.
+    ///
+    /// # Panics
+    /// If this CA's key is not ECDSA P-256 (the default).
+    pub fn crl_v1(&self, revoked: &[&TestCert]) -> TestCrl {
+        assert!(
+            self.key.algorithm() == &rcgen::PKCS_ECDSA_P256_SHA256,
+            "crl_v1 signs with ECDSA P-256 only"
+        );
+        // AlgorithmIdentifier ecdsa-with-SHA256 (1.2.840.10045.4.3.2), no parameters.
+        let alg = der::tlv(
+            0x30,
+            &der::tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+        );
+        let mut tbs = alg.clone();
+        tbs.extend(der::cert_subject(&self.cert_der));
+        tbs.extend(der::utc_time(offset(-3600)));
+        tbs.extend(der::utc_time(offset(DAY)));
+        if !revoked.is_empty() {
+            let mut entries = Vec::new();
+            for cert in revoked {
+                let mut entry = der::tlv(0x02, &cert.serial);
+                entry.extend(der::utc_time(offset(-60)));
+                entries.extend(der::tlv(0x30, &entry));
+            }
+            tbs.extend(der::tlv(0x30, &entries));
+        }
+        let tbs = der::tlv(0x30, &tbs);
+        let signature = rcgen::SigningKey::sign(&self.key, &tbs).expect("sign CRL");
+        let mut bits = vec![0u8]; // no unused bits
+        bits.extend(signature);
+        let mut crl = tbs;
+        crl.extend(alg);
+        crl.extend(der::tlv(0x03, &bits));
+        let der = der::tlv(0x30, &crl);
+        TestCrl {
+            pem: der::pem("X509 CRL", &der),
+            der: CertificateRevocationListDer::from(der),
+        }
+    }
+
     /// The intermediates from this CA up to (not including) the root, PEM.
     pub fn chain_pem(&self) -> &str {
         &self.chain_pem
@@ -498,5 +542,102 @@ mod tests {
         let a = ca.leaf("a").issue();
         let crl = ca.crl(&[&a]);
         assert!(crl.pem.contains("BEGIN X509 CRL"));
+    }
+}
+
+/// Just enough DER to write a version 1 CRL by hand ([`TestCa::crl_v1`]).
+mod der {
+    use time::OffsetDateTime;
+
+    /// Tag, definite length, contents.
+    pub(crate) fn tlv(tag: u8, contents: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let len = contents.len();
+        if len < 0x80 {
+            out.push(len as u8);
+        } else {
+            let bytes: Vec<u8> = len
+                .to_be_bytes()
+                .into_iter()
+                .skip_while(|b| *b == 0)
+                .collect();
+            out.push(0x80 | bytes.len() as u8);
+            out.extend(bytes);
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+
+    /// Splits one TLV off the front of `input`: (whole TLV, contents, rest).
+    fn next(input: &[u8]) -> (&[u8], &[u8], &[u8]) {
+        let first = input[1];
+        let (len, header) = if first < 0x80 {
+            (first as usize, 2)
+        } else {
+            let n = (first & 0x7f) as usize;
+            let len = input[2..2 + n]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | *b as usize);
+            (len, 2 + n)
+        };
+        (
+            &input[..header + len],
+            &input[header..header + len],
+            &input[header + len..],
+        )
+    }
+
+    /// The subject Name of a certificate, as its DER bytes.
+    pub(crate) fn cert_subject(cert: &[u8]) -> Vec<u8> {
+        let (_, certificate, _) = next(cert);
+        let (_, tbs, _) = next(certificate);
+        let (_, _, rest) = next(tbs); // [0] version
+        let (_, _, rest) = next(rest); // serialNumber
+        let (_, _, rest) = next(rest); // signature
+        let (_, _, rest) = next(rest); // issuer
+        let (_, _, rest) = next(rest); // validity
+        let (subject, _, _) = next(rest);
+        subject.to_vec()
+    }
+
+    /// UTCTime `YYMMDDHHMMSSZ`.
+    pub(crate) fn utc_time(t: OffsetDateTime) -> Vec<u8> {
+        let text = format!(
+            "{:02}{:02}{:02}{:02}{:02}{:02}Z",
+            t.year() % 100,
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        );
+        tlv(0x17, text.as_bytes())
+    }
+
+    /// PEM with the given label, 64 columns.
+    pub(crate) fn pem(label: &str, der: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(ALPHABET[(n >> (18 - 6 * i) & 0x3f) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        let mut out = format!("-----BEGIN {label}-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).unwrap_or_default());
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+        out
     }
 }
