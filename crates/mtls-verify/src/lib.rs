@@ -10,11 +10,16 @@
 //! - [`PeerIdentity`]: the verified client's SPIFFE ID, SANs, subject, serial and SHA-256
 //!   fingerprint, parsed once per connection ([`ServerTls::peer_identity`]).
 //! - [`ClientTlsBuilder`] → [`ClientTls`] for outbound mTLS.
+//! - Rotation the ztkit way (`zt-rotate`, `docs/rotation.md`): both handles are
+//!   [`MaterialHolder`]s, so any source can [`update`](MaterialHolder::update) them with
+//!   [`TlsMaterial`]; `spawn_reloader` watches the files (polling with settling, inotify
+//!   wake-ups) and returns a [`ReloadHandle`] that stops it when dropped.
 //! - [`verify_client_chain`]: the server's verification as a function, for the CLI.
 //! - [`capture_refused_certificate`]: what a refused client presented, for an acceptor's
 //!   audit record.
 //!
-//! See `docs/mtls.md` for what is verified and why, and every option with its default.
+//! See `docs/mtls.md` for what is verified and why, every option with its default, and how
+//! rotation behaves.
 //!
 //! ```
 //! use mtls_verify::{IdentityAuthorizer, ServerTlsBuilder};
