@@ -17,6 +17,9 @@
 //! token (`JwtAuthLayer`, checked after the identity; 401 with `WWW-Authenticate: Bearer`
 //! otherwise), and with `--jwt-require-scope S` that scope (403). `/` then names the
 //! token's subject too.
+//!
+//! Logs go to stderr (`RUST_LOG`, default `info`) as text, coloured only on a terminal, or
+//! with `--log-format json` as one JSON object per line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -36,6 +39,8 @@ struct Args {
     tls: common::TlsArgs,
     #[command(flatten)]
     jwt: common::JwtArgs,
+    #[command(flatten)]
+    log: common::logging::LogArgs,
 }
 
 async fn hello(peer: Option<VerifiedPeer>, token: Option<TokenClaims>) -> String {
@@ -68,8 +73,8 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    common::init_tracing();
     let args = Args::parse();
+    common::logging::init(&args.log, "info");
     // Validate everything before listening: a bad file is a typed error naming it.
     let tls = args.tls.server_tls()?;
     let authorizer = args.tls.request_authorizer()?;

@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo run --example demo
+//! cargo run --example demo -- --log-format json   # log lines as JSON objects
 //! ```
 //!
 //! It generates a throw-away PKI into a temporary directory, starts an axum server and a
@@ -16,6 +17,8 @@
 //! * rotation of the server certificate mid-run → new handshakes see the new serial
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -23,6 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{Router, routing::get};
+use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -57,14 +61,18 @@ struct Case {
     ok: bool,
 }
 
+/// The demo's only flag: how its (few) log lines look.
+#[derive(Debug, Parser)]
+#[command(about = "ztkit's demo: mTLS, JWT and policy on loopback, nothing to set up")]
+struct DemoArgs {
+    #[command(flatten)]
+    log: common::logging::LogArgs,
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let quiet = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
-    tracing_subscriber::fmt()
-        .with_env_filter(quiet)
-        .with_writer(std::io::stderr)
-        .init();
+    let args = DemoArgs::parse();
+    common::logging::init(&args.log, "error");
 
     // 1. A throw-away PKI in a temp dir, as cert-manager would mount it.
     let dir = tempfile::tempdir()?;

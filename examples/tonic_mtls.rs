@@ -12,6 +12,9 @@
 //! the `authorization` metadata (`JwtAuthLayer`, checked after the identity;
 //! `UNAUTHENTICATED` otherwise), and with `--jwt-require-scope S` that scope
 //! (`PERMISSION_DENIED`). The reply then names the token's subject too.
+//!
+//! Logs go to stderr (`RUST_LOG`, default `info`) as text, coloured only on a terminal, or
+//! with `--log-format json` as one JSON object per line.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -34,6 +37,8 @@ struct Args {
     tls: common::TlsArgs,
     #[command(flatten)]
     jwt: common::JwtArgs,
+    #[command(flatten)]
+    log: common::logging::LogArgs,
 }
 
 #[derive(Debug, Default)]
@@ -63,8 +68,8 @@ async fn main() {
 }
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
-    common::init_tracing();
     let args = Args::parse();
+    common::logging::init(&args.log, "info");
     let tls = args.tls.server_tls()?;
     let authorizer = args.tls.request_authorizer()?;
     let jwt = args.jwt.authenticator().await?;

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use mtls_verify::{IdentityAuthorizer, ServerTls, ServerTlsBuilder};
 
+pub(crate) mod logging;
+
 /// TLS and listener flags (each also readable from the environment).
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct TlsArgs {
@@ -132,20 +134,11 @@ impl JwtArgs {
 }
 
 /// Prints an error that ended the server readably (`error: …`, the `Display` text, which
-/// names the file or URL that failed) to stderr and exits 1.
+/// names the file or URL that failed; a JSON line with `--log-format json`) to stderr and
+/// exits 1.
 pub(crate) fn exit_on_error(result: Result<(), Box<dyn std::error::Error>>) {
     if let Err(e) = result {
-        eprintln!("error: {e}");
+        logging::print_fatal(&e);
         std::process::exit(1);
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub(crate) fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

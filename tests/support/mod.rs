@@ -146,11 +146,29 @@ impl ExampleServer {
     /// Starts `example` with `args` plus `--listen 127.0.0.1:0` and waits for its
     /// `listening on ADDR` line.
     pub fn start<S: AsRef<OsStr>>(example: &str, args: &[S]) -> Self {
-        let mut child = Command::new(example_bin(example))
+        Self::start_with_env(example, args, &[])
+    }
+
+    /// [`start`](Self::start) with environment changes applied after the defaults
+    /// (`RUST_LOG=info`, `NO_COLOR=1`): `Some` sets a variable, `None` removes it.
+    pub fn start_with_env<S: AsRef<OsStr>>(
+        example: &str,
+        args: &[S],
+        env: &[(&str, Option<&str>)],
+    ) -> Self {
+        let mut command = Command::new(example_bin(example));
+        command
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
+            .env("NO_COLOR", "1");
+        for (name, value) in env {
+            match value {
+                Some(value) => command.env(name, value),
+                None => command.env_remove(name),
+            };
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

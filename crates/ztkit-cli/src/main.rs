@@ -3,6 +3,10 @@
 //!
 //! Exit codes: 0 success, 1 the thing checked was refused (the reason is printed),
 //! 2 bad usage or unreadable input.
+//!
+//! Results go to stdout; stderr carries the reason of a refusal or error and the libraries'
+//! log lines (`RUST_LOG`, default `error`), as text (coloured only on a terminal) or, with
+//! `--log-format json`, one JSON object per line.
 
 use std::process::ExitCode;
 
@@ -11,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod audit;
 mod cert;
 mod jwt;
+mod logging;
 mod policy;
 
 #[derive(Debug, Parser)]
@@ -20,6 +25,10 @@ mod policy;
     about = "ztkit: inspect and verify zero-trust material"
 )]
 struct Cli {
+    /// How stderr lines look: `text` (coloured only on a terminal) or `json` (one object
+    /// per line).
+    #[arg(long, global = true, value_enum, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -51,6 +60,8 @@ pub(crate) enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let log = cli.log_format;
+    log.install();
     let result = match cli.command {
         Command::Cert(cmd) => cert::run(cmd),
         Command::Jwt(cmd) => jwt::run(cmd),
@@ -60,11 +71,11 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Refused(reason)) => {
-            eprintln!("refused: {reason}");
+            log.outcome("refused", &reason);
             ExitCode::from(1)
         }
         Err(Failure::Usage(reason)) => {
-            eprintln!("error: {reason}");
+            log.outcome("error", &reason);
             ExitCode::from(2)
         }
     }
