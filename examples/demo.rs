@@ -10,9 +10,10 @@
 //! then plays clients through the cases and prints what each got:
 //!
 //! * a valid client certificate → 200 / OK
-//! * no client certificate → handshake refused
-//! * a certificate from another CA → refused
-//! * an expired certificate → refused
+//! * no client certificate → handshake refused, and the client is told why: the TLS alert
+//!   `CertificateRequired` (found by walking the client error's `source()` chain)
+//! * a certificate from another CA → refused with `UnknownCA`
+//! * an expired certificate → refused with `CertificateExpired`
 //! * a certificate from the right CA whose SPIFFE ID is not allowed → 403 / PERMISSION_DENIED
 //! * rotation of the server certificate mid-run → new handshakes see the new serial
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -69,6 +70,17 @@ struct DemoArgs {
     log: common::logging::LogArgs,
 }
 
+/// What a client-certificate case should get.
+#[derive(Clone, Copy)]
+enum Want {
+    /// 200 / OK.
+    Served,
+    /// 403 / PERMISSION_DENIED from the identity layer.
+    Forbidden,
+    /// The handshake refused with this TLS alert (rustls' name for it).
+    Refused(&'static str),
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = DemoArgs::parse();
@@ -120,37 +132,51 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         r
     });
     let mut cases = Vec::new();
-    for (name, expect, cert, want_ok) in [
-        ("valid client certificate", "200 / OK", Some(&valid), true),
-        ("no client certificate", "handshake refused", None, false),
+    // A refused handshake shows the TLS alert the server sent, the reason it refused: the
+    // client sees it in the error's source chain (see `refusal`), for HTTP and for gRPC.
+    for (name, expect, cert, want) in [
+        (
+            "valid client certificate",
+            "200 / OK",
+            Some(&valid),
+            Want::Served,
+        ),
+        (
+            "no client certificate",
+            "CertificateRequired alert",
+            None,
+            Want::Refused("CertificateRequired"),
+        ),
         (
             "certificate from another CA",
-            "handshake refused",
+            "UnknownCA alert",
             Some(&foreign),
-            false,
+            Want::Refused("UnknownCA"),
         ),
         (
             "expired certificate",
-            "handshake refused",
+            "CertificateExpired alert",
             Some(&expired),
-            false,
+            Want::Refused("CertificateExpired"),
         ),
         (
             "SPIFFE ID not authorized",
             "403 / PERMISSION_DENIED",
             Some(&intruder),
-            false,
+            Want::Forbidden,
         ),
     ] {
         let cfg = client_config(&roots, cert);
         let http = http_get(&cfg, http_addr, "/").await;
         let grpc = grpc_hello(&cfg, grpc_addr).await;
-        let ok = match (name, want_ok) {
-            (_, true) => http.starts_with("200") && grpc.starts_with("OK"),
-            ("SPIFFE ID not authorized", _) => {
-                http.starts_with("403") && grpc.starts_with("PERMISSION_DENIED")
+        let ok = match want {
+            Want::Served => http.starts_with("200") && grpc.starts_with("OK"),
+            Want::Forbidden => http.starts_with("403") && grpc.starts_with("PERMISSION_DENIED"),
+            Want::Refused(alert) => {
+                let refused_with = |got: &str| got == format!("refused: {alert} alert");
+                // (A bare "transport error" or "connection closed" would fail here.)
+                refused_with(&http) && refused_with(&grpc)
             }
-            _ => http.starts_with("refused") && grpc.starts_with("refused"),
         };
         cases.push(Case {
             name,
@@ -590,11 +616,12 @@ async fn http_request(
     path: &str,
     token: Option<&str>,
 ) -> String {
+    let seen = TransportError::default();
     let result = async {
         let tls = tls_connect(cfg, addr).await?;
         let (mut sender, conn) = hyper::client::conn::http2::handshake(
             hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(tls),
+            TokioIo::new(Watched::new(tls, &seen)),
         )
         .await?;
         tokio::spawn(conn);
@@ -625,7 +652,7 @@ async fn http_request(
     };
     match tokio::time::timeout(Duration::from_secs(5), result).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => format!("refused: {}", root_cause(&*e)),
+        Ok(Err(e)) => refusal(&*e, &seen),
         Err(_) => "refused: timed out".into(),
     }
 }
@@ -638,16 +665,21 @@ async fn grpc_hello(cfg: &Arc<ClientConfig>, addr: SocketAddr) -> String {
 async fn grpc_hello_with(cfg: &Arc<ClientConfig>, addr: SocketAddr, token: Option<&str>) -> String {
     let token = token.map(|t| format!("Bearer {t}"));
     let cfg = cfg.clone();
+    let seen = TransportError::default();
+    let watch = seen.clone();
     let connector = tower::service_fn(move |_uri: http::Uri| {
         let cfg = cfg.clone();
-        Box::pin(async move { tls_connect(&cfg, addr).await.map(TokioIo::new) })
-            as Pin<Box<dyn Future<Output = std::io::Result<_>> + Send>>
+        let watch = watch.clone();
+        Box::pin(async move {
+            let tls = tls_connect(&cfg, addr).await?;
+            Ok(TokioIo::new(Watched::new(tls, &watch)))
+        }) as Pin<Box<dyn Future<Output = std::io::Result<_>> + Send>>
     });
     let result = async {
         let channel = tonic::transport::Endpoint::from_static("https://localhost")
             .connect_with_connector(connector)
             .await
-            .map_err(|e| format!("refused: {}", root_cause(&e)))?;
+            .map_err(|e| refusal(&e, &seen))?;
         let mut client = GreeterClient::new(channel);
         let mut req = tonic::Request::new(HelloRequest {
             name: "demo".into(),
@@ -666,8 +698,10 @@ async fn grpc_hello_with(cfg: &Arc<ClientConfig>, addr: SocketAddr, token: Optio
             Err(status) if status.code() == tonic::Code::Unauthenticated => {
                 Ok(format!("UNAUTHENTICATED {}", status.message()))
             }
-            // Anything else here is the connection failing: the handshake was refused.
-            Err(status) => Err(format!("refused: {:?} {}", status.code(), status.message())),
+            // Anything else here is the connection failing: the handshake was refused (with
+            // TLS 1.3 the client learns it at its first request). The status itself only
+            // says "Unknown: transport error"; the server's alert is in its source chain.
+            Err(status) => Err(refusal(&status, &seen)),
         }
     };
     match tokio::time::timeout(Duration::from_secs(5), result).await {
@@ -694,12 +728,114 @@ async fn wait_for_generation(tls: &ServerTls, old: u64) {
     }
 }
 
-fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut cur = e;
-    while let Some(next) = cur.source() {
-        cur = next;
+/// "refused: why" for a connection that failed: the TLS alert the server sent
+/// (`CertificateRequired`, `UnknownCA`, `CertificateExpired`…), which says why it refused.
+///
+/// tonic's `Status` ("Unknown: transport error") and hyper's errors wrap the I/O error that
+/// carries the alert, so walk `Error::source()` down to the first `io::Error`. A request
+/// that was still queued when the connection died gets only hyper's "connection closed"
+/// (no source); the alert is then the one the transport itself saw (`seen`).
+fn refusal(e: &(dyn std::error::Error + 'static), seen: &TransportError) -> String {
+    let mut cur = Some(e);
+    let mut innermost = e;
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return format!("refused: {}", alert_reason(io));
+        }
+        innermost = err;
+        cur = err.source();
     }
-    cur.to_string().chars().take(60).collect()
+    match seen.get() {
+        Some(reason) => format!("refused: {reason}"),
+        None => {
+            let text: String = innermost.to_string().chars().take(60).collect();
+            format!("refused: {text}")
+        }
+    }
+}
+
+/// "CertificateRequired alert" for rustls' "received fatal alert: CertificateRequired",
+/// else the error's text.
+fn alert_reason(io: &std::io::Error) -> String {
+    let text = io.to_string();
+    match text.strip_prefix("received fatal alert: ") {
+        Some(alert) => format!("{alert} alert"),
+        None => text,
+    }
+}
+
+/// The first I/O error a client connection's transport hit, shared with the code that
+/// reports the outcome.
+#[derive(Clone, Default)]
+struct TransportError(Arc<std::sync::OnceLock<String>>);
+
+impl TransportError {
+    fn get(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    fn record<T>(
+        &self,
+        result: std::task::Poll<std::io::Result<T>>,
+    ) -> std::task::Poll<std::io::Result<T>> {
+        if let std::task::Poll::Ready(Err(e)) = &result {
+            let _ = self.0.set(alert_reason(e));
+        }
+        result
+    }
+}
+
+/// A client TLS stream that records its first I/O error in a [`TransportError`].
+struct Watched<T> {
+    io: T,
+    seen: TransportError,
+}
+
+impl<T> Watched<T> {
+    fn new(io: T, seen: &TransportError) -> Self {
+        Watched {
+            io,
+            seen: seen.clone(),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_read(cx, buf);
+        self.seen.record(result)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.seen.record(result)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_flush(cx);
+        self.seen.record(result)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let result = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.seen.record(result)
+    }
 }
 
 fn short(s: &str) -> &str {
@@ -714,16 +850,16 @@ fn print_table(cases: &[Case]) {
     println!(
         "{} | {} | {} | {} | ok",
         w("case", 34),
-        w("expected", 24),
+        w("expected", 26),
         w("HTTP (axum)", 40),
         w("gRPC (tonic)", 40)
     );
-    println!("{}", "-".repeat(34 + 24 + 40 + 40 + 14));
+    println!("{}", "-".repeat(34 + 26 + 40 + 40 + 14));
     for c in cases {
         println!(
             "{} | {} | {} | {} | {}",
             w(c.name, 34),
-            w(c.expect, 24),
+            w(c.expect, 26),
             w(&c.http.replace('\n', " "), 40),
             w(&c.grpc, 40),
             if c.ok { "yes" } else { "NO" }
