@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use zt_rotate::{MaterialHolder, RotationStatus, StatusRecorder};
 
 use crate::bundle::Bundle;
 use crate::decision::PolicyDecision;
-use crate::error::Result;
+use crate::error::{PolicyError, Result};
 use crate::input::PolicyInput;
 use crate::log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, requested_by};
 use crate::policy::{PolicyOptions, PolicySet};
@@ -32,6 +33,7 @@ struct Shared {
     reload_lock: Mutex<()>,
     loaded: AtomicU64,
     refused: AtomicU64,
+    status: StatusRecorder<PolicyError>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -80,6 +82,7 @@ impl PolicyEngineBuilder {
                 reload_lock: Mutex::new(()),
                 loaded: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                status: StatusRecorder::loaded("policy set"),
             }),
         }
     }
@@ -251,18 +254,18 @@ impl PolicyEngine {
         self.finish_reload(&name, result)
     }
 
-    /// Compiles and tests a bundle the caller loaded (or the reason it could not be loaded);
-    /// swaps it in when that succeeds. Both outcomes are logged and counted as a reload.
-    pub(crate) fn reload_loaded(&self, source: &str, bundle: Result<Bundle>) -> Result<String> {
+    /// Records content from `source` that could not even be made into a bundle as a refused
+    /// reload (logged and counted like a set that does not compile).
+    pub(crate) fn refuse(&self, source: &str, error: PolicyError) {
         let _guard = self.shared.reload_lock.lock();
-        let result = bundle.and_then(|b| PolicySet::compile(b, &self.shared.options));
-        self.finish_reload(source, result)
+        let _ = self.finish_reload(source, Err(error));
     }
 
     /// Swaps in a set compiled elsewhere (its tests are not run again).
     pub fn install(&self, set: PolicySet) {
         let _guard = self.shared.reload_lock.lock();
         tracing::info!(revision = %set.revision(), bundle = %set.bundle_name(), "policy set installed");
+        self.shared.status.record_published();
         self.shared.current.store(Arc::new(set));
         self.shared.loaded.fetch_add(1, Ordering::Relaxed);
     }
@@ -277,6 +280,9 @@ impl PolicyEngine {
                     bundle = %source,
                     "policy set reloaded"
                 );
+                // Recorded before published: a status showing the new set never shows the
+                // error it replaced.
+                self.shared.status.record_published();
                 self.shared.current.store(Arc::new(set));
                 self.shared.loaded.fetch_add(1, Ordering::Relaxed);
                 Ok(revision)
@@ -289,9 +295,70 @@ impl PolicyEngine {
                     "policy set refused; keeping the one in force"
                 );
                 self.shared.refused.fetch_add(1, Ordering::Relaxed);
+                self.shared.status.record_failure(e.clone());
                 Err(e)
             }
         }
+    }
+}
+
+/// The policy engine is the holder of its policy set: any source (the
+/// [`PolicyWatcher`](crate::PolicyWatcher), a bundle server, a secrets manager) hands it a
+/// loaded [`Bundle`] through [`update`](MaterialHolder::update), which compiles and tests it
+/// before swapping it in (the set in force keeps deciding when it is refused), and reports
+/// in zt-rotate's [`RotationStatus`].
+///
+/// A custom source, here a bundle fetched from somewhere as `.tar.gz` bytes:
+///
+/// ```
+/// use policy_rego::{BundleWriter, MaterialHolder, PolicyEngine, PolicyError, PolicyOptions,
+///                   PolicySet};
+///
+/// fn fetch(revision: &str) -> Vec<u8> {
+///     let mut manifest = policy_rego::Manifest::default();
+///     manifest.revision = revision.into();
+///     BundleWriter::new()
+///         .manifest(&manifest)
+///         .file("p.rego", "package http.authz\nallow := true")
+///         .to_tar_gz()
+///         .unwrap()
+/// }
+///
+/// let options = PolicyOptions::new();
+/// let first = options.loader().load_tar_gz("remote", &fetch("r1"))?;
+/// let engine = PolicyEngine::with_set(PolicySet::compile(first, &options)?, options);
+/// assert_eq!(engine.status().generation, 1);
+///
+/// // Later, from the source's own task:
+/// match engine.options().loader().load_tar_gz("remote", &fetch("r2")) {
+///     Ok(bundle) => engine.update(bundle)?,   // compiled, tested, swapped in
+///     Err(e) => engine.source_failed(e),      // recorded; r1 keeps deciding
+/// }
+/// assert_eq!(engine.revision(), "r2");
+/// assert_eq!(engine.status().generation, 2);
+/// # Ok::<(), PolicyError>(())
+/// ```
+impl MaterialHolder for PolicyEngine {
+    type Material = Bundle;
+    type Error = PolicyError;
+
+    /// Compiles and tests `bundle` and swaps it in; a bundle with the modules, data and
+    /// manifest of the set in force is taken as it is, without a new generation.
+    fn update(&self, bundle: Bundle) -> Result<()> {
+        if self.shared.current.load().holds(&bundle) {
+            self.shared.status.record_success();
+            return Ok(());
+        }
+        self.reload_bundle(bundle).map(drop)
+    }
+
+    fn source_failed(&self, error: PolicyError) {
+        tracing::warn!(%error, revision_in_force = %self.revision(), "policy source failed");
+        self.shared.status.record_failure(error);
+    }
+
+    fn status(&self) -> RotationStatus {
+        self.shared.status.snapshot()
     }
 }
 

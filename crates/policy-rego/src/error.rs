@@ -96,6 +96,10 @@ pub enum PolicyError {
     /// [`PolicyOptions::allow_regorus_semantics`](crate::PolicyOptions::allow_regorus_semantics).
     #[error("not decided as OPA decides: {0}")]
     OpaDivergence(String),
+    /// Watching the bundle failed outside of reading it as a bundle (a background thread
+    /// could not start, a path could not be read).
+    #[error("policy watch: {0}")]
+    Watch(zt_rotate::Error),
 }
 
 fn first_names(names: &[String]) -> String {

@@ -95,3 +95,4 @@ pub use log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, DecisionLogS
 pub use policy::{EngineReuse, Evaluator, PolicyOptions, PolicySet};
 pub use test_report::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, WatchEvent, WatchHandle};
+pub use zt_rotate::{MaterialHolder, RotationStatus};

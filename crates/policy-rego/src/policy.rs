@@ -56,6 +56,7 @@ pub(super) struct SetInner {
     vm_disabled: AtomicBool,
     decisions: AtomicU64,
     data: Value,
+    modules: Vec<(String, String)>,
     test_rules: Vec<(String, bool)>,
     options: PolicyOptions,
     vm_pool: Mutex<Vec<RegoVM>>,
@@ -112,6 +113,13 @@ impl PolicySet {
     /// The merged data document as JSON.
     pub fn data_json(&self) -> serde_json::Value {
         serde_json::to_value(&self.inner.data).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// Whether this set was compiled from `bundle`'s modules, data and manifest.
+    pub(crate) fn holds(&self, bundle: &crate::Bundle) -> bool {
+        self.inner.manifest == bundle.manifest
+            && self.inner.modules == bundle.modules
+            && self.inner.data == bundle.data
     }
 }
 

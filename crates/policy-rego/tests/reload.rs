@@ -429,3 +429,66 @@ fn the_watcher_compiles_exactly_what_it_fingerprinted_while_a_writer_rewrites_th
         "{loaded:?}"
     );
 }
+
+/// The engine reports its rotation in zt-rotate's one status shape: a generation per set
+/// swapped in, the last error with its time, failures counted; unreadable bundles and
+/// refused sets are both errors the set in force outlives (issue 8 §1).
+#[test]
+fn the_engine_reports_rotation_in_the_shared_status_shape() {
+    use policy_rego::MaterialHolder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    write_archive(&path, version(1, Broken::No));
+    let engine = PolicyEngine::load(&path, options()).unwrap();
+    let watcher = PolicyWatcher::new(engine.clone(), &path);
+    let status = engine.status();
+    assert_eq!(status.generation, 1);
+    assert!(status.loaded_at.is_some() && status.last_error.is_none());
+
+    write_archive(&path, version(2, Broken::FailingTest));
+    assert!(matches!(watcher.poll(), WatchEvent::Pending));
+    assert!(matches!(watcher.poll(), WatchEvent::Refused { .. }));
+    let status = engine.status();
+    assert_eq!(status.generation, 1, "a refused set is no new generation");
+    assert_eq!(status.failures, 1);
+    let error = status.last_error.expect("the refusal is recorded");
+    assert!(error.message.contains("test"), "{}", error.message);
+
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(watcher.poll(), WatchEvent::Pending));
+    assert!(matches!(
+        watcher.poll(),
+        WatchEvent::Unreadable {
+            error: PolicyError::Io { .. }
+        }
+    ));
+    assert_eq!(engine.status().failures, 2);
+    assert_eq!(engine.revision(), "rev-1");
+
+    write_archive(&path, version(3, Broken::No));
+    assert!(matches!(watcher.poll(), WatchEvent::Pending));
+    assert!(matches!(watcher.poll(), WatchEvent::Loaded { .. }));
+    let status = engine.status();
+    assert_eq!(status.generation, 2);
+    assert!(status.last_error.is_none() && status.last_success.is_some());
+
+    // The same bundle again from any source: taken as it is, no new generation.
+    let same = options().loader().load_path(&path).unwrap();
+    engine.update(same).unwrap();
+    assert_eq!(engine.status().generation, 2);
+}
+
+/// The background watcher is zt-rotate's #[must_use] handle.
+#[test]
+fn the_watch_handle_is_the_shared_task_handle() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bundle.tar.gz");
+    write_archive(&path, version(1, Broken::No));
+    let engine = PolicyEngine::load(&path, options()).unwrap();
+    let handle: policy_rego::WatchHandle = PolicyWatcher::new(engine, &path)
+        .spawn(Duration::from_millis(5))
+        .unwrap();
+    assert!(handle.is_running());
+    handle.stop();
+}

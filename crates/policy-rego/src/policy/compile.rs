@@ -169,6 +169,7 @@ impl PolicySet {
                 rule,
                 log_path,
                 data: engine.get_data(),
+                modules: bundle.modules.clone(),
                 template: engine,
                 program,
                 bytecode_source,
