@@ -7,8 +7,10 @@
 //!   to a side file), resuming the chain from the newest record on disk.
 //! * `group_commit` — the state machine every append goes through: sequencing, chaining
 //!   and writing a record, one fsync shared by every appender waiting for it (group
-//!   commit), cutting unacknowledged records off again when an fsync fails, rotation, and
-//!   the background fsync thread.
+//!   commit), cutting unacknowledged records off again when an fsync fails, and the
+//!   background fsync thread.
+//! * `rotation` — starting the next file when the current one is too big or too old, with
+//!   its fsyncs outside the writer's lock.
 //! * `append_future` — [`AppendFuture`], the asynchronous wait for durability.
 //! * `file_io` — the file operations the writer uses (`write`, `fsync`, `set_len`), behind
 //!   a small trait: the real implementation is a `std::fs::File`; unit tests use one that
@@ -29,6 +31,7 @@ mod builder;
 mod file_io;
 mod group_commit;
 mod open;
+mod rotation;
 
 pub use append_future::AppendFuture;
 pub use builder::AuditLogBuilder;

@@ -68,17 +68,59 @@ impl LogFiles for RealFiles {
 #[cfg(test)]
 pub(super) mod faults {
     use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::mpsc::{Receiver, Sender, channel};
+    use std::sync::{Mutex, PoisonError};
 
     use super::*;
 
     /// Opens real files whose next `n` fsyncs (counted across all files opened by this)
-    /// fail, after [`fail_next_fsyncs`](Self::fail_next_fsyncs).
+    /// fail, after [`fail_next_fsyncs`](Self::fail_next_fsyncs), or whose next fsync waits
+    /// for the test, after [`hold_next_fsync`](Self::hold_next_fsync).
     #[derive(Debug, Clone, Default)]
     pub(in crate::log) struct FaultyFiles {
         fsync_failures: Arc<AtomicU32>,
+        held: Arc<Mutex<Option<HeldFsync>>>,
+    }
+
+    #[derive(Debug)]
+    struct HeldFsync {
+        entered: Sender<()>,
+        release: Receiver<()>,
+    }
+
+    /// The test's side of a held fsync.
+    #[derive(Debug)]
+    pub(in crate::log) struct FsyncHold {
+        /// Receives once the fsync has started (and waits).
+        pub(in crate::log) entered: Receiver<()>,
+        /// Send (or drop) to let it finish.
+        pub(in crate::log) release: Sender<()>,
     }
 
     impl FaultyFiles {
+        /// Makes the next fsync wait until the test releases it.
+        pub(in crate::log) fn hold_next_fsync(&self) -> FsyncHold {
+            let (entered_tx, entered) = channel();
+            let (release, release_rx) = channel();
+            *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(HeldFsync {
+                entered: entered_tx,
+                release: release_rx,
+            });
+            FsyncHold { entered, release }
+        }
+
+        fn wait_if_held(&self) {
+            let held = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(held) = held {
+                let _ = held.entered.send(());
+                let _ = held.release.recv();
+            }
+        }
+
         /// Makes the next `n` fsyncs fail.
         pub(in crate::log) fn fail_next_fsyncs(&self, n: u32) {
             self.fsync_failures.store(n, Ordering::SeqCst);
@@ -113,6 +155,7 @@ pub(super) mod faults {
         }
 
         fn sync_data(&self) -> io::Result<()> {
+            self.faults.wait_if_held();
             if self.faults.take_failure() {
                 return Err(io::Error::other("injected fsync failure"));
             }

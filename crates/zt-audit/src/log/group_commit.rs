@@ -8,8 +8,8 @@
 //! register a waker ([`AppendFuture`](super::AppendFuture)). A failed fsync under `Always`
 //! cuts every record since the last durable point off the file again and fails their
 //! appends ([`Shared::sync_failed`]); in the other modes the records stay and the next
-//! fsync retries. Rotation fsyncs the old file before the chain moves on to a new one. The
-//! background thread ([`Shared::syncer_loop`]) serves fsync requests, the batch interval
+//! fsync retries. Rotation (in `rotation`) fsyncs the old file before the chain moves on to
+//! a new one. The background thread ([`Shared::syncer_loop`]) serves fsync requests, the batch interval
 //! and shutdown.
 
 use std::collections::BTreeMap;
@@ -23,7 +23,6 @@ use super::{AuditStats, Durability, FailureMode, Receipt};
 use crate::chain::{ChainHead, build_line};
 use crate::clock::format_rfc3339_micros;
 use crate::error::AuditError;
-use crate::files;
 use crate::record::Record;
 use crate::redact::Redactor;
 
@@ -90,6 +89,9 @@ pub(super) struct State {
     pub(super) sync_requested: bool,
     /// A failed write left bytes that could not be cut off yet.
     pub(super) pending_truncate: Option<u64>,
+    /// A writer is rotating to a new file (with the lock released for its slow parts):
+    /// other writers wait on `durable_cv` until it is done.
+    pub(super) rotating: bool,
     pub(super) wakers: BTreeMap<u64, Waker>,
     pub(super) shutdown: bool,
     pub(super) stats: AuditStats,
@@ -144,9 +146,16 @@ impl Shared {
             Ok(b) => b,
             Err(e) => return Step::Done(Err(e)),
         };
-        let mut st = self.lock();
+        let st = self.lock();
         if st.shutdown {
             return Step::Done(Err(AuditError::Closed));
+        }
+        // seq, ts and the hashes add well under 256 bytes to the body. The rotation may
+        // release the lock meanwhile (see `rotation`), so what follows looks at the
+        // state afresh.
+        let (mut st, rotated) = self.rotate_if_due(st, body.len() as u64 + 256);
+        if let Err(err) = rotated {
+            return Step::Done(self.write_failed(&mut st, err));
         }
         if let Some(len) = st.pending_truncate {
             if let Err(e) = st.file.set_len(len) {
@@ -154,10 +163,6 @@ impl Shared {
                 return Step::Done(self.write_failed(&mut st, err));
             }
             st.pending_truncate = None;
-        }
-        // seq, ts and the hashes add well under 256 bytes to the body.
-        if let Err(err) = self.rotate_if_due(&mut st, body.len() as u64 + 256) {
-            return Step::Done(self.write_failed(&mut st, err));
         }
         let seq = st.head.next_seq;
         let ts = format_rfc3339_micros(SystemTime::now());
@@ -197,7 +202,11 @@ impl Shared {
     }
 
     /// Applies the failure mode to a failed write.
-    fn write_failed(&self, st: &mut State, err: AuditError) -> Result<Receipt, AuditError> {
+    pub(super) fn write_failed(
+        &self,
+        st: &mut State,
+        err: AuditError,
+    ) -> Result<Receipt, AuditError> {
         st.stats.write_errors += 1;
         st.stats.alarm = true;
         match self.config.failure_mode {
@@ -290,7 +299,7 @@ impl Shared {
     /// A failed fsync. Under `Always`, every record since the last durable point is cut
     /// off (its appenders get the error), so the file holds only what was acknowledged.
     /// Otherwise the records stay and the next fsync retries.
-    fn sync_failed(&self, st: &mut State, err: AuditError) {
+    pub(super) fn sync_failed(&self, st: &mut State, err: AuditError) {
         st.stats.fsync_errors += 1;
         st.stats.alarm = true;
         if self.config.durability != Durability::Always {
@@ -332,62 +341,6 @@ impl Shared {
         if st.sync_requested || st.shutdown {
             self.syncer_cv.notify_all();
         }
-    }
-
-    /// Starts a new file when the current one is too big or too old. The old file is
-    /// fsynced first so the chain never continues past a record that could be lost.
-    fn rotate_if_due(&self, st: &mut State, upcoming: u64) -> Result<(), AuditError> {
-        if st.offset == 0 {
-            return Ok(());
-        }
-        let by_size = st.offset.saturating_add(upcoming) > self.config.max_file_size;
-        let by_age = self.config.max_file_age.is_some_and(|age| {
-            SystemTime::now()
-                .duration_since(st.file_started)
-                .is_ok_and(|elapsed| elapsed >= age)
-        });
-        if !by_size && !by_age {
-            return Ok(());
-        }
-        if st.written_ticket > st.durable.ticket {
-            st.stats.fsyncs += 1;
-            if let Err(e) = st.file.sync_data() {
-                let err = AuditError::io("fsync", &st.path, e);
-                self.sync_failed(st, err.clone());
-                self.publish(st);
-                return Err(err);
-            }
-        }
-        let index = st.index + 1;
-        let path = self
-            .config
-            .dir
-            .join(files::file_name(&self.config.prefix, index));
-        let file = self.config.files.open_append(&path)?;
-        let len = file.len().map_err(|e| AuditError::io("stat", &path, e))?;
-        if len != 0 {
-            return Err(AuditError::Config(format!(
-                "next audit log file {} already exists and is not empty",
-                path.display()
-            )));
-        }
-        files::sync_dir(&self.config.dir)?;
-        tracing::info!(from = %st.path.display(), to = %path.display(), "audit log: rotated");
-        st.file = file;
-        st.path = path;
-        st.index = index;
-        st.file_id += 1;
-        st.offset = 0;
-        st.file_started = SystemTime::now();
-        st.durable = DurablePoint {
-            ticket: st.written_ticket,
-            offset: 0,
-            head: st.head,
-            file_id: st.file_id,
-        };
-        st.stats.rotations += 1;
-        self.publish(st);
-        Ok(())
     }
 
     /// The background thread: fsyncs for async waiters, on the batch interval, and

@@ -83,6 +83,7 @@ pub(super) fn open(b: AuditLogBuilder) -> Result<AuditLog, AuditError> {
         syncing: false,
         sync_requested: false,
         pending_truncate: None,
+        rotating: false,
         wakers: BTreeMap::new(),
         shutdown: false,
         stats: AuditStats {
