@@ -4,6 +4,8 @@
 //! file and verifies the hash chain.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator};
 use mtls_verify::PeerIdentity;
 use policy_rego::{BundleLoader, BundleWriter, PolicyEngine, PolicyOptions, PolicySet};
 use serde_json::{Value, json};
+use support::verified_audit_lines;
 use tower::{Layer, Service, ServiceBuilder, ServiceExt, service_fn};
 use zt_audit::{AuditLog, Durability};
 use zt_tower::{
@@ -39,21 +42,8 @@ fn open_log() -> (tempfile::TempDir, AuditLog) {
 
 /// Every request record in the log, after checking the whole chain.
 fn records(log: &AuditLog) -> Vec<Value> {
-    let files = log.files().unwrap();
-    let report = zt_audit::verify_files(&files).unwrap();
-    assert!(report.is_intact(), "{}", report.problem.unwrap());
-    let all: Vec<Value> = files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<Value>>()
-        })
-        .collect();
-    assert_eq!(all.len() as u64, report.records);
-    all.into_iter()
+    verified_audit_lines(log)
+        .into_iter()
         .filter(|r| r["kind"] == "http.request" || r["kind"] == "grpc.request")
         .collect()
 }

@@ -4,18 +4,21 @@
 //! The 5,000-connection flood against the example server is `tests/flood.rs` at the top.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use mtls_verify::ServerTlsBuilder;
 use rustls::pki_types::ServerName;
+use support::wait_for_stats;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
-use zt_tower::{AcceptorStats, AcceptorStatsHandle, TlsListener, TlsListenerOptions};
+use zt_tower::{AcceptorStatsHandle, TlsListener, TlsListenerOptions};
 use ztkit_test_support::TestPki;
 
 /// Guard against hangs only.
@@ -127,22 +130,6 @@ async fn wait_closed(mut conn: TcpStream) -> Instant {
     Instant::now()
 }
 
-/// Waits until the counters satisfy `done`.
-async fn wait_for_stats(server: &Server, done: impl Fn(&AcceptorStats) -> bool) -> AcceptorStats {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let stats = server.stats.get();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counters never got there: {stats:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_close_at_the_first_byte_timeout_trickling_ones_at_the_handshake_timeout()
  {
@@ -156,7 +143,7 @@ async fn silent_connections_close_at_the_first_byte_timeout_trickling_ones_at_th
 
     // A health check: connect and close. Not a refusal.
     drop(TcpStream::connect(server.addr).await.unwrap());
-    wait_for_stats(&server, |s| s.closed_by_client == 1).await;
+    wait_for_stats(&server.stats, GUARD, |s| s.closed_by_client == 1).await;
 
     // Taken before connecting: the server's timers cannot start earlier.
     let opened = Instant::now();
@@ -178,7 +165,7 @@ async fn silent_connections_close_at_the_first_byte_timeout_trickling_ones_at_th
         trickle_lived >= HANDSHAKE,
         "the trickling connection lived {trickle_lived:?}, less than the {HANDSHAKE:?} handshake timeout"
     );
-    let stats = wait_for_stats(&server, |s| s.handshake_timeouts == 1).await;
+    let stats = wait_for_stats(&server.stats, GUARD, |s| s.handshake_timeouts == 1).await;
     assert_eq!(stats.first_byte_timeouts, 1, "{stats:#?}");
     assert_eq!(stats.refused, 0, "{stats:#?}");
     assert_eq!(stats.accepted, 3, "{stats:#?}");
@@ -224,7 +211,7 @@ async fn a_flood_over_every_cap_sheds_the_oldest_and_valid_clients_get_through()
     let flood: Vec<_> = (0..300)
         .map(|i| tokio::spawn(idle_slot(flood_source(i), server.addr, until)))
         .collect();
-    wait_for_stats(&server, |s| s.accepted >= 300).await;
+    wait_for_stats(&server.stats, GUARD, |s| s.accepted >= 300).await;
 
     let mut timings = Vec::new();
     for _ in 0..20 {
@@ -251,7 +238,7 @@ async fn a_flood_over_every_cap_sheds_the_oldest_and_valid_clients_get_through()
     assert_eq!(stats.handshakes_completed, 20, "{stats:#?}");
 
     // Every accepted connection is accounted for once the flood is gone.
-    let stats = wait_for_stats(&server, |s| {
+    let stats = wait_for_stats(&server.stats, GUARD, |s| {
         s.awaiting_client_hello == 0 && s.handshaking == 0
     })
     .await;
@@ -282,7 +269,7 @@ async fn stalled_handshakes_past_the_client_hello_are_capped() {
         conn.write_all(&hello).await.unwrap();
         stalled.push(conn);
     }
-    let stats = wait_for_stats(&server, |s| s.shed_handshaking == 8).await;
+    let stats = wait_for_stats(&server.stats, GUARD, |s| s.shed_handshaking == 8).await;
     assert_eq!(stats.handshaking, 4, "{stats:#?}");
     assert_eq!(stats.awaiting_client_hello, 0, "{stats:#?}");
     // The oldest eight were closed, the newest four are waiting.

@@ -4,6 +4,8 @@
 //! plus summaries counting the rest, in a chain that verifies.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +13,13 @@ use std::time::Duration;
 use mtls_verify::{IdentityAuthorizer, PeerIdentity, ServerTlsBuilder};
 use rustls::pki_types::ServerName;
 use serde_json::Value;
+use support::{audit_lines, wait_for_audit_lines, wait_for_stats};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 use zt_audit::AuditLog;
-use zt_tower::{AcceptorStats, AcceptorStatsHandle, TlsListener, TlsListenerOptions};
+use zt_tower::{AcceptorStatsHandle, TlsListener, TlsListenerOptions};
 use ztkit_test_support::{TestCa, TestCert, TestPki};
 
 const GUARD: Duration = Duration::from_secs(60);
@@ -110,50 +113,6 @@ async fn attempt(
     (local, result)
 }
 
-/// The audit records written so far.
-fn records(log: &AuditLog) -> Vec<Value> {
-    let mut out = Vec::new();
-    for file in log.files().unwrap() {
-        for line in std::fs::read_to_string(file).unwrap().lines() {
-            out.push(serde_json::from_str(line).unwrap());
-        }
-    }
-    out
-}
-
-/// Waits until the counters satisfy `done`.
-async fn wait_for_stats(server: &Server, done: impl Fn(&AcceptorStats) -> bool) -> AcceptorStats {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let stats = server.stats.get();
-        if done(&stats) {
-            return stats;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "counters never got there: {stats:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until the log holds `n` records.
-async fn wait_for_records(log: &AuditLog, n: usize) -> Vec<Value> {
-    let deadline = Instant::now() + GUARD;
-    loop {
-        let all = records(log);
-        if all.len() >= n {
-            return all;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {n} records: {all:#?}",
-            all.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The record whose `peer` is `addr`.
 fn record_of(records: &[Value], addr: SocketAddr) -> &Value {
     records
@@ -204,8 +163,8 @@ async fn each_refused_handshake_is_a_record_with_the_presented_certificate() {
     let (_, result) = attempt(server.addr, &client_config(pki, Some(&pki.client))).await;
     result.unwrap();
 
-    let all = wait_for_records(&server.log, 5).await;
-    let stats = wait_for_stats(&server, |s| s.first_byte_timeouts == 1).await;
+    let all = wait_for_audit_lines(&server.log, 5, GUARD).await;
+    let stats = wait_for_stats(&server.stats, GUARD, |s| s.first_byte_timeouts == 1).await;
     assert_eq!(all.len(), 5, "{all:#?}");
     assert_eq!(stats.refused, 4, "{stats:#?}");
     assert_eq!(stats.closed_by_client, 1, "{stats:#?}");
@@ -311,12 +270,12 @@ async fn a_flood_of_bad_handshakes_writes_a_bounded_number_of_records_and_counts
         task.await.unwrap();
     }
     let refusals = (BAD_CERTS + GARBAGE) as u64;
-    wait_for_stats(&server, |s| s.refused == refusals).await;
+    wait_for_stats(&server.stats, GUARD, |s| s.refused == refusals).await;
 
     // Within a second, the summary of what was left out is written.
     let deadline = Instant::now() + GUARD;
     let (all, summaries, suppressed) = loop {
-        let all = records(&server.log);
+        let all = audit_lines(&server.log);
         let summaries: Vec<&Value> = all
             .iter()
             .filter(|r| r.get("suppressed").is_some())

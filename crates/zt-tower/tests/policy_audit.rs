@@ -2,6 +2,8 @@
 //! leave, and policy reloads under load.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -13,6 +15,7 @@ use policy_rego::{
     Bundle, BundleLoader, BundleWriter, Manifest, PolicyEngine, PolicyOptions, PolicySet,
 };
 use serde_json::json;
+use support::audit_lines;
 use tower::{ServiceBuilder, ServiceExt};
 use zt_audit::{AuditLog, Durability};
 use zt_tower::{AuditLayer, Decision, JwtAuthLayer, PolicyLayer};
@@ -126,21 +129,6 @@ async fn status(app: &Router, r: Request<Body>) -> StatusCode {
     app.clone().oneshot(r).await.unwrap().status()
 }
 
-fn records(s: &Stack) -> Vec<serde_json::Value> {
-    s.log
-        .files()
-        .unwrap()
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn decisions_and_their_audit_trail() {
     let s = stack();
@@ -164,7 +152,7 @@ async fn decisions_and_their_audit_trail() {
         StatusCode::UNAUTHORIZED
     );
 
-    let all = records(&s);
+    let all = audit_lines(&s.log);
     let decision_logs: Vec<_> = all.iter().filter(|r| r["kind"] == "opa.decision").collect();
     let recs: Vec<_> = all
         .iter()
