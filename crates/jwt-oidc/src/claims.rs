@@ -1,6 +1,5 @@
 //! [`Claims`]: what a verified token says, for the next layers and for handlers.
 
-use std::any::{Any, TypeId};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,16 +30,7 @@ pub struct Claims {
     /// The whole claims set, read in the same pass as the registered claims.
     pub(crate) raw: serde_json::Value,
     pub(crate) roles: OnceLock<Box<[Box<str>]>>,
-    /// Values later layers derived from these claims ([`Claims::derived`]); allocated on first
-    /// use, so validation pays one word for it.
-    pub(crate) derived: OnceLock<Box<DerivedSlots>>,
 }
-
-/// How many types of derived values one `Claims` keeps.
-const DERIVED_SLOTS: usize = 4;
-
-type DerivedValue = (TypeId, Arc<dyn Any + Send + Sync>);
-pub(crate) type DerivedSlots = [OnceLock<DerivedValue>; DERIVED_SLOTS];
 
 /// A claim's text: a span of the payload when it had no JSON escapes, else a copy.
 #[derive(Clone, Debug)]
@@ -260,46 +250,6 @@ impl Claims {
         })
     }
 
-    /// A value a later layer derives from these claims, computed on first use and kept with
-    /// them: a verified-token-cache hit returns the same `Claims`, so per-token work (for
-    /// example converting the claims for a policy engine) runs once per token instead of once
-    /// per request. One value per type `T`; the first four types are kept, a fifth is computed
-    /// on every call.
-    ///
-    /// ```
-    /// # fn show(claims: &jwt_oidc::Claims) {
-    /// struct Tenant(String);
-    /// let tenant = claims.derived(|c| Tenant(c.issuer().rsplit('/').next().unwrap_or("").to_owned()));
-    /// # let _ = &tenant.0;
-    /// # }
-    /// ```
-    pub fn derived<T: Any + Send + Sync>(&self, compute: impl FnOnce(&Self) -> T) -> Arc<T> {
-        let wanted = TypeId::of::<T>();
-        let stored = |slot: &OnceLock<DerivedValue>| {
-            slot.get()
-                .filter(|(id, _)| *id == wanted)
-                .and_then(|(_, value)| Arc::clone(value).downcast::<T>().ok())
-        };
-        let slots = self
-            .derived
-            .get_or_init(|| Box::new(std::array::from_fn(|_| OnceLock::new())));
-        if let Some(value) = slots.iter().find_map(stored) {
-            return value;
-        }
-        let value = Arc::new(compute(self));
-        for slot in slots.iter() {
-            let erased: Arc<dyn Any + Send + Sync> = value.clone();
-            if slot.set((wanted, erased)).is_ok() {
-                return value;
-            }
-            // Taken, perhaps just now by another thread deriving the same type: use theirs.
-            if let Some(theirs) = stored(slot) {
-                return theirs;
-            }
-        }
-        value
-    }
-
     /// True when `role` is among [`Claims::roles`].
     #[must_use]
     pub fn has_role(&self, role: &str) -> bool {
@@ -328,56 +278,13 @@ impl Claims {
             roles_path: None,
             raw: serde_json::Value::Object(serde_json::Map::new()),
             roles: OnceLock::new(),
-            derived: OnceLock::new(),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{Claims, ShortText, Text};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    fn claims() -> Claims {
-        Claims::for_tests("https://idp.example.com", 0)
-    }
-
-    #[test]
-    fn derived_values_are_computed_once_per_type_and_shared() {
-        let c = claims();
-        let calls = AtomicUsize::new(0);
-        let first = c.derived(|c| {
-            calls.fetch_add(1, Ordering::Relaxed);
-            c.issuer().len()
-        });
-        let again = c.derived(|_| -> usize { unreachable!("already derived") });
-        assert!(Arc::ptr_eq(&first, &again));
-        assert_eq!(*first, "https://idp.example.com".len());
-        assert_eq!(calls.load(Ordering::Relaxed), 1);
-        // Other types get their own slots; past four types values are still right, uncached.
-        assert_eq!(*c.derived(|_| "s"), "s");
-        assert_eq!(*c.derived(|_| 1u8), 1);
-        assert_eq!(*c.derived(|_| 2u16), 2);
-        let fifth = c.derived(|_| 3u32);
-        assert!(!Arc::ptr_eq(&fifth, &c.derived(|_| 3u32)));
-        assert!(Arc::ptr_eq(&first, &c.derived(|_| 0usize)));
-    }
-
-    #[test]
-    fn concurrent_derivations_of_one_type_agree() {
-        let c = claims();
-        let values: Vec<Arc<String>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|i| {
-                    let c = &c;
-                    s.spawn(move || c.derived(move |_| format!("from thread {i}")))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        assert!(values.iter().all(|v| Arc::ptr_eq(v, &values[0])));
-    }
+    use super::{ShortText, Text};
 
     #[test]
     fn short_text_inline_and_heap() {

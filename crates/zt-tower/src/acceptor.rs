@@ -698,8 +698,6 @@ async fn handshake(shared: &Shared, accepted: Accepted, ticket: &Ticket) -> Outc
         remote_addr,
         local_addr,
         identity,
-        #[cfg(feature = "policy")]
-        identity_input: Arc::default(),
         alpn: conn.alpn_protocol().map(<[u8]>::to_vec),
         server_name: conn.server_name().map(str::to_owned),
         resumed: matches!(conn.handshake_kind(), Some(rustls::HandshakeKind::Resumed)),

@@ -25,10 +25,6 @@ pub struct TlsConnectInfo {
     pub(crate) remote_addr: SocketAddr,
     pub(crate) local_addr: Option<SocketAddr>,
     pub(crate) identity: Option<Arc<PeerIdentity>>,
-    /// `identity` converted for the policy input, once per connection (shared by the clones
-    /// each request gets).
-    #[cfg(feature = "policy")]
-    pub(crate) identity_input: Arc<std::sync::OnceLock<Option<policy_rego::InputDocument>>>,
     pub(crate) alpn: Option<Vec<u8>>,
     pub(crate) server_name: Option<String>,
     pub(crate) resumed: bool,
@@ -41,8 +37,6 @@ impl TlsConnectInfo {
             remote_addr,
             local_addr: None,
             identity,
-            #[cfg(feature = "policy")]
-            identity_input: Arc::default(),
             alpn: None,
             server_name: None,
             resumed: false,

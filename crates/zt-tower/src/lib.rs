@@ -59,7 +59,7 @@ pub use jwt::{
 #[cfg(all(feature = "policy", feature = "axum"))]
 pub use policy::Decision;
 #[cfg(feature = "policy")]
-pub use policy::{Policy, PolicyLayer, policy_input, request_decision};
+pub use policy::{Policy, PolicyInputCache, PolicyLayer, policy_input, request_decision};
 pub use rejection::Rejection;
 pub use require_identity::{RequireIdentity, RequireIdentityLayer, ResponseFuture};
 pub use verdict::{Verdict, response_verdict};

@@ -66,6 +66,9 @@ use tokio::sync::{Semaphore, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 
+mod input_cache;
+pub use input_cache::PolicyInputCache;
+
 use crate::rejection::{grpc_method, is_grpc};
 use crate::verdict::Passed;
 use crate::{BoxResponseFuture, Rejection, ResponseFuture, Verdict, connect_info, peer_identity};
@@ -75,6 +78,7 @@ use crate::{BoxResponseFuture, Rejection, ResponseFuture, Verdict, connect_info,
 pub struct PolicyLayer {
     engine: PolicyEngine,
     options: Arc<InputOptions>,
+    inputs: PolicyInputCache,
     placement: Placement,
 }
 
@@ -86,6 +90,7 @@ impl PolicyLayer {
         PolicyLayer {
             engine,
             options: Arc::new(InputOptions::default()),
+            inputs: PolicyInputCache::new(),
             placement: Placement::Pool(Arc::new(EvaluationPool::new(PoolConfig::default_size()))),
         }
     }
@@ -162,6 +167,7 @@ impl<S> Layer<S> for PolicyLayer {
             inner,
             engine: self.engine.clone(),
             options: self.options.clone(),
+            inputs: self.inputs.clone(),
             placement: self.placement.clone(),
         }
     }
@@ -173,6 +179,7 @@ pub struct Policy<S> {
     inner: S,
     engine: PolicyEngine,
     options: Arc<InputOptions>,
+    inputs: PolicyInputCache,
     placement: Placement,
 }
 
@@ -201,12 +208,21 @@ impl<S: fmt::Debug> fmt::Debug for Policy<S> {
     }
 }
 
-/// The policy input for a request, as [`PolicyLayer`] builds it.
+/// The policy input for a request, as [`PolicyLayer`] builds it (without its
+/// [`PolicyInputCache`]: the peer identity and the token claims are converted for this
+/// request).
 pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput {
+    build_input(req, options, None)
+}
+
+fn build_input<B>(
+    req: &Request<B>,
+    options: &InputOptions,
+    cache: Option<&PolicyInputCache>,
+) -> PolicyInput {
     let mut builder =
         InputBuilder::new(req.method(), req.uri(), req.headers()).version(req.version());
-    let info = connect_info(req.extensions());
-    if let Some(info) = info {
+    if let Some(info) = connect_info(req.extensions()) {
         builder = builder.peer_addr(info.remote_addr());
         if let Some(local) = info.local_addr() {
             builder = builder.local_addr(local);
@@ -220,18 +236,9 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
         builder = builder.principal(principal);
         // Serialized and converted once per connection: the identity does not change while
         // the connection lives, and every request on it needs the same document.
-        let document = match info {
-            Some(info)
-                if info
-                    .identity
-                    .as_ref()
-                    .is_some_and(|id| Arc::ptr_eq(id, peer)) =>
-            {
-                info.identity_input
-                    .get_or_init(|| identity_document(peer))
-                    .clone()
-            }
-            _ => identity_document(peer),
+        let document = match cache {
+            Some(cache) => cache.identity(peer, identity_document),
+            None => identity_document(peer),
         };
         if let Some(document) = document {
             builder = builder.identity(document);
@@ -240,8 +247,14 @@ pub fn policy_input<B>(req: &Request<B>, options: &InputOptions) -> PolicyInput 
     #[cfg(feature = "jwt")]
     if let Some(claims) = crate::request_claims(req.extensions()) {
         // Converted once per verified token: a token-cache hit brings the same `Claims`.
-        let document = claims.derived(|c| InputDocument::from(c.raw().clone()));
-        builder = builder.token(InputDocument::clone(&document));
+        let convert = |c: &jwt_oidc::Claims| Some(InputDocument::from(c.raw().clone()));
+        let document = match cache {
+            Some(cache) => cache.token(claims, convert),
+            None => convert(claims),
+        };
+        if let Some(document) = document {
+            builder = builder.token(document);
+        }
     }
     if is_grpc(req.headers())
         && let Some((service, method)) = grpc_method(req.uri().path())
@@ -275,7 +288,7 @@ where
         // stays behind for the next one.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let input = policy_input(&req, &self.options);
+        let input = self.inputs.policy_input(&req, &self.options);
         let source = Source::of(req.extensions());
         let engine = self.engine.clone();
         let placement = self.placement.clone();
@@ -660,26 +673,29 @@ mod tests {
         let peer = Arc::new(PeerIdentity::from_der(&leaf.cert_der).unwrap());
         let connection = TlsConnectInfo::new("10.0.0.7:4000".parse().unwrap(), Some(peer.clone()));
         let options = InputOptions::default();
-        assert!(connection.identity_input.get().is_none());
+        let cache = PolicyInputCache::new();
 
-        let first = policy_input(&request_on(&connection), &options).to_json();
-        let converted = connection.identity_input.get().cloned().flatten();
-        assert!(
-            converted.is_some(),
-            "the first request fills the connection's cache"
-        );
-        let second = policy_input(&request_on(&connection), &options).to_json();
+        let first = cache
+            .policy_input(&request_on(&connection), &options)
+            .to_json();
+        let converted = cache.identity(&peer, |_| unreachable!("converted by the first request"));
+        assert!(converted.is_some(), "the first request fills the cache");
+        let second = cache
+            .policy_input(&request_on(&connection), &options)
+            .to_json();
         assert_eq!(first["identity"], second["identity"]);
         assert_eq!(first["identity"], serde_json::to_value(&*peer).unwrap());
         assert_eq!(
             first["attributes"]["source"]["principal"],
             "spiffe://example.org/web"
         );
+        // Without the cache the input is the same.
+        assert_eq!(
+            policy_input(&request_on(&connection), &options).to_json(),
+            first
+        );
 
-        // Another connection has its own cache, never the first one's.
-        let other = TlsConnectInfo::new("10.0.0.8:4000".parse().unwrap(), Some(peer));
-        assert!(other.identity_input.get().is_none());
-        // A request whose extension identity is not the connection's does not use the cache.
+        // Another identity (here inserted by another source) is converted for itself.
         let stranger_leaf = ca
             .leaf("db")
             .spiffe_id("spiffe://example.org/db")
@@ -688,7 +704,7 @@ mod tests {
         let stranger = Arc::new(PeerIdentity::from_der(&stranger_leaf.cert_der).unwrap());
         let mut req = request_on(&connection);
         req.extensions_mut().insert(stranger);
-        let input = policy_input(&req, &options).to_json();
+        let input = cache.policy_input(&req, &options).to_json();
         assert_eq!(input["identity"]["spiffe_id"], "spiffe://example.org/db");
     }
 
@@ -726,12 +742,15 @@ mod tests {
             req
         };
         let options = InputOptions::default();
-        let first = policy_input(&with_claims(&claims), &options).to_json();
+        let cache = PolicyInputCache::new();
+        let first = cache
+            .policy_input(&with_claims(&claims), &options)
+            .to_json();
         assert_eq!(first["token"], *claims.raw());
-        // The first request left the converted document with the claims...
-        let _kept = claims.derived(|_| -> InputDocument { unreachable!("converted once") });
+        // The first request left the converted document in the cache...
+        let _kept = cache.token(&claims, |_| unreachable!("converted once"));
         // ...and the next request with the same verified token reuses it.
-        let second = policy_input(&with_claims(&again), &options).to_json();
+        let second = cache.policy_input(&with_claims(&again), &options).to_json();
         assert_eq!(first["token"], second["token"]);
     }
 }

@@ -374,7 +374,6 @@ impl JwtAuthenticator {
             roles_path: cfg.roles_path.clone(),
             raw: serde_json::Value::Null,
             roles: std::sync::OnceLock::new(),
-            derived: std::sync::OnceLock::new(),
         })
     }
 
