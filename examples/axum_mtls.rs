@@ -78,7 +78,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // Validate everything before listening: a bad file is a typed error naming it.
     let tls = args.tls.server_tls()?;
     let authorizer = args.tls.request_authorizer()?;
-    let jwt = args.jwt.authenticator().await?;
+    let (jwt, _refresher) = match args.jwt.authenticator().await? {
+        Some((auth, refresher)) => (Some(auth), Some(refresher)),
+        None => (None, None),
+    };
     let _reloader = tls.spawn_reloader();
 
     let mut app = Router::new()

@@ -440,6 +440,7 @@ struct ZeroTrust {
     tokens: DemoTokens,
     audit: AuditLog,
     _jwks: JwksServer,
+    _refresher: jwt_oidc::RefreshHandle,
 }
 
 async fn start_zero_trust(
@@ -455,6 +456,7 @@ async fn start_zero_trust(
         .allow_insecure_http() // loopback demo only
         .build()?;
     auth.ensure_keys().await?;
+    let refresher = auth.spawn_refresher()?;
 
     let policy_dir = audit_dir.with_file_name("policy");
     std::fs::create_dir_all(&policy_dir)?;
@@ -499,6 +501,7 @@ async fn start_zero_trust(
         tokens: DemoTokens::new(key, jwks_server.issuer()),
         audit,
         _jwks: jwks_server,
+        _refresher: refresher,
     })
 }
 

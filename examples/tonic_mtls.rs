@@ -72,7 +72,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     common::logging::init(&args.log, "info");
     let tls = args.tls.server_tls()?;
     let authorizer = args.tls.request_authorizer()?;
-    let jwt = args.jwt.authenticator().await?;
+    let (jwt, _refresher) = match args.jwt.authenticator().await? {
+        Some((auth, refresher)) => (Some(auth), Some(refresher)),
+        None => (None, None),
+    };
     let _reloader = tls.spawn_reloader();
 
     let listener = TlsListener::bind(args.tls.listen, tls).await?;

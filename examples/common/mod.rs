@@ -106,10 +106,12 @@ pub(crate) struct JwtArgs {
 
 impl JwtArgs {
     /// The token authenticator, `None` without `--jwt-issuer`. Fetches the issuer's keys
-    /// once, so an unreachable or wrong issuer fails at start-up with an error naming it.
+    /// once, so an unreachable or wrong issuer fails at start-up with an error naming it, and
+    /// starts refreshing them: keep the returned handle while serving.
     pub(crate) async fn authenticator(
         &self,
-    ) -> Result<Option<jwt_oidc::JwtAuthenticator>, jwt_oidc::AuthError> {
+    ) -> Result<Option<(jwt_oidc::JwtAuthenticator, jwt_oidc::RefreshHandle)>, jwt_oidc::AuthError>
+    {
         let Some(issuer) = &self.jwt_issuer else {
             return Ok(None);
         };
@@ -123,7 +125,8 @@ impl JwtArgs {
         }
         let auth = builder.build()?;
         auth.ensure_keys().await?;
-        Ok(Some(auth))
+        let refresher = auth.spawn_refresher()?;
+        Ok(Some((auth, refresher)))
     }
 
     /// `RequireClaimsLayer::scopes` for `--jwt-require-scope`, `None` when no scope is required.

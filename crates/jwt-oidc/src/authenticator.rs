@@ -4,6 +4,7 @@
 
 mod builder;
 mod header;
+mod holder;
 mod issuer;
 mod validation;
 
@@ -11,13 +12,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::error::untrusted;
-use crate::key_cache::{IssuerState, KeyCacheSettings, KeySetStatus, RefreshHost};
+use crate::key_cache::{
+    IssuerState, KeyCacheSettings, KeySetStatus, RefreshHost, background_refresh,
+};
 use crate::token_cache::TokenCache;
 use crate::{Algorithm, AuthError, Claims};
 
 pub use builder::JwtAuthenticatorBuilder;
+pub use holder::IssuerKeys;
 pub use issuer::IssuerConfig;
 use validation::Step;
+
+/// Owns the background refresh of an authenticator's remote keys
+/// ([`JwtAuthenticator::spawn_refresher`]): the task stops when the handle is dropped.
+pub type RefreshHandle = zt_rotate::TaskHandle;
 pub use validation::{CustomCheck, RequestContext};
 
 /// Source of [`Inner::id`].
@@ -48,17 +56,6 @@ pub(crate) struct Inner {
     issuers: Vec<IssuerState>,
     by_issuer: HashMap<Box<str>, usize>,
     cache: Option<TokenCache>,
-    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        if let Ok(tasks) = self.tasks.get_mut() {
-            for t in tasks.iter() {
-                t.abort();
-            }
-        }
-    }
 }
 
 impl RefreshHost for Inner {
@@ -79,8 +76,9 @@ impl RefreshHost for Inner {
 /// Validates JWT access tokens from one or more issuers.
 ///
 /// Cheap to clone (an `Arc`). Build it with [`JwtAuthenticator::builder`]. Remote key sources
-/// are refreshed by background tasks on the Tokio runtime `build` ran in; they stop when the
-/// last clone is dropped.
+/// are fetched on first use and on an unknown `kid`; refreshing them before they expire is
+/// the job of the task [`JwtAuthenticator::spawn_refresher`] starts, owned by the handle it
+/// returns.
 #[derive(Clone)]
 pub struct JwtAuthenticator {
     inner: Arc<Inner>,
@@ -195,6 +193,69 @@ impl JwtAuthenticator {
     /// The configured issuers.
     pub fn issuers(&self) -> impl Iterator<Item = &str> {
         self.inner.issuers.iter().map(|i| &*i.issuer)
+    }
+
+    /// Starts refreshing every remote issuer's keys in the background, shortly before they
+    /// expire (80 % of their TTL) and with capped backoff after a failure, on the current
+    /// Tokio runtime. The task stops when the returned handle is dropped or stopped (or when
+    /// every clone of the authenticator is gone). Without it keys are still fetched on first
+    /// use and on an unknown `kid`, but not renewed, so they go stale after
+    /// [`max_key_staleness`](JwtAuthenticatorBuilder::max_key_staleness) and tokens are then
+    /// refused (fail closed). An authenticator with only static keys gets an inert handle.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), jwt_oidc::AuthError> {
+    /// use jwt_oidc::{IssuerConfig, JwtAuthenticator};
+    ///
+    /// let auth = JwtAuthenticator::builder()
+    ///     .issuer(IssuerConfig::discover("https://idp.example.com/realms/main"))
+    ///     .audience("orders-api")
+    ///     .build()?;
+    /// let _refresher = auth.spawn_refresher()?; // keep it as long as `auth` serves
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`AuthError::InvalidConfig`] outside a Tokio runtime.
+    pub fn spawn_refresher(&self) -> Result<RefreshHandle, AuthError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|_| AuthError::InvalidConfig {
+                what: "runtime",
+                reason: "spawn_refresher() must run inside a Tokio runtime".into(),
+            })?;
+        let refreshable: Vec<(usize, Arc<tokio::sync::Notify>)> = self
+            .inner
+            .issuers
+            .iter()
+            .enumerate()
+            .filter(|(_, issuer)| issuer.is_refreshable())
+            .map(|(i, issuer)| (i, Arc::clone(&issuer.wake)))
+            .collect();
+        if refreshable.is_empty() {
+            return Ok(RefreshHandle::inert());
+        }
+        let host = Arc::downgrade(&self.inner);
+        let task = runtime.spawn(async move {
+            // Dropped with this task when the handle aborts it, aborting every issuer's loop.
+            let mut loops = tokio::task::JoinSet::new();
+            for (index, wake) in refreshable {
+                loops.spawn(background_refresh(host.clone(), index, wake));
+            }
+            while loops.join_next().await.is_some() {}
+        });
+        Ok(RefreshHandle::from_tokio(task))
+    }
+
+    /// The key set of `issuer` as a [`MaterialHolder`](zt_rotate::MaterialHolder): a source
+    /// of your own can push JWKS documents into it (see [`IssuerKeys`]).
+    #[must_use]
+    pub fn issuer_keys(&self, issuer: &str) -> Option<IssuerKeys> {
+        let index = self.inner.by_issuer.get(issuer).copied()?;
+        Some(IssuerKeys {
+            inner: Arc::clone(&self.inner),
+            index,
+        })
     }
 
     /// Entries in the verified-token cache (0 when it is disabled).

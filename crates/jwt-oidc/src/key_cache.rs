@@ -9,9 +9,10 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use zt_rotate::{RotationStatus, StatusRecorder};
 
 use crate::jwks::{Jwks, SkippedKey, VerifyingKey};
-use crate::source::JwksSource;
+use crate::source::{JwksDocument, JwksSource};
 use crate::token_cache::TokenCache;
 use crate::{Algorithm, AuthError};
 
@@ -109,6 +110,10 @@ pub struct KeySetStatus {
     pub last_error: Option<AuthError>,
     /// Keys of the last good document that were skipped, with reasons.
     pub skipped: Vec<SkippedKey>,
+    /// The status every ztkit material holder reports. Its `generation` counts key sets
+    /// that changed what serves (a refetch of the same keys is a success, not a new
+    /// generation), where [`KeySetStatus::generation`] counts every successful load.
+    pub rotation: RotationStatus,
 }
 
 #[derive(Default)]
@@ -136,7 +141,9 @@ pub(crate) struct IssuerState {
     pub(crate) snapshot: ArcSwap<KeySnapshot>,
     source: Option<Arc<dyn JwksSource>>,
     book: tokio::sync::Mutex<RefreshBook>,
+    /// Also serialises publications (a refresh and a pushed document).
     counters: Mutex<Counters>,
+    recorder: StatusRecorder<AuthError>,
     pub(crate) wake: Arc<Notify>,
 }
 
@@ -148,6 +155,7 @@ impl IssuerState {
             source: Some(source),
             book: tokio::sync::Mutex::new(RefreshBook::default()),
             counters: Mutex::new(Counters::default()),
+            recorder: StatusRecorder::new("JWKS"),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -164,6 +172,7 @@ impl IssuerState {
                 skipped,
                 ..Counters::default()
             }),
+            recorder: StatusRecorder::loaded("JWKS"),
             wake: Arc::new(Notify::new()),
         }
     }
@@ -197,6 +206,7 @@ impl IssuerState {
             failures: c.failures,
             last_error: c.last_error.clone(),
             skipped: c.skipped.clone(),
+            rotation: self.recorder.snapshot(),
         }
     }
 
@@ -282,10 +292,39 @@ impl IssuerState {
             return Ok(());
         };
         book.last_attempt = Some(Instant::now());
-        let result = match source.fetch().await {
-            Ok(doc) => Jwks::parse_with(&doc.body, allowed).map(|jwks| (jwks, doc.max_age)),
-            Err(e) => Err(e),
-        };
+        let fetched = source.fetch().await;
+        match self.apply(fetched, settings, allowed, cache) {
+            Ok(ttl) => {
+                book.next_refresh = Some(Instant::now() + ttl.mul_f64(0.8));
+                book.consecutive_failures = 0;
+                Ok(())
+            }
+            Err(e) => {
+                book.consecutive_failures = book.consecutive_failures.saturating_add(1);
+                let backoff = settings
+                    .retry_min
+                    .saturating_mul(1u32 << book.consecutive_failures.min(16).saturating_sub(1))
+                    .min(settings.retry_max);
+                book.next_refresh = Some(Instant::now() + backoff);
+                tracing::debug!(issuer = %self.issuer, error = %e, retry_in = ?backoff, "JWKS refresh failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes a document (fetched by the source or pushed through
+    /// [`crate::IssuerKeys`]): parses and validates it whole, then publishes its keys; or
+    /// records why there is none. The last good keys stay on any error. Returns the
+    /// document's TTL after clamping.
+    pub(crate) fn apply(
+        &self,
+        document: Result<JwksDocument, AuthError>,
+        settings: &KeyCacheSettings,
+        allowed: &[Algorithm],
+        cache: Option<&TokenCache>,
+    ) -> Result<Duration, AuthError> {
+        let result = document
+            .and_then(|doc| Jwks::parse_with(&doc.body, allowed).map(|jwks| (jwks, doc.max_age)));
         let mut counters = self
             .counters
             .lock()
@@ -318,6 +357,14 @@ impl IssuerState {
                         retired += 1;
                     }
                 }
+                let unchanged = old.loaded
+                    && keys.len() == old.all.len()
+                    && keys.iter().zip(&old.all).all(|(k, o)| Arc::ptr_eq(k, o));
+                if unchanged {
+                    self.recorder.record_success();
+                } else {
+                    self.recorder.record_published();
+                }
                 let now = SystemTime::now();
                 let stale_after = now.checked_add(settings.max_staleness);
                 self.snapshot.store(Arc::new(KeySnapshot::new(
@@ -330,33 +377,36 @@ impl IssuerState {
                 {
                     cache.sweep(unix_secs(now));
                 }
-                book.next_refresh = Some(Instant::now() + ttl.mul_f64(0.8));
-                book.consecutive_failures = 0;
                 counters.fetched_at = Some(now);
                 counters.ttl = Some(ttl);
                 counters.last_error = None;
                 counters.skipped = skipped;
                 tracing::debug!(issuer = %self.issuer, ttl = ?ttl, retired, "JWKS loaded");
-                Ok(())
+                Ok(ttl)
             }
             Err(e) => {
-                book.consecutive_failures = book.consecutive_failures.saturating_add(1);
-                let backoff = settings
-                    .retry_min
-                    .saturating_mul(1u32 << book.consecutive_failures.min(16).saturating_sub(1))
-                    .min(settings.retry_max);
-                book.next_refresh = Some(Instant::now() + backoff);
                 counters.failures += 1;
                 counters.last_error = Some(e.clone());
-                tracing::warn!(
-                    issuer = %self.issuer,
-                    error = %e,
-                    retry_in = ?backoff,
-                    "JWKS refresh failed; keeping the last good keys"
-                );
+                // Logged once per distinct error (a provider down for an hour is one line).
+                self.recorder.record_failure(e.clone());
                 Err(e)
             }
         }
+    }
+
+    /// A source could not produce a document at all (pushed from outside).
+    pub(crate) fn source_failed(&self, error: AuthError) {
+        let mut counters = self
+            .counters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counters.failures += 1;
+        counters.last_error = Some(error.clone());
+        self.recorder.record_failure(error);
+    }
+
+    pub(crate) fn rotation_status(&self) -> RotationStatus {
+        self.recorder.snapshot()
     }
 
     async fn next_refresh(&self) -> Instant {

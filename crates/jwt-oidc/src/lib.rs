@@ -85,10 +85,12 @@ pub mod fuzzing;
 
 pub use algorithm::Algorithm;
 pub use authenticator::{
-    CustomCheck, IssuerConfig, JwtAuthenticator, JwtAuthenticatorBuilder, RequestContext,
+    CustomCheck, IssuerConfig, IssuerKeys, JwtAuthenticator, JwtAuthenticatorBuilder,
+    RefreshHandle, RequestContext,
 };
 pub use claims::Claims;
 pub use error::{AuthError, BearerError};
 pub use jwks::{Jwks, MAX_JWKS_KEYS, SkippedKey, VerifyingKey};
 pub use key_cache::KeySetStatus;
 pub use source::{BoxFuture, JwksDocument, JwksSource};
+pub use zt_rotate::{MaterialHolder, RotationStatus};

@@ -103,21 +103,63 @@ async fn cache_control_max_age_is_clamped_to_floor_and_ceiling() {
     }
 }
 
-#[tokio::test]
-async fn keys_are_refreshed_in_the_background_before_they_expire() {
-    let key = TestKey::generate(Algorithm::Es256, "k1");
-    let server = JwksServer::start(jwks(&[&key])).await.unwrap();
+/// A JWKS server whose keys may be cached for one second, and an authenticator using it.
+async fn one_second_keys(key: &TestKey) -> (JwksServer, JwtAuthenticator) {
+    let server = JwksServer::start(jwks(&[key])).await.unwrap();
     server.set_cache_control(Some("max-age=1"));
     let auth = discover(&server)
         .jwks_ttl_bounds(Duration::from_secs(1), Duration::from_secs(60))
         .build()
         .unwrap();
+    (server, auth)
+}
+
+#[tokio::test]
+async fn keys_are_refreshed_in_the_background_before_they_expire() {
+    let key = TestKey::generate(Algorithm::Es256, "k1");
+    let (server, auth) = one_second_keys(&key).await;
+    let _refresher = auth.spawn_refresher().unwrap();
     // No validation triggers these: only the background refresher does.
     tokio::time::timeout(GUARD, server.wait_for_jwks_hits(3))
         .await
         .expect("no background refresh");
     let status = auth.key_status(&server.issuer()).unwrap();
     assert!(status.generation >= 2, "{status:?}");
+}
+
+/// The refresher is owned by its handle: dropping the handle stops it although the
+/// authenticator (and its clones) live on.
+#[tokio::test]
+async fn the_refresher_stops_when_its_handle_is_dropped() {
+    let key = TestKey::generate(Algorithm::Es256, "k1");
+    let (server, auth) = one_second_keys(&key).await;
+    let clone = auth.clone();
+    auth.ensure_keys().await.unwrap();
+    let refresher = auth.spawn_refresher().unwrap();
+    assert!(refresher.is_running());
+    tokio::time::timeout(GUARD, server.wait_for_jwks_hits(3))
+        .await
+        .expect("no background refresh");
+    drop(refresher);
+    // Settle: a fetch already in flight when the handle dropped may still land.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let hits = server.jwks_hits();
+    // With the handle alive a refresh was due every 0.8 s; wait out three of them.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        server.jwks_hits(),
+        hits,
+        "refreshed after its handle was dropped"
+    );
+    assert!(clone.key_status(&server.issuer()).is_some());
+
+    // Static keys need no refresher: the handle owns nothing.
+    let fixed = JwtAuthenticator::builder()
+        .issuer(IssuerConfig::static_jwks("https://fixed", jwks(&[&key])))
+        .audience(AUD)
+        .build()
+        .unwrap();
+    assert!(!fixed.spawn_refresher().unwrap().is_running());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ use url::Url;
 use crate::Algorithm;
 use crate::http::{HttpFetcher, tls_config, webpki_roots};
 use crate::jwks::Jwks;
-use crate::key_cache::{IssuerState, KeyCacheSettings, background_refresh};
+use crate::key_cache::{IssuerState, KeyCacheSettings};
 use crate::source::{HttpJwksSource, HttpMode};
 use crate::token_cache::TokenCache;
 use crate::{AuthError, Claims};
@@ -416,27 +416,7 @@ impl JwtAuthenticatorBuilder {
             issuers,
             by_issuer,
             cache,
-            tasks: std::sync::Mutex::new(Vec::new()),
         });
-        if let Ok(rt) = &runtime {
-            let weak = Arc::downgrade(&inner);
-            let handles: Vec<_> = inner
-                .issuers
-                .iter()
-                .enumerate()
-                .filter(|(_, issuer)| issuer.is_refreshable())
-                .map(|(i, issuer)| {
-                    rt.spawn(background_refresh(
-                        weak.clone(),
-                        i,
-                        Arc::clone(&issuer.wake),
-                    ))
-                })
-                .collect();
-            if let Ok(mut tasks) = inner.tasks.lock() {
-                tasks.extend(handles);
-            }
-        }
         Ok(JwtAuthenticator { inner })
     }
 }
