@@ -255,10 +255,7 @@ impl AuditLog {
                 return Ok(());
             }
             if st.syncing {
-                st = shared
-                    .durable_cv
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
+                st = shared.wait_for_news(st);
             } else {
                 let (g, r) = shared.run_sync(st);
                 st = g;

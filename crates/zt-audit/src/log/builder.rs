@@ -14,6 +14,12 @@ use crate::redact::Redactor;
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct AuditLogBuilder {
+    pub(super) config: Config,
+}
+
+/// The settings of a log: what the builder gathers and the open log keeps.
+#[derive(Debug, Clone)]
+pub(super) struct Config {
     pub(super) dir: PathBuf,
     pub(super) prefix: String,
     pub(super) durability: Durability,
@@ -29,7 +35,7 @@ pub struct AuditLogBuilder {
 impl AuditLogBuilder {
     /// The strict defaults for a log in `dir`.
     pub(super) fn new(dir: PathBuf) -> Self {
-        AuditLogBuilder {
+        let config = Config {
             dir,
             prefix: "audit".to_owned(),
             durability: Durability::Always,
@@ -38,46 +44,47 @@ impl AuditLogBuilder {
             max_file_age: None,
             redactor: Redactor::new(),
             files: Arc::new(RealFiles),
-        }
+        };
+        AuditLogBuilder { config }
     }
 
     /// The file name prefix (default `"audit"`): files are `{prefix}-{index:08}.jsonl`,
     /// the lock is `{prefix}.lock`. Letters, digits, `.`, `_` and `-` only.
     pub fn file_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.config.prefix = prefix.into();
         self
     }
 
     /// When records are fsynced (default [`Durability::Always`]).
     pub fn durability(mut self, durability: Durability) -> Self {
-        self.durability = durability;
+        self.config.durability = durability;
         self
     }
 
     /// What happens when a write fails (default [`FailureMode::Closed`]).
     pub fn failure_mode(mut self, mode: FailureMode) -> Self {
-        self.failure_mode = mode;
+        self.config.failure_mode = mode;
         self
     }
 
     /// Starts a new file before a record would make the current one larger than this
     /// (default 64 MiB). A record larger than this gets a file of its own.
     pub fn max_file_size(mut self, bytes: u64) -> Self {
-        self.max_file_size = bytes;
+        self.config.max_file_size = bytes;
         self
     }
 
     /// Starts a new file before writing a record when the current file's first record
     /// is at least this old (default: no age limit).
     pub fn max_file_age(mut self, age: Duration) -> Self {
-        self.max_file_age = Some(age);
+        self.config.max_file_age = Some(age);
         self
     }
 
     /// What is removed from records before they are written (default
     /// [`Redactor::new`]).
     pub fn redactor(mut self, redactor: Redactor) -> Self {
-        self.redactor = redactor;
+        self.config.redactor = redactor;
         self
     }
 
@@ -97,13 +104,14 @@ impl AuditLogBuilder {
     /// Opens the log's files through `files` (unit tests inject failures this way).
     #[cfg(test)]
     pub(super) fn log_files(mut self, files: Arc<dyn LogFiles>) -> Self {
-        self.files = files;
+        self.config.files = files;
         self
     }
 
     pub(super) fn validate(&self) -> Result<(), AuditError> {
-        let prefix_ok = !self.prefix.is_empty()
+        let prefix_ok = !self.config.prefix.is_empty()
             && self
+                .config
                 .prefix
                 .bytes()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
@@ -112,10 +120,10 @@ impl AuditLogBuilder {
                 "file prefix must be non-empty ASCII letters, digits, '.', '_' or '-'".into(),
             ));
         }
-        if self.max_file_size == 0 {
+        if self.config.max_file_size == 0 {
             return Err(AuditError::Config("max_file_size must be positive".into()));
         }
-        if let Durability::Batched { interval } = self.durability
+        if let Durability::Batched { interval } = self.config.durability
             && interval.is_zero()
         {
             return Err(AuditError::Config(
@@ -123,6 +131,7 @@ impl AuditLogBuilder {
             ));
         }
         if let Some(p) = self
+            .config
             .redactor
             .pointers()
             .iter()
@@ -150,10 +159,10 @@ mod tests {
     #[test]
     fn the_defaults_are_the_strict_choices_and_valid() {
         let b = AuditLogBuilder::new("/tmp/x".into());
-        assert_eq!(b.durability, Durability::Always);
-        assert_eq!(b.failure_mode, FailureMode::Closed);
-        assert_eq!(b.prefix, "audit");
-        assert_eq!(b.max_file_age, None);
+        assert_eq!(b.config.durability, Durability::Always);
+        assert_eq!(b.config.failure_mode, FailureMode::Closed);
+        assert_eq!(b.config.prefix, "audit");
+        assert_eq!(b.config.max_file_age, None);
         b.validate().unwrap();
     }
 

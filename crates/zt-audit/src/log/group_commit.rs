@@ -16,28 +16,15 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
-use super::file_io::{LogFile, LogFiles};
+use super::builder::Config;
+use super::file_io::LogFile;
 use super::{AuditStats, Durability, FailureMode, Receipt};
 use crate::chain::{ChainHead, build_line};
 use crate::clock::format_rfc3339_micros;
 use crate::error::AuditError;
 use crate::record::Record;
-use crate::redact::Redactor;
-
-/// The settings of an open log.
-#[derive(Debug)]
-pub(super) struct Config {
-    pub(super) dir: PathBuf,
-    pub(super) prefix: String,
-    pub(super) durability: Durability,
-    pub(super) failure_mode: FailureMode,
-    pub(super) max_file_size: u64,
-    pub(super) max_file_age: Option<Duration>,
-    pub(super) redactor: Redactor,
-    pub(super) files: Arc<dyn LogFiles>,
-}
 
 /// What every clone of an [`AuditLog`](super::AuditLog), every pending
 /// [`AppendFuture`](super::AppendFuture) and the fsync thread share.
@@ -130,6 +117,14 @@ pub(super) type Guard<'a> = MutexGuard<'a, State>;
 impl Shared {
     pub(super) fn lock(&self) -> Guard<'_> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits (lock released) until the durable point moves, an fsync ends or a rotation
+    /// finishes: whatever `publish` announces.
+    pub(super) fn wait_for_news<'a>(&'a self, st: Guard<'a>) -> Guard<'a> {
+        self.durable_cv
+            .wait(st)
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Asks the background thread for an fsync of everything written so far.
@@ -251,10 +246,7 @@ impl Shared {
                 return (st, r);
             }
             if st.syncing {
-                st = self
-                    .durable_cv
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
+                st = self.wait_for_news(st);
             } else {
                 st = self.run_sync(st).0;
             }
@@ -351,10 +343,7 @@ impl Shared {
             let pending = st.written_ticket > st.durable.ticket;
             if st.shutdown {
                 if st.syncing {
-                    st = self
-                        .durable_cv
-                        .wait(st)
-                        .unwrap_or_else(PoisonError::into_inner);
+                    st = self.wait_for_news(st);
                     continue;
                 }
                 if pending {

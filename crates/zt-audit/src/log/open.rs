@@ -7,7 +7,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Instant, SystemTime};
 
 use super::builder::AuditLogBuilder;
-use super::group_commit::{Config, DurablePoint, Shared, State};
+use super::group_commit::{DurablePoint, Shared, State};
 use super::{AuditLog, AuditStats, Inner};
 use crate::chain::ChainHead;
 use crate::error::AuditError;
@@ -16,13 +16,18 @@ use crate::files;
 /// Opens the log `b` describes; see [`AuditLogBuilder::open`].
 pub(super) fn open(b: AuditLogBuilder) -> Result<AuditLog, AuditError> {
     b.validate()?;
-    std::fs::create_dir_all(&b.dir).map_err(|e| AuditError::io("create directory", &b.dir, e))?;
-    let lock = files::lock(&b.dir, &b.prefix)?;
-    let existing = files::indexed_files(&b.dir, &b.prefix)?;
+    std::fs::create_dir_all(&b.config.dir)
+        .map_err(|e| AuditError::io("create directory", &b.config.dir, e))?;
+    let lock = files::lock(&b.config.dir, &b.config.prefix)?;
+    let existing = files::indexed_files(&b.config.dir, &b.config.prefix)?;
 
     let (index, path, recovered) = match existing.last() {
         Some((index, path)) => (*index, path.clone(), Some(files::recover(path)?)),
-        None => (1, b.dir.join(files::file_name(&b.prefix, 1)), None),
+        None => (
+            1,
+            b.config.dir.join(files::file_name(&b.config.prefix, 1)),
+            None,
+        ),
     };
     let mut head = recovered
         .as_ref()
@@ -49,9 +54,9 @@ pub(super) fn open(b: AuditLogBuilder) -> Result<AuditLog, AuditError> {
     }
     let head = head.unwrap_or(ChainHead::GENESIS);
 
-    let file = b.files.open_append(&path)?;
+    let file = b.config.files.open_append(&path)?;
     if recovered.is_none() {
-        files::sync_dir(&b.dir)?;
+        files::sync_dir(&b.config.dir)?;
     }
     // What the previous process wrote may still be only in the page cache.
     file.sync_data()
@@ -95,16 +100,7 @@ pub(super) fn open(b: AuditLogBuilder) -> Result<AuditLog, AuditError> {
         last_batch_sync: Instant::now(),
     };
     let shared = Arc::new(Shared {
-        config: Config {
-            dir: b.dir,
-            prefix: b.prefix,
-            durability: b.durability,
-            failure_mode: b.failure_mode,
-            max_file_size: b.max_file_size,
-            max_file_age: b.max_file_age,
-            redactor: b.redactor,
-            files: b.files,
-        },
+        config: b.config,
         state: Mutex::new(state),
         durable_cv: Condvar::new(),
         syncer_cv: Condvar::new(),

@@ -11,7 +11,7 @@
 //! as every failed fsync is.
 
 use std::path::Path;
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::file_io::LogFile;
@@ -29,10 +29,7 @@ impl Shared {
         upcoming: u64,
     ) -> (Guard<'a>, Result<(), AuditError>) {
         while st.rotating {
-            st = self
-                .durable_cv
-                .wait(st)
-                .unwrap_or_else(PoisonError::into_inner);
+            st = self.wait_for_news(st);
         }
         if !self.rotation_due(&st, upcoming) {
             return (st, Ok(()));
@@ -64,10 +61,7 @@ impl Shared {
         // 1. Everything written to the old file becomes durable (lock released meanwhile).
         while st.written_ticket > st.durable.ticket {
             if st.syncing {
-                st = self
-                    .durable_cv
-                    .wait(st)
-                    .unwrap_or_else(PoisonError::into_inner);
+                st = self.wait_for_news(st);
                 continue;
             }
             let (guard, synced) = self.run_sync(st);
