@@ -29,7 +29,7 @@ thread_local! {
 pub(super) fn with_thread_slot(
     set: &Arc<SetInner>,
     kind: u8,
-    init: impl FnOnce() -> std::result::Result<Slot, String>,
+    mut init: impl FnMut() -> std::result::Result<Slot, String>,
     f: impl FnOnce(&mut Slot) -> std::result::Result<Value, String>,
 ) -> std::result::Result<Value, String> {
     SLOTS.with(|cell| {
@@ -57,8 +57,21 @@ pub(super) fn with_thread_slot(
         };
         let r = f(slot);
         if r.is_err() {
-            // Do not keep an evaluator that failed mid-run.
-            slots.remove(idx);
+            // Do not keep an evaluator that failed mid-run (a budget overrun stops it
+            // anywhere). Its replacement is built now, by the decision that failed, not by
+            // the next one on this thread: building a bytecode VM costs hundreds of
+            // microseconds, which a cheap request would otherwise pay after every overrun
+            // of an expensive one (measured with `zt-tower`'s `blocking_load` example).
+            match init() {
+                Ok(fresh) => {
+                    if let Some(entry) = slots.get_mut(idx) {
+                        entry.2 = fresh;
+                    }
+                }
+                Err(_) => {
+                    slots.remove(idx);
+                }
+            }
         } else if idx != 0 {
             let entry = slots.remove(idx);
             slots.insert(0, entry);
@@ -103,10 +116,36 @@ mod tests {
     }
 
     #[test]
-    fn an_evaluator_that_failed_is_dropped() {
+    fn an_evaluator_that_failed_is_replaced_by_the_failing_call() {
         let opts = PolicyOptions::new().decision_rule("p/allow");
         let set = test_set("package p\nallow if true", "{}", &opts).unwrap();
-        let init = || Ok(Slot::Engine(Box::new(set.inner.template.clone())));
+        let built = std::cell::Cell::new(0);
+        let init = || {
+            built.set(built.get() + 1);
+            Ok(Slot::Engine(Box::new(set.inner.template.clone())))
+        };
+        // The failing call builds the evaluator it uses and then its replacement...
+        let _ = with_thread_slot(&set.inner, 1, init, |_| Err("boom".into()));
+        assert_eq!(built.get(), 2);
+        assert_eq!(slots_of(set.inner.id), 1);
+        // ...so the next decision on this thread finds one ready and builds nothing.
+        let r = with_thread_slot(&set.inner, 1, init, |_| Ok(Value::Bool(true)));
+        assert_eq!(r, Ok(Value::Bool(true)));
+        assert_eq!(built.get(), 2);
+    }
+
+    #[test]
+    fn an_evaluator_that_failed_and_cannot_be_rebuilt_is_dropped() {
+        let opts = PolicyOptions::new().decision_rule("p/allow");
+        let set = test_set("package p\nallow if true", "{}", &opts).unwrap();
+        let first = std::cell::Cell::new(true);
+        let init = || {
+            if first.replace(false) {
+                Ok(Slot::Engine(Box::new(set.inner.template.clone())))
+            } else {
+                Err("cannot build".into())
+            }
+        };
         let _ = with_thread_slot(&set.inner, 1, init, |_| Err("boom".into()));
         assert_eq!(slots_of(set.inner.id), 0);
     }
