@@ -10,6 +10,7 @@
 //! | `policy-rego` (default) | [`policy_rego`] | Rego policies and OPA bundles with hot reload |
 //! | `zt-audit` (default) | [`zt_audit`] | append-only, hash-chained audit log |
 //! | `zt-rotate` (default) | [`zt_rotate`] | the rotation seam the others share: holder trait, status, file watching, task handles |
+//! | `svid-client` | [`svid_client`] | SPIFFE X.509-SVIDs from the Workload API rotating into `mtls-verify`'s holders |
 //! | `zt-tower` (default) | [`zt_tower`] | the TLS acceptor for axum/tonic and the tower layers (with the layers of the crates enabled above) |
 //!
 //! ```
@@ -25,6 +26,8 @@ pub use jwt_oidc;
 pub use mtls_verify;
 #[cfg(feature = "policy-rego")]
 pub use policy_rego;
+#[cfg(feature = "svid-client")]
+pub use svid_client;
 #[cfg(feature = "zt-audit")]
 pub use zt_audit;
 #[cfg(feature = "zt-rotate")]

@@ -1,0 +1,512 @@
+//! [`SvidSource`]: X.509-SVIDs from the SPIFFE Workload API, fed into mtls-verify's holders.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use futures_util::{Stream, StreamExt};
+use mtls_verify::{
+    ClientTls, ClientTlsBuilder, MaterialHolder, PeerIdentity, RotationStatus, ServerTls,
+    ServerTlsBuilder, TlsMaterial,
+};
+use spiffe::transport::Endpoint;
+use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context};
+use tokio::time::Instant;
+use zt_rotate::{StatusRecorder, TaskHandle};
+
+use crate::Error;
+
+/// How long [`SvidSourceBuilder::connect`] waits for the first X.509-SVID by default.
+pub const DEFAULT_FIRST_SVID_TIMEOUT: Duration = Duration::from_secs(30);
+/// First delay before reconnecting to the Workload API (doubled per failure, jittered).
+pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between reconnection attempts.
+pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
+/// The environment variable naming the Workload API address.
+pub const ENDPOINT_ENV: &str = "SPIFFE_ENDPOINT_SOCKET";
+
+type TlsHolder = Box<dyn MaterialHolder<Material = TlsMaterial, Error = mtls_verify::Error>>;
+type ContextStream = Pin<Box<dyn Stream<Item = Result<X509Context, WorkloadApiError>> + Send>>;
+
+// === SvidSourceBuilder ===
+
+/// Configures and connects an [`SvidSource`].
+#[derive(Clone, Debug)]
+pub struct SvidSourceBuilder {
+    address: Option<String>,
+    first_svid_timeout: Duration,
+    reconnect: (Duration, Duration),
+}
+
+impl Default for SvidSourceBuilder {
+    fn default() -> Self {
+        SvidSourceBuilder {
+            address: None,
+            first_svid_timeout: DEFAULT_FIRST_SVID_TIMEOUT,
+            reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
+        }
+    }
+}
+
+impl SvidSourceBuilder {
+    /// The Workload API address: `unix:/path/to/socket` or `tcp:IP:port`. Default: the
+    /// value of `SPIFFE_ENDPOINT_SOCKET` when [`connect`](Self::connect) runs.
+    pub fn endpoint(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// How long `connect` waits for the first usable X.509-SVID, retrying (with backoff) an
+    /// agent that is not there yet. Default [`DEFAULT_FIRST_SVID_TIMEOUT`].
+    pub fn first_svid_timeout(mut self, timeout: Duration) -> Self {
+        self.first_svid_timeout = timeout;
+        self
+    }
+
+    /// Reconnection delays: the first, doubled per failed attempt up to `max`, each
+    /// jittered down by up to half. Default [`DEFAULT_RECONNECT_MIN`] to
+    /// [`DEFAULT_RECONNECT_MAX`].
+    pub fn reconnect_backoff(mut self, min: Duration, max: Duration) -> Self {
+        self.reconnect = (min.max(Duration::from_millis(1)), max.max(min));
+        self
+    }
+
+    /// Connects, waits for the first usable X.509-SVID, then follows the Workload API stream
+    /// in a background task (on the current tokio runtime) owned by the returned source.
+    ///
+    /// # Errors
+    /// [`Error::NoEndpoint`] / [`Error::InvalidEndpoint`] at once for a missing or bad
+    /// address. Otherwise it retries until the first-SVID timeout and then returns why it
+    /// got nothing: [`Error::NoAgentSocket`], [`Error::AgentUnreachable`],
+    /// [`Error::NoIdentity`], an [`Error::InvalidUpdate`] / [`Error::Tls`] for refused
+    /// material, or [`Error::FirstSvidTimeout`] when the agent answered nothing at all.
+    pub async fn connect(self) -> Result<SvidSource, Error> {
+        let address = match self.address {
+            Some(address) => address,
+            None => std::env::var(ENDPOINT_ENV).map_err(|_| Error::NoEndpoint)?,
+        };
+        let endpoint = Endpoint::parse(&address).map_err(|e| Error::InvalidEndpoint {
+            address: address.clone(),
+            reason: error_chain(&e),
+        })?;
+        let deadline = Instant::now() + self.first_svid_timeout;
+        let mut delay = self.reconnect.0;
+        let mut last_error: Option<Error> = None;
+        let (stream, first) = loop {
+            let attempt =
+                tokio::time::timeout_at(deadline, first_svid(&endpoint, &address, &mut last_error))
+                    .await;
+            match attempt {
+                Ok(Ok(found)) => break found,
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_elapsed) => {
+                    return Err(last_error.unwrap_or(Error::FirstSvidTimeout {
+                        endpoint: address,
+                        waited: self.first_svid_timeout,
+                    }));
+                }
+            }
+            if Instant::now() + delay >= deadline {
+                tokio::time::sleep_until(deadline).await;
+                return Err(last_error.unwrap_or(Error::FirstSvidTimeout {
+                    endpoint: address,
+                    waited: self.first_svid_timeout,
+                }));
+            }
+            tokio::time::sleep(jittered(delay)).await;
+            delay = (delay * 2).min(self.reconnect.1);
+        };
+        let shared = Arc::new(Shared {
+            address,
+            current: Mutex::new(Current {
+                svid: first,
+                holders: Vec::new(),
+            }),
+            status: StatusRecorder::loaded("X.509-SVID"),
+        });
+        let task = TaskHandle::from_tokio(tokio::spawn(follow(
+            shared.clone(),
+            endpoint,
+            stream,
+            self.reconnect,
+        )));
+        Ok(SvidSource { shared, task })
+    }
+}
+
+// === SvidSource ===
+
+/// X.509-SVIDs from the SPIFFE Workload API, rotating into mtls-verify's [`ServerTls`] and
+/// [`ClientTls`] holders (through [`MaterialHolder`], as files feed them).
+///
+/// Dropping the source stops following the Workload API (its task is owned by a
+/// `zt_rotate::TaskHandle`); holders built from it keep serving their last material.
+///
+/// ```no_run
+/// use svid_client::SvidSource;
+///
+/// # async fn run() -> Result<(), svid_client::Error> {
+/// let source = SvidSource::builder().connect().await?; // SPIFFE_ENDPOINT_SOCKET
+/// let tls = source.server_tls(|builder| builder)?;      // rotates with every new SVID
+/// let config = tls.config(); // an Arc<rustls::ServerConfig> for the acceptor
+/// # let _ = config; Ok(()) }
+/// ```
+#[must_use = "dropping the source stops following the Workload API"]
+pub struct SvidSource {
+    shared: Arc<Shared>,
+    task: TaskHandle,
+}
+
+impl fmt::Debug for SvidSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SvidSource")
+            .field("endpoint", &self.shared.address)
+            .field("status", &self.status())
+            .field("running", &self.task.is_running())
+            .finish()
+    }
+}
+
+/// The current SVID and how rotation goes.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct SvidStatus {
+    /// The current X.509-SVID's leaf (its SPIFFE ID, serial, expiry…).
+    pub identity: PeerIdentity,
+    /// Generation, last success, last error (the shared `zt-rotate` shape).
+    pub rotation: RotationStatus,
+}
+
+impl SvidSource {
+    /// A builder (address from `SPIFFE_ENDPOINT_SOCKET`, [`DEFAULT_FIRST_SVID_TIMEOUT`]).
+    pub fn builder() -> SvidSourceBuilder {
+        SvidSourceBuilder::default()
+    }
+
+    /// A [`ServerTls`] serving the current SVID and trusting the bundle of the SVID's own
+    /// trust domain (federated bundles are not used yet), kept up to date by this source.
+    /// `configure` sets the rest (authorizer, ALPN…); CRLs set there are dropped by the
+    /// first rotation (SVIDs are short-lived and carry none).
+    ///
+    /// # Errors
+    /// [`Error::Tls`] when mtls-verify refuses the material or the configuration.
+    pub fn server_tls(
+        &self,
+        configure: impl FnOnce(ServerTlsBuilder) -> ServerTlsBuilder,
+    ) -> Result<ServerTls, Error> {
+        let mut current = self.shared.lock();
+        let pem = &current.svid.pem;
+        let tls = configure(ServerTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()?;
+        current.holders.push(Box::new(tls.clone()));
+        Ok(tls)
+    }
+
+    /// A [`ClientTls`] presenting the current SVID and trusting the bundle of its own trust
+    /// domain, kept up to date by this source. `configure` sets the server check (for
+    /// SPIFFE: `server_authorizer` with SPIFFE IDs and `allow_any_hostname`).
+    ///
+    /// # Errors
+    /// [`Error::Tls`] when mtls-verify refuses the material or the configuration.
+    pub fn client_tls(
+        &self,
+        configure: impl FnOnce(ClientTlsBuilder) -> ClientTlsBuilder,
+    ) -> Result<ClientTls, Error> {
+        let mut current = self.shared.lock();
+        let pem = &current.svid.pem;
+        let tls = configure(ClientTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()?;
+        current.holders.push(Box::new(tls.clone()));
+        Ok(tls)
+    }
+
+    /// Feeds any TLS holder built elsewhere: it gets the current SVID now and every rotation
+    /// after.
+    ///
+    /// # Errors
+    /// [`Error::Tls`] when the holder refuses the current material (it is not registered).
+    pub fn feed<H>(&self, holder: H) -> Result<(), Error>
+    where
+        H: MaterialHolder<Material = TlsMaterial, Error = mtls_verify::Error> + 'static,
+    {
+        let mut current = self.shared.lock();
+        holder.update(current.svid.pem.material())?;
+        current.holders.push(Box::new(holder));
+        Ok(())
+    }
+
+    /// The current SVID and the rotation status.
+    pub fn status(&self) -> SvidStatus {
+        SvidStatus {
+            identity: self.shared.lock().svid.identity.clone(),
+            rotation: self.shared.status.snapshot(),
+        }
+    }
+
+    /// The Workload API address followed.
+    pub fn endpoint(&self) -> &str {
+        &self.shared.address
+    }
+}
+
+// === Shared state and the task ===
+
+struct Shared {
+    address: String,
+    current: Mutex<Current>,
+    status: StatusRecorder<Error>,
+}
+
+struct Current {
+    svid: Svid,
+    holders: Vec<TlsHolder>,
+}
+
+/// One usable SVID: its leaf's identity and the material as PEM.
+#[derive(Clone)]
+struct Svid {
+    identity: PeerIdentity,
+    pem: Pem,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Pem {
+    chain: Vec<u8>,
+    key: Vec<u8>,
+    ca: Vec<u8>,
+}
+
+impl Pem {
+    fn material(&self) -> TlsMaterial {
+        TlsMaterial::from_pem(&self.chain, &self.key, &self.ca)
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Current> {
+        self.current.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Validates an update and pushes it into every holder.
+    fn apply(&self, context: &X509Context) -> Result<(), Error> {
+        let result = self.try_apply(context);
+        match &result {
+            Ok(true) => {
+                self.status.record_published();
+            }
+            Ok(false) => self.status.record_success(),
+            Err(e) => {
+                self.status.record_failure(e.clone());
+            }
+        }
+        result.map(|_| ())
+    }
+
+    /// `Ok(true)` when new material was published, `Ok(false)` when it was the same.
+    fn try_apply(&self, context: &X509Context) -> Result<bool, Error> {
+        let svid = svid_from(context)?;
+        let mut current = self.lock();
+        if current.svid.pem == svid.pem {
+            return Ok(false);
+        }
+        let mut refused = None;
+        for holder in &current.holders {
+            if let Err(e) = holder.update(svid.pem.material()) {
+                refused.get_or_insert(e);
+            }
+        }
+        if let Some(e) = refused {
+            return Err(Error::Tls(e));
+        }
+        current.svid = svid;
+        Ok(true)
+    }
+
+    fn failed(&self, error: Error) {
+        let current = self.lock();
+        for holder in &current.holders {
+            holder.source_failed(mtls_verify::Error::Task(error.to_string()));
+        }
+        self.status.record_failure(error);
+    }
+}
+
+/// Follows the stream; when it ends or fails, reconnects with capped, jittered backoff.
+/// The holders keep serving the last SVID meanwhile.
+async fn follow(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    mut stream: ContextStream,
+    (min, max): (Duration, Duration),
+) {
+    loop {
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(context) => {
+                    let _ = shared.apply(&context);
+                }
+                Err(e) if ends_stream(&e) => {
+                    shared.failed(stream_error(&shared.address, e));
+                    break;
+                }
+                Err(e) => {
+                    shared
+                        .status
+                        .record_failure(Error::InvalidUpdate(error_chain(&e)));
+                }
+            }
+        }
+        let mut delay = min;
+        stream = loop {
+            tokio::time::sleep(jittered(delay)).await;
+            match open_stream(&endpoint, &shared.address).await {
+                Ok(stream) => break stream,
+                Err(e) => shared.failed(e),
+            }
+            delay = (delay * 2).min(max);
+        };
+    }
+}
+
+/// One attempt at the first SVID: connect, open the stream, read until a usable SVID.
+/// Once connected, `last_error` is cleared, so a timeout while waiting on a connected
+/// stream reports [`Error::FirstSvidTimeout`] rather than an older failure.
+async fn first_svid(
+    endpoint: &Endpoint,
+    address: &str,
+    last_error: &mut Option<Error>,
+) -> Result<(ContextStream, Svid), Error> {
+    let mut stream = open_stream(endpoint, address).await?;
+    *last_error = None;
+    loop {
+        match stream.next().await {
+            Some(Ok(context)) => match svid_from(&context) {
+                Ok(svid) => return Ok((stream, svid)),
+                Err(e) => *last_error = Some(e),
+            },
+            Some(Err(e)) if ends_stream(&e) => return Err(stream_error(address, e)),
+            Some(Err(e)) => *last_error = Some(Error::InvalidUpdate(error_chain(&e))),
+            None => {
+                return Err(Error::WorkloadApi {
+                    endpoint: address.to_owned(),
+                    reason: "the stream ended before the first X.509-SVID".into(),
+                });
+            }
+        }
+    }
+}
+
+async fn open_stream(endpoint: &Endpoint, address: &str) -> Result<ContextStream, Error> {
+    if let Endpoint::Unix(path) = endpoint
+        && !path.exists()
+    {
+        return Err(Error::NoAgentSocket { path: path.clone() });
+    }
+    let client = WorkloadApiClient::connect(endpoint.clone())
+        .await
+        .map_err(|e| Error::AgentUnreachable {
+            endpoint: address.to_owned(),
+            reason: error_chain(&e),
+        })?;
+    let stream = client
+        .stream_x509_contexts()
+        .await
+        .map_err(|e| stream_error(address, e))?;
+    Ok(Box::pin(stream))
+}
+
+/// Errors after which the stream is over (a gRPC status), as opposed to one bad message.
+fn ends_stream(e: &WorkloadApiError) -> bool {
+    matches!(
+        e,
+        WorkloadApiError::Transport(_)
+            | WorkloadApiError::NoIdentityIssued
+            | WorkloadApiError::PermissionDenied(_)
+    )
+}
+
+fn stream_error(address: &str, e: WorkloadApiError) -> Error {
+    match e {
+        WorkloadApiError::NoIdentityIssued => Error::NoIdentity {
+            endpoint: address.to_owned(),
+            reason: "no identity issued".into(),
+        },
+        WorkloadApiError::PermissionDenied(reason) => Error::NoIdentity {
+            endpoint: address.to_owned(),
+            reason,
+        },
+        other => Error::WorkloadApi {
+            endpoint: address.to_owned(),
+            reason: error_chain(&other),
+        },
+    }
+}
+
+/// The default SVID and the bundle of its own trust domain, as PEM for mtls-verify.
+fn svid_from(context: &X509Context) -> Result<Svid, Error> {
+    let svid = context
+        .default_svid()
+        .ok_or_else(|| Error::InvalidUpdate("no X.509-SVID in the update".into()))?;
+    let trust_domain = svid.spiffe_id().trust_domain();
+    let bundle = context.bundle_set().get(trust_domain).ok_or_else(|| {
+        Error::InvalidUpdate(format!(
+            "no bundle for the SVID's own trust domain {trust_domain}"
+        ))
+    })?;
+    let identity = PeerIdentity::from_der(svid.leaf().as_bytes())?;
+    let pem = Pem {
+        chain: pem_blocks(
+            "CERTIFICATE",
+            svid.cert_chain().iter().map(|cert| cert.as_bytes()),
+        ),
+        key: pem_blocks("PRIVATE KEY", [svid.private_key().as_bytes()]),
+        ca: pem_blocks(
+            "CERTIFICATE",
+            bundle.authorities().iter().map(|cert| cert.as_bytes()),
+        ),
+    };
+    Ok(Svid { identity, pem })
+}
+
+fn pem_blocks<'a>(label: &str, ders: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut out = String::new();
+    for der in ders {
+        out.push_str("-----BEGIN ");
+        out.push_str(label);
+        out.push_str("-----\n");
+        let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+        for line in encoded.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END ");
+        out.push_str(label);
+        out.push_str("-----\n");
+    }
+    out.into_bytes()
+}
+
+/// The error and its sources, joined (tonic's transport errors say little at the top).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// `delay` minus up to half of it, so that many workloads do not reconnect in step.
+fn jittered(delay: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let fraction = f64::from(nanos % 1000) / 2000.0; // [0, 0.5)
+    delay.mul_f64(1.0 - fraction)
+}

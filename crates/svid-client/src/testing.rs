@@ -1,0 +1,366 @@
+//! A Workload API server for tests and local development (feature `testing`).
+//!
+//! **Faithful to the public protocol, not SPIRE, and not for production.** It serves the
+//! `SpiffeWorkloadAPI` gRPC service of SPIFFE's `workload.proto` over a Unix socket, refuses
+//! calls without the `workload.spiffe.io: true` metadata header (`InvalidArgument`, as the
+//! Workload API specification requires and SPIRE answers), and streams X.509-SVID updates
+//! that the test pushes ([`TestWorkloadApi::set_svids`]), so a test can rotate an SVID,
+//! make the agent answer "no identity issued" ([`TestWorkloadApi::deny_identity`]) or cut
+//! every open stream ([`TestWorkloadApi::close_streams`]). It issues nothing itself: the
+//! certificates come from the test (for instance from `ztkit-test-support`).
+//!
+//! Implemented: `FetchX509SVID` (stream) and `FetchX509Bundles` (stream). Not yet (they
+//! answer `Unimplemented`): `FetchJWTSVID`, `FetchJWTBundles`, `ValidateJWTSVID`.
+//!
+//! ```no_run
+//! use svid_client::testing::{TestSvid, TestWorkloadApi};
+//! # async fn demo(chain_der: Vec<Vec<u8>>, key_der: Vec<u8>, ca_der: Vec<u8>) -> std::io::Result<()> {
+//! let dir = std::env::temp_dir().join("agent");
+//! let agent = TestWorkloadApi::start(dir.join("api.sock"))?;
+//! agent.set_svids(vec![TestSvid::new("spiffe://example.org/web", chain_der, key_der, vec![ca_der])]);
+//! println!("SPIFFE_ENDPOINT_SOCKET={}", agent.endpoint());
+//! # Ok(()) }
+//! ```
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::Stream;
+use tokio::sync::{oneshot, watch};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::{Request, Response, Status};
+
+pub mod proto;
+
+#[allow(
+    missing_docs,
+    unreachable_pub,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    rust_2018_idioms
+)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/.SpiffeWorkloadAPI.rs"));
+}
+
+use generated::spiffe_workload_a_p_i_server::{
+    SpiffeWorkloadAPI as SpiffeWorkloadApi, SpiffeWorkloadAPIServer as SpiffeWorkloadApiServer,
+};
+use proto::{
+    JwtBundlesRequest, JwtBundlesResponse, JwtSvidRequest, JwtSvidResponse, ValidateJwtSvidRequest,
+    ValidateJwtSvidResponse, X509BundlesRequest, X509BundlesResponse, X509SvidRequest,
+    X509SvidResponse,
+};
+
+/// The metadata header every Workload API call must carry (`workload.spiffe.io: true`).
+pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// One X.509-SVID as the server hands it out.
+#[derive(Clone, Debug)]
+pub struct TestSvid {
+    spiffe_id: String,
+    chain_der: Vec<Vec<u8>>,
+    key_der: Vec<u8>,
+    bundle_der: Vec<Vec<u8>>,
+    hint: String,
+}
+
+impl TestSvid {
+    /// An SVID: its SPIFFE ID, certificate chain (leaf first, DER), PKCS#8 private key (DER)
+    /// and the CA certificates of its trust domain (DER).
+    pub fn new(
+        spiffe_id: impl Into<String>,
+        chain_der: Vec<Vec<u8>>,
+        key_der: Vec<u8>,
+        bundle_der: Vec<Vec<u8>>,
+    ) -> Self {
+        TestSvid {
+            spiffe_id: spiffe_id.into(),
+            chain_der,
+            key_der,
+            bundle_der,
+            hint: String::new(),
+        }
+    }
+
+    /// Sets the SVID's hint.
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = hint.into();
+        self
+    }
+
+    fn to_proto(&self) -> proto::X509Svid {
+        proto::X509Svid {
+            spiffe_id: self.spiffe_id.clone(),
+            x509_svid: self.chain_der.concat(),
+            x509_svid_key: self.key_der.clone(),
+            bundle: self.bundle_der.concat(),
+            hint: self.hint.clone(),
+        }
+    }
+}
+
+/// What the X.509 streams currently serve.
+#[derive(Clone, Debug, Default)]
+enum Identity {
+    /// Nothing yet: streams stay open and silent (an agent still attesting).
+    #[default]
+    Pending,
+    /// These SVIDs and federated bundles.
+    Svids(X509SvidResponse),
+    /// `PermissionDenied: no identity issued` (the workload matches no registration entry).
+    Denied,
+}
+
+#[derive(Clone, Debug, Default)]
+struct State {
+    identity: Identity,
+    /// Bumped by `close_streams`: streams opened before end with `Unavailable`.
+    close_epoch: u64,
+}
+
+/// A running Workload API server on a Unix socket; stops when dropped.
+#[derive(Debug)]
+pub struct TestWorkloadApi {
+    socket: PathBuf,
+    state: Arc<watch::Sender<State>>,
+    federated: std::sync::Mutex<HashMap<String, Vec<u8>>>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl TestWorkloadApi {
+    /// Binds `socket` (its directory must exist; a stale socket file is replaced) and serves
+    /// on the current tokio runtime.
+    ///
+    /// # Errors
+    /// The socket cannot be bound.
+    pub fn start(socket: impl AsRef<Path>) -> std::io::Result<Self> {
+        let socket = socket.as_ref().to_owned();
+        if socket.exists() {
+            std::fs::remove_file(&socket)?;
+        }
+        let listener = tokio::net::UnixListener::bind(&socket)?;
+        let state = Arc::new(watch::Sender::new(State::default()));
+        let service = SpiffeWorkloadApiServer::with_interceptor(
+            Service {
+                state: state.clone(),
+            },
+            require_security_header,
+        );
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let served = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::warn!(error = %e, "test Workload API server failed");
+            }
+        });
+        Ok(TestWorkloadApi {
+            socket,
+            state,
+            federated: std::sync::Mutex::default(),
+            shutdown: Some(shutdown),
+        })
+    }
+
+    /// The socket's path.
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The address to give a client (`unix:/path/to/socket`), as in `SPIFFE_ENDPOINT_SOCKET`.
+    pub fn endpoint(&self) -> String {
+        format!("unix:{}", self.socket.display())
+    }
+
+    /// Serves these SVIDs (the default one first) from now on: every open `FetchX509SVID`
+    /// stream receives them at once (a rotation), and new streams start with them.
+    pub fn set_svids(&self, svids: Vec<TestSvid>) {
+        let response = X509SvidResponse {
+            svids: svids.iter().map(TestSvid::to_proto).collect(),
+            crl: Vec::new(),
+            federated_bundles: self.federated_bundles(),
+        };
+        self.state
+            .send_modify(|state| state.identity = Identity::Svids(response));
+    }
+
+    /// Adds (or with an empty list removes) a federated trust domain's CA certificates; sent
+    /// with the next [`set_svids`](Self::set_svids) and by `FetchX509Bundles`.
+    pub fn set_federated_bundle(&self, trust_domain: &str, ca_der: Vec<Vec<u8>>) {
+        let key = format!("spiffe://{}", trust_domain.trim_start_matches("spiffe://"));
+        let mut federated = self
+            .federated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ca_der.is_empty() {
+            federated.remove(&key);
+        } else {
+            federated.insert(key, ca_der.concat());
+        }
+    }
+
+    /// From now on, X.509 calls fail with `PermissionDenied: no identity issued` (what SPIRE
+    /// answers a workload that matches no registration entry); open streams end with it.
+    pub fn deny_identity(&self) {
+        self.state
+            .send_modify(|state| state.identity = Identity::Denied);
+    }
+
+    /// Ends every open stream with `Unavailable` (an agent restarting); new calls are served.
+    pub fn close_streams(&self) {
+        self.state.send_modify(|state| state.close_epoch += 1);
+    }
+
+    /// How many streams are open (`FetchX509SVID` and `FetchX509Bundles`).
+    pub fn open_streams(&self) -> usize {
+        self.state.receiver_count()
+    }
+
+    fn federated_bundles(&self) -> HashMap<String, Vec<u8>> {
+        self.federated
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for TestWorkloadApi {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        self.close_streams();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[allow(clippy::result_large_err)] // tonic's interceptor signature
+fn require_security_header(request: Request<()>) -> Result<Request<()>, Status> {
+    match request.metadata().get(SECURITY_HEADER) {
+        Some(value) if value == "true" => Ok(request),
+        _ => Err(Status::invalid_argument(
+            "security header missing from request",
+        )),
+    }
+}
+
+struct Service {
+    state: Arc<watch::Sender<State>>,
+}
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// A stream that sends `pick(state)` whenever the state changes (and at once if there is
+/// something to send), ends with `PermissionDenied` when the identity is denied and with
+/// `Unavailable` when `close_streams` is called.
+fn follow<T: Send + 'static>(
+    state: &watch::Sender<State>,
+    pick: fn(&State) -> Option<T>,
+) -> ResponseStream<T> {
+    let mut rx = state.subscribe();
+    let epoch = rx.borrow().close_epoch;
+    rx.mark_changed();
+    Box::pin(futures_util::stream::unfold(
+        Some(rx),
+        move |rx| async move {
+            let mut rx = rx?;
+            loop {
+                if rx.changed().await.is_err() {
+                    return None;
+                }
+                let state = rx.borrow_and_update().clone();
+                if state.close_epoch != epoch {
+                    return Some((
+                        Err(Status::unavailable("stream closed by the server")),
+                        None,
+                    ));
+                }
+                if matches!(state.identity, Identity::Denied) {
+                    return Some((Err(Status::permission_denied("no identity issued")), None));
+                }
+                if let Some(item) = pick(&state) {
+                    return Some((Ok(item), Some(rx)));
+                }
+            }
+        },
+    ))
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for Service {
+    type FetchX509SVIDStream = ResponseStream<X509SvidResponse>;
+    type FetchX509BundlesStream = ResponseStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = ResponseStream<JwtBundlesResponse>;
+
+    async fn fetch_x509_svid(
+        &self,
+        _request: Request<X509SvidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        Ok(Response::new(follow(&self.state, |state| {
+            match &state.identity {
+                Identity::Svids(response) => Some(response.clone()),
+                Identity::Pending | Identity::Denied => None,
+            }
+        })))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        _request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        Ok(Response::new(follow(&self.state, |state| {
+            let Identity::Svids(response) = &state.identity else {
+                return None;
+            };
+            let mut bundles = response.federated_bundles.clone();
+            for svid in &response.svids {
+                if let Some(td) = trust_domain_of(&svid.spiffe_id) {
+                    bundles.insert(format!("spiffe://{td}"), svid.bundle.clone());
+                }
+            }
+            Some(X509BundlesResponse {
+                crl: Vec::new(),
+                bundles,
+            })
+        })))
+    }
+
+    async fn fetch_jwt_svid(
+        &self,
+        _request: Request<JwtSvidRequest>,
+    ) -> Result<Response<JwtSvidResponse>, Status> {
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not served by this test server yet",
+        ))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        _request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        Err(Status::unimplemented(
+            "JWT bundles are not served by this test server yet",
+        ))
+    }
+
+    async fn validate_jwt_svid(
+        &self,
+        _request: Request<ValidateJwtSvidRequest>,
+    ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
+        Err(Status::unimplemented(
+            "JWT-SVIDs are not validated by this test server yet",
+        ))
+    }
+}
+
+fn trust_domain_of(spiffe_id: &str) -> Option<&str> {
+    let rest = spiffe_id.strip_prefix("spiffe://")?;
+    Some(rest.split('/').next().unwrap_or(rest))
+}

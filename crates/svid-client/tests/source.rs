@@ -1,0 +1,449 @@
+//! `SvidSource` through its public API, against the test Workload API server on a Unix
+//! socket, with real TLS handshakes (tokio-rustls) on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use mtls_verify::rustls::pki_types::ServerName;
+use mtls_verify::{ClientTls, ClientTlsBuilder, ServerTls};
+use svid_client::testing::{TestSvid, TestWorkloadApi};
+use svid_client::{Error, SvidSource, authorize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use ztkit_test_support::{TestCa, TestCert};
+
+/// Guard for anything awaited: a hang fails the test instead of blocking CI.
+const GUARD: Duration = Duration::from_secs(20);
+
+const SERVER_ID: &str = "spiffe://example.org/server";
+const CLIENT_ID: &str = "spiffe://example.org/client";
+
+fn issue(ca: &TestCa, id: &str) -> TestCert {
+    ca.leaf(id).spiffe_id(id).issue()
+}
+
+fn svid(ca: &TestCa, cert: &TestCert, id: &str) -> TestSvid {
+    TestSvid::new(
+        id,
+        cert.chain_der.iter().map(|c| c.to_vec()).collect(),
+        cert.key_der.clone(),
+        vec![ca.cert_der.to_vec()],
+    )
+}
+
+async fn guarded<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(GUARD, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {GUARD:?}"))
+}
+
+/// Waits (bounded) until `check` holds, yielding to the runtime between looks.
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    guarded(what, async {
+        while !check() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+/// What one handshake gave: the server's leaf as the client saw it, the client's leaf as
+/// the server saw it, or the server's refusal.
+#[derive(Debug)]
+struct Handshake {
+    server_saw: Result<Vec<u8>, String>,
+    client_saw_server: Option<Vec<u8>>,
+}
+
+/// One TLS connection on loopback: the server with the current config of `server`, the
+/// client with the current config of `client`; both sides finish (one byte exchanged).
+async fn handshake(server: &ServerTls, client: &ClientTls) -> Handshake {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = TlsAcceptor::from(server.config());
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        match acceptor.accept(tcp).await {
+            Ok(mut tls) => {
+                let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+                tls.write_all(b"k").await.unwrap();
+                tls.flush().await.unwrap();
+                Ok(leaf)
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    let connector = TlsConnector::from(client.config());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("workload").unwrap();
+    let client_saw_server = match connector.connect(name, tcp).await {
+        Ok(mut tls) => {
+            let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            // TLS 1.3: a refused client certificate shows up at the first read.
+            let mut byte = [0u8; 1];
+            match tls.read_exact(&mut byte).await {
+                Ok(_) => Some(leaf),
+                Err(_) => None,
+            }
+        }
+        Err(_) => None,
+    };
+    let server_saw = guarded("the server side", accept).await.unwrap();
+    Handshake {
+        server_saw,
+        client_saw_server,
+    }
+}
+
+fn spiffe_client(ca: &TestCa, cert: &TestCert) -> ClientTls {
+    ClientTlsBuilder::from_pem(
+        cert.chain_pem.as_bytes(),
+        cert.key_pem.as_bytes(),
+        ca.cert_pem.as_bytes(),
+    )
+    .server_authorizer(authorize::exact(SERVER_ID).unwrap())
+    .allow_any_hostname()
+    .build()
+    .unwrap()
+}
+
+async fn connect(agent: &TestWorkloadApi, timeout: Duration) -> Result<SvidSource, Error> {
+    connect_to(agent.endpoint(), timeout).await
+}
+
+async fn connect_to(address: String, timeout: Duration) -> Result<SvidSource, Error> {
+    guarded(
+        "connect",
+        SvidSource::builder()
+            .endpoint(address)
+            .first_svid_timeout(timeout)
+            .reconnect_backoff(Duration::from_millis(10), Duration::from_millis(100))
+            .connect(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_fed_by_the_workload_api_accepts_its_trust_domain_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let server_cert = issue(&ca, SERVER_ID);
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![svid(&ca, &server_cert, SERVER_ID)]);
+
+    let source = connect(&agent, GUARD).await.unwrap();
+    let status = source.status();
+    assert_eq!(status.identity.spiffe_id().unwrap().as_str(), SERVER_ID);
+    assert_eq!(status.rotation.generation, 1);
+    let server = source
+        .server_tls(|tls| tls.authorizer(authorize::member_of("example.org").unwrap()))
+        .unwrap();
+
+    // A client of the same trust domain: accepted, and it sees the SVID as the server's
+    // certificate.
+    let client_cert = issue(&ca, CLIENT_ID);
+    let out = handshake(&server, &spiffe_client(&ca, &client_cert)).await;
+    assert_eq!(out.server_saw, Ok(client_cert.cert_der.to_vec()), "{out:?}");
+    assert_eq!(out.client_saw_server, Some(server_cert.cert_der.to_vec()));
+
+    // Another trust domain (its own CA, which the server's bundle does not hold): refused.
+    let other_ca = TestCa::new("other.org");
+    let other_cert = issue(&other_ca, "spiffe://other.org/client");
+    let other = ClientTlsBuilder::from_pem(
+        other_cert.chain_pem.as_bytes(),
+        other_cert.key_pem.as_bytes(),
+        ca.cert_pem.as_bytes(),
+    )
+    .server_authorizer(authorize::exact(SERVER_ID).unwrap())
+    .allow_any_hostname()
+    .build()
+    .unwrap();
+    let out = handshake(&server, &other).await;
+    assert!(out.server_saw.is_err(), "{out:?}");
+    assert_eq!(out.client_saw_server, None);
+
+    // The same CA but an ID outside the trust domain the authorizer allows: refused.
+    let foreign_id = issue(&ca, "spiffe://other.org/client");
+    let out = handshake(&server, &spiffe_client(&ca, &foreign_id)).await;
+    assert!(out.server_saw.is_err(), "{out:?}");
+}
+
+/// A server workload and a client workload, each with its own agent and source.
+struct Workloads {
+    ca: TestCa,
+    server_agent: TestWorkloadApi,
+    client_agent: TestWorkloadApi,
+    server_source: Option<SvidSource>,
+    client_source: SvidSource,
+    server: ServerTls,
+    client: ClientTls,
+}
+
+impl Workloads {
+    /// Both agents serve fresh SVIDs; once both sources report `generation`, a handshake
+    /// uses the new certificates on both sides. Returns the server's new certificate.
+    async fn rotate(&self, generation: u64) -> TestCert {
+        let (server_cert, client_cert) = (issue(&self.ca, SERVER_ID), issue(&self.ca, CLIENT_ID));
+        self.server_agent
+            .set_svids(vec![svid(&self.ca, &server_cert, SERVER_ID)]);
+        self.client_agent
+            .set_svids(vec![svid(&self.ca, &client_cert, CLIENT_ID)]);
+        let server_source = self.server_source.as_ref().unwrap();
+        wait_until("both rotations", || {
+            server_source.status().rotation.generation == generation
+                && self.client_source.status().rotation.generation == generation
+        })
+        .await;
+        assert_eq!(self.server.status().generation, generation);
+        assert_eq!(self.client.status().generation, generation);
+        let out = handshake(&self.server, &self.client).await;
+        assert_eq!(out.server_saw, Ok(client_cert.cert_der.to_vec()), "{out:?}");
+        assert_eq!(out.client_saw_server, Some(server_cert.cert_der.to_vec()));
+        server_cert
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_sides_on_svids_and_a_rotation_serves_the_next_handshake_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let (server_v1, client_v1) = (issue(&ca, SERVER_ID), issue(&ca, CLIENT_ID));
+    let server_agent = TestWorkloadApi::start(dir.path().join("server.sock")).unwrap();
+    let client_agent = TestWorkloadApi::start(dir.path().join("client.sock")).unwrap();
+    server_agent.set_svids(vec![svid(&ca, &server_v1, SERVER_ID)]);
+    client_agent.set_svids(vec![svid(&ca, &client_v1, CLIENT_ID)]);
+
+    let server_source = connect(&server_agent, GUARD).await.unwrap();
+    let client_source = connect(&client_agent, GUARD).await.unwrap();
+    let server = server_source
+        .server_tls(|tls| tls.authorizer(authorize::exact(CLIENT_ID).unwrap()))
+        .unwrap();
+    let client = client_source
+        .client_tls(|tls| {
+            tls.server_authorizer(authorize::exact(SERVER_ID).unwrap())
+                .allow_any_hostname()
+        })
+        .unwrap();
+    let out = handshake(&server, &client).await;
+    assert_eq!(out.server_saw, Ok(client_v1.cert_der.to_vec()), "{out:?}");
+    assert_eq!(out.client_saw_server, Some(server_v1.cert_der.to_vec()));
+    let mut workloads = Workloads {
+        ca,
+        server_agent,
+        client_agent,
+        server_source: Some(server_source),
+        client_source,
+        server,
+        client,
+    };
+
+    // The agents rotate both SVIDs; the next handshake uses the new ones.
+    workloads.rotate(2).await;
+
+    // The agents cut their streams (a restart): the sources reconnect, get the same SVIDs
+    // again (no new generation), then take the next ones.
+    workloads.server_agent.close_streams();
+    workloads.client_agent.close_streams();
+    wait_until("the reconnections", || {
+        workloads.server_agent.open_streams() == 1 && workloads.client_agent.open_streams() == 1
+    })
+    .await;
+    assert_eq!(workloads.client_source.status().rotation.generation, 2);
+    let server_v3 = workloads.rotate(3).await;
+
+    // Dropping a source stops following: its holder keeps serving the last SVID.
+    drop(workloads.server_source.take());
+    let server_v4 = issue(&workloads.ca, SERVER_ID);
+    workloads
+        .server_agent
+        .set_svids(vec![svid(&workloads.ca, &server_v4, SERVER_ID)]);
+    wait_until("the stream to close", || {
+        workloads.server_agent.open_streams() == 0
+    })
+    .await;
+    let out = handshake(&workloads.server, &workloads.client).await;
+    assert_eq!(out.client_saw_server, Some(server_v3.cert_der.to_vec()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_updates_leave_the_last_svid_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let (server_v1, server_v2) = (issue(&ca, SERVER_ID), issue(&ca, SERVER_ID));
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![svid(&ca, &server_v1, SERVER_ID)]);
+    let source = connect(&agent, GUARD).await.unwrap();
+    let server = source.server_tls(|tls| tls).unwrap();
+    let v1_serial = mtls_verify::PeerIdentity::from_der(&server_v1.cert_der)
+        .unwrap()
+        .serial_hex()
+        .to_owned();
+
+    // An SVID whose key is another certificate's: mtls-verify refuses it.
+    agent.set_svids(vec![TestSvid::new(
+        SERVER_ID,
+        server_v2.chain_der.iter().map(|c| c.to_vec()).collect(),
+        server_v1.key_der.clone(),
+        vec![ca.cert_der.to_vec()],
+    )]);
+    wait_until("the first refusal", || {
+        source.status().rotation.failures == 1
+    })
+    .await;
+    let status = source.status();
+    assert!(
+        matches!(
+            status.rotation.last_error.as_ref(),
+            Some(e) if e.message.contains("key")
+        ),
+        "{status:?}"
+    );
+    // An SVID with no bundle for its own trust domain: refused before any holder sees it.
+    agent.set_svids(vec![TestSvid::new(
+        SERVER_ID,
+        server_v2.chain_der.iter().map(|c| c.to_vec()).collect(),
+        server_v2.key_der.clone(),
+        Vec::new(),
+    )]);
+    wait_until("the second refusal", || {
+        source.status().rotation.failures == 2
+    })
+    .await;
+
+    let status = source.status();
+    assert_eq!(status.rotation.generation, 1);
+    assert_eq!(status.identity.serial_hex(), v1_serial);
+    assert_eq!(server.status().generation, 1);
+    let client = spiffe_client(&ca, &issue(&ca, CLIENT_ID));
+    let out = handshake(&server, &client).await;
+    assert_eq!(out.client_saw_server, Some(server_v1.cert_der.to_vec()));
+}
+
+#[tokio::test]
+async fn no_svid_within_the_timeout_is_a_timeout_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    let err = connect(&agent, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::FirstSvidTimeout { waited, .. } if waited == Duration::from_millis(300)),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("no X.509-SVID"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_socket_is_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.sock");
+    let err = connect_to(
+        format!("unix:{}", path.display()),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::NoAgentSocket { path: p } if *p == path),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("absent.sock"), "{err}");
+}
+
+#[tokio::test]
+async fn a_socket_nobody_listens_on_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // the file stays
+    let err = connect_to(
+        format!("unix:{}", path.display()),
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::AgentUnreachable { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_agent_without_an_identity_for_us_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.deny_identity();
+    let err = connect(&agent, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::NoIdentity { .. }), "{err:?}");
+    assert!(err.to_string().contains("no identity issued"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_addresses_fail_at_once() {
+    let err = SvidSource::builder()
+        .endpoint("http://127.0.0.1:1")
+        .connect()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidEndpoint { .. }), "{err:?}");
+}
+
+#[tokio::test]
+async fn the_test_server_requires_the_security_header_and_serves_the_proto_routes() {
+    use svid_client::testing::proto::{X509SvidRequest, X509SvidResponse};
+    use tonic::codec::Streaming;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let cert = issue(&ca, SERVER_ID);
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![svid(&ca, &cert, SERVER_ID)]);
+    let path = agent.socket().to_owned();
+    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(path).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .unwrap();
+
+    let call = |with_header: bool| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            let mut request = tonic::Request::new(X509SvidRequest {});
+            if with_header {
+                request.metadata_mut().insert(
+                    svid_client::testing::SECURITY_HEADER,
+                    "true".parse().unwrap(),
+                );
+            }
+            let codec = tonic_prost::ProstCodec::<X509SvidRequest, X509SvidResponse>::default();
+            grpc.server_streaming(
+                request,
+                http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID"),
+                codec,
+            )
+            .await
+        }
+    };
+    let refused = guarded("the call without header", call(false))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "security header missing from request");
+
+    let mut stream: Streaming<X509SvidResponse> =
+        guarded("the call", call(true)).await.unwrap().into_inner();
+    let first = guarded("the first message", stream.message())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.svids.len(), 1);
+    assert_eq!(first.svids[0].spiffe_id, SERVER_ID);
+    assert_eq!(first.svids[0].x509_svid, cert.cert_der.to_vec());
+    assert_eq!(first.svids[0].bundle, ca.cert_der.to_vec());
+}
