@@ -45,6 +45,10 @@
 //! - **Startup.** `connect` retries, with the reconnection backoff, until the first-SVID
 //!   timeout, then says why nothing came: no socket at the path, nothing accepting on it,
 //!   no identity for this workload, refused material, or an agent that answered nothing.
+//! - **Which SVID.** The default one (the first of each update), or the one with the hint
+//!   given to [`SvidSourceBuilder::svid_hint`]. An SVID outside its validity period is
+//!   refused before any holder sees it (an agent's clock or cache gone wrong must not
+//!   replace a good SVID).
 //! - **Following.** When the stream fails or ends (agent restart), the task reconnects with
 //!   capped, jittered backoff; holders keep serving the last SVID meanwhile, and the failure
 //!   is recorded (once, by `zt-rotate`'s `StatusRecorder`) in [`SvidSource::status`] and in
@@ -69,12 +73,14 @@
 //! ## Done and left (issue 9)
 //!
 //! Done: `SvidSource` (address from the environment or given, first-SVID timeout with
-//! distinguishable errors, stream following with reconnection), rotation into
-//! `ServerTls`/`ClientTls`, local-trust-domain bundles, status, the authorizer names, the
-//! test server's X.509 RPCs. Tested through real TLS handshakes (`tests/source.rs`).
+//! distinguishable errors, stream following with reconnection, SVID selection by hint,
+//! expired/malformed/mismatched updates refused with the last SVID kept), rotation into
+//! `ServerTls`/`ClientTls` (built by the source or fed), local-trust-domain bundles, status,
+//! the authorizer names, the test server's X.509 RPCs (checked with the `spiffe` crate's
+//! own client). Tested through real TLS handshakes (`tests/source.rs`).
 //!
 //! Left: federation (bundle per peer trust domain and the trust-domain policies, federation
-//! over the network), SVID selection by hint, JWT-SVIDs (fetch, validate, the test server's
+//! over the network), JWT-SVIDs (fetch, validate, the test server's
 //! JWT RPCs, `JwtAuthLayer` integration), tonic/axum helpers, fail-closed handling of an
 //! SVID that expires without renewal plus the early warning (mtls-verify's expiry warning
 //! applies to the holders meanwhile), static bundle files, `ztkit dev-agent`, the rotation

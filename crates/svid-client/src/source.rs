@@ -36,6 +36,7 @@ type ContextStream = Pin<Box<dyn Stream<Item = Result<X509Context, WorkloadApiEr
 #[derive(Clone, Debug)]
 pub struct SvidSourceBuilder {
     address: Option<String>,
+    hint: Option<String>,
     first_svid_timeout: Duration,
     reconnect: (Duration, Duration),
 }
@@ -44,6 +45,7 @@ impl Default for SvidSourceBuilder {
     fn default() -> Self {
         SvidSourceBuilder {
             address: None,
+            hint: None,
             first_svid_timeout: DEFAULT_FIRST_SVID_TIMEOUT,
             reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
         }
@@ -55,6 +57,14 @@ impl SvidSourceBuilder {
     /// value of `SPIFFE_ENDPOINT_SOCKET` when [`connect`](Self::connect) runs.
     pub fn endpoint(mut self, address: impl Into<String>) -> Self {
         self.address = Some(address.into());
+        self
+    }
+
+    /// Uses the SVID with this hint (an operator-chosen label, for workloads given several
+    /// SVIDs) instead of the default one, the first of each update. An update without an
+    /// SVID of that hint is refused.
+    pub fn svid_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
         self
     }
 
@@ -91,13 +101,16 @@ impl SvidSourceBuilder {
             address: address.clone(),
             reason: error_chain(&e),
         })?;
+        let hint = self.hint.as_deref();
         let deadline = Instant::now() + self.first_svid_timeout;
         let mut delay = self.reconnect.0;
         let mut last_error: Option<Error> = None;
         let (stream, first) = loop {
-            let attempt =
-                tokio::time::timeout_at(deadline, first_svid(&endpoint, &address, &mut last_error))
-                    .await;
+            let attempt = tokio::time::timeout_at(
+                deadline,
+                first_svid(&endpoint, &address, hint, &mut last_error),
+            )
+            .await;
             match attempt {
                 Ok(Ok(found)) => break found,
                 Ok(Err(e)) => last_error = Some(e),
@@ -120,6 +133,7 @@ impl SvidSourceBuilder {
         };
         let shared = Arc::new(Shared {
             address,
+            hint: self.hint,
             current: Mutex::new(Current {
                 svid: first,
                 holders: Vec::new(),
@@ -253,6 +267,7 @@ impl SvidSource {
 
 struct Shared {
     address: String,
+    hint: Option<String>,
     current: Mutex<Current>,
     status: StatusRecorder<Error>,
 }
@@ -304,7 +319,7 @@ impl Shared {
 
     /// `Ok(true)` when new material was published, `Ok(false)` when it was the same.
     fn try_apply(&self, context: &X509Context) -> Result<bool, Error> {
-        let svid = svid_from(context)?;
+        let svid = svid_from(context, self.hint.as_deref())?;
         let mut current = self.lock();
         if current.svid.pem == svid.pem {
             return Ok(false);
@@ -374,13 +389,14 @@ async fn follow(
 async fn first_svid(
     endpoint: &Endpoint,
     address: &str,
+    hint: Option<&str>,
     last_error: &mut Option<Error>,
 ) -> Result<(ContextStream, Svid), Error> {
     let mut stream = open_stream(endpoint, address).await?;
     *last_error = None;
     loop {
         match stream.next().await {
-            Some(Ok(context)) => match svid_from(&context) {
+            Some(Ok(context)) => match svid_from(&context, hint) {
                 Ok(svid) => return Ok((stream, svid)),
                 Err(e) => *last_error = Some(e),
             },
@@ -442,11 +458,21 @@ fn stream_error(address: &str, e: WorkloadApiError) -> Error {
     }
 }
 
-/// The default SVID and the bundle of its own trust domain, as PEM for mtls-verify.
-fn svid_from(context: &X509Context) -> Result<Svid, Error> {
-    let svid = context
-        .default_svid()
-        .ok_or_else(|| Error::InvalidUpdate("no X.509-SVID in the update".into()))?;
+/// The SVID (the default one, or the one with `hint`) and the bundle of its own trust
+/// domain, as PEM for mtls-verify. An SVID outside its validity period is refused.
+fn svid_from(context: &X509Context, hint: Option<&str>) -> Result<Svid, Error> {
+    let svid = match hint {
+        None => context
+            .default_svid()
+            .ok_or_else(|| Error::InvalidUpdate("no X.509-SVID in the update".into()))?,
+        Some(hint) => context
+            .svids()
+            .iter()
+            .find(|svid| svid.hint() == Some(hint))
+            .ok_or_else(|| {
+                Error::InvalidUpdate(format!("no X.509-SVID with hint {hint:?} in the update"))
+            })?,
+    };
     let trust_domain = svid.spiffe_id().trust_domain();
     let bundle = context.bundle_set().get(trust_domain).ok_or_else(|| {
         Error::InvalidUpdate(format!(
@@ -454,6 +480,14 @@ fn svid_from(context: &X509Context) -> Result<Svid, Error> {
         ))
     })?;
     let identity = PeerIdentity::from_der(svid.leaf().as_bytes())?;
+    let now = SystemTime::now();
+    if identity.not_after() < now || identity.not_before() > now {
+        return Err(Error::InvalidUpdate(format!(
+            "the X.509-SVID of {} (serial {}) is outside its validity period",
+            svid.spiffe_id(),
+            identity.serial_hex()
+        )));
+    }
     let pem = Pem {
         chain: pem_blocks(
             "CERTIFICATE",

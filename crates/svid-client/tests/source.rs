@@ -447,3 +447,92 @@ async fn the_test_server_requires_the_security_header_and_serves_the_proto_route
     assert_eq!(first.svids[0].x509_svid, cert.cert_der.to_vec());
     assert_eq!(first.svids[0].bundle, ca.cert_der.to_vec());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_svid_with_the_configured_hint_is_used_and_fed_into_a_holder_built_elsewhere() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let (default_cert, internal_cert) = (issue(&ca, CLIENT_ID), issue(&ca, SERVER_ID));
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![
+        svid(&ca, &default_cert, CLIENT_ID).hint("external"),
+        svid(&ca, &internal_cert, SERVER_ID).hint("internal"),
+    ]);
+    let source = guarded(
+        "connect",
+        SvidSource::builder()
+            .endpoint(agent.endpoint())
+            .svid_hint("internal")
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        source.status().identity.spiffe_id().unwrap().as_str(),
+        SERVER_ID
+    );
+
+    // A server built from other material (say, files at startup), then fed by the source.
+    let other_ca = TestCa::new("bootstrap");
+    let bootstrap = other_ca.leaf("bootstrap").dns("localhost").issue();
+    let server = mtls_verify::ServerTlsBuilder::from_pem(
+        bootstrap.chain_pem.as_bytes(),
+        bootstrap.key_pem.as_bytes(),
+        other_ca.cert_pem.as_bytes(),
+    )
+    .build()
+    .unwrap();
+    source.feed(server.clone()).unwrap();
+    let client = spiffe_client(&ca, &issue(&ca, CLIENT_ID));
+    let out = handshake(&server, &client).await;
+    assert_eq!(
+        out.client_saw_server,
+        Some(internal_cert.cert_der.to_vec()),
+        "{out:?}"
+    );
+
+    // Updates without an SVID of that hint are refused.
+    agent.set_svids(vec![svid(&ca, &default_cert, CLIENT_ID).hint("external")]);
+    wait_until("the refusal", || source.status().rotation.failures == 1).await;
+    assert_eq!(server.status().generation, 2);
+}
+
+#[tokio::test]
+async fn the_spiffe_crates_own_client_reads_svids_and_bundles_from_the_test_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let federated_ca = TestCa::new("partner.org");
+    let cert = issue(&ca, SERVER_ID);
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_federated_bundle("partner.org", vec![federated_ca.cert_der.to_vec()]);
+    agent.set_svids(vec![svid(&ca, &cert, SERVER_ID).hint("main")]);
+
+    let client = guarded(
+        "connect",
+        spiffe::WorkloadApiClient::connect_to(agent.endpoint()),
+    )
+    .await
+    .unwrap();
+    let context = guarded("FetchX509SVID", client.fetch_x509_context())
+        .await
+        .unwrap();
+    let default = context.default_svid().unwrap();
+    assert_eq!(default.spiffe_id().to_string(), SERVER_ID);
+    assert_eq!(default.hint(), Some("main"));
+    assert_eq!(default.leaf().as_bytes(), cert.cert_der.as_ref());
+    let partner = spiffe::TrustDomain::new("partner.org").unwrap();
+    assert_eq!(
+        context.bundle_set().get(&partner).unwrap().authorities()[0].as_bytes(),
+        federated_ca.cert_der.as_ref()
+    );
+
+    let bundles = guarded("FetchX509Bundles", client.fetch_x509_bundles())
+        .await
+        .unwrap();
+    let local = spiffe::TrustDomain::new("example.org").unwrap();
+    assert_eq!(
+        bundles.get(&local).unwrap().authorities()[0].as_bytes(),
+        ca.cert_der.as_ref()
+    );
+    assert!(bundles.get(&partner).is_some());
+}
