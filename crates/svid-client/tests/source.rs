@@ -75,7 +75,11 @@ async fn handshake(server: &ServerTls, client: &ClientTls) -> Handshake {
             Err(e) => Err(e.to_string()),
         }
     });
-    let connector = TlsConnector::from(client.config());
+    // Full handshakes only: a resumed session would show the certificate of the session's
+    // first handshake, not the one the server serves now.
+    let mut config = (*client.config()).clone();
+    config.resumption = mtls_verify::rustls::client::Resumption::disabled();
+    let connector = TlsConnector::from(std::sync::Arc::new(config));
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = ServerName::try_from("workload").unwrap();
     let client_saw_server = match connector.connect(name, tcp).await {
@@ -535,4 +539,49 @@ async fn the_spiffe_crates_own_client_reads_svids_and_bundles_from_the_test_serv
         ca.cert_der.as_ref()
     );
     assert!(bundles.get(&partner).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restart_is_survived_on_the_last_svid_and_the_next_one_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let ca = TestCa::new("example.org");
+    let (server_v1, server_v2) = (issue(&ca, SERVER_ID), issue(&ca, SERVER_ID));
+    let agent = TestWorkloadApi::start(&socket).unwrap();
+    agent.set_svids(vec![svid(&ca, &server_v1, SERVER_ID)]);
+    let source = connect(&agent, GUARD).await.unwrap();
+    let server = source.server_tls(|tls| tls).unwrap();
+    let client = spiffe_client(&ca, &issue(&ca, CLIENT_ID));
+
+    // The agent goes away (its socket too): handshakes go on with the last SVID, and the
+    // failure shows in the source's and the holder's status.
+    drop(agent);
+    wait_until("the failure to be seen", || {
+        source.status().rotation.last_error.is_some()
+    })
+    .await;
+    wait_until("the holder to hear of it", || {
+        mtls_verify::MaterialHolder::status(&server)
+            .last_error
+            .is_some()
+    })
+    .await;
+    let out = handshake(&server, &client).await;
+    assert_eq!(
+        out.client_saw_server,
+        Some(server_v1.cert_der.to_vec()),
+        "{out:?}"
+    );
+
+    // A new agent on the same socket: the source reconnects and takes its SVID.
+    let agent = TestWorkloadApi::start(&socket).unwrap();
+    agent.set_svids(vec![svid(&ca, &server_v2, SERVER_ID)]);
+    wait_until("the next SVID", || source.status().rotation.generation == 2).await;
+    assert!(source.status().rotation.last_error.is_none());
+    let out = handshake(&server, &client).await;
+    assert_eq!(
+        out.client_saw_server,
+        Some(server_v2.cert_der.to_vec()),
+        "{out:?}"
+    );
 }
