@@ -15,8 +15,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use criterion::{BenchmarkId, Criterion};
 use policy_rego::{
-    BundleLoader, BundleWriter, EngineReuse, Evaluator, InputBuilder, InputOptions, Manifest,
-    PolicyEngine, PolicyInput, PolicyOptions, PolicySet,
+    BundleLoader, BundleWriter, Evaluator, InputBuilder, InputOptions, Manifest, PolicyEngine,
+    PolicyInput, PolicyOptions, PolicySet,
 };
 
 const RBAC_POLICY: &str = r#"
@@ -58,14 +58,13 @@ fn rbac_data() -> String {
     serde_json::json!({"rbac": {"roles": roles, "bindings": bindings}}).to_string()
 }
 
-fn options(evaluator: Evaluator, reuse: EngineReuse, rule: &str) -> PolicyOptions {
+fn options(evaluator: Evaluator, rule: &str) -> PolicyOptions {
     PolicyOptions::new()
         .decision_rule(rule)
         .evaluator(evaluator)
-        .engine_reuse(reuse)
 }
 
-fn rbac_engine(evaluator: Evaluator, reuse: EngineReuse) -> PolicyEngine {
+fn rbac_engine(evaluator: Evaluator) -> PolicyEngine {
     let mut m = Manifest::default();
     m.revision = "bench".into();
     let archive = BundleWriter::new()
@@ -75,15 +74,15 @@ fn rbac_engine(evaluator: Evaluator, reuse: EngineReuse) -> PolicyEngine {
         .to_tar_gz()
         .unwrap();
     let bundle = BundleLoader::new().load_tar_gz("rbac", &archive).unwrap();
-    let opts = options(evaluator, reuse, "data.bench.rbac.allow");
+    let opts = options(evaluator, "data.bench.rbac.allow");
     let set = PolicySet::compile(bundle, &opts).unwrap();
     assert_eq!(set.is_compiled(), evaluator != Evaluator::Interpreter);
     PolicyEngine::with_set(set, opts)
 }
 
-fn envoy_engine(evaluator: Evaluator, reuse: EngineReuse) -> PolicyEngine {
+fn envoy_engine(evaluator: Evaluator) -> PolicyEngine {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/envoy");
-    let opts = options(evaluator, reuse, "envoy/authz/allow");
+    let opts = options(evaluator, "envoy/authz/allow");
     PolicyEngine::load(dir, opts).unwrap()
 }
 
@@ -135,31 +134,21 @@ fn envoy_inputs() -> (PolicyInput, PolicyInput) {
     )
 }
 
-const VARIANTS: [(Evaluator, EngineReuse, &str); 4] = [
-    (
-        Evaluator::Interpreter,
-        EngineReuse::PerThread,
-        "interpreter/per_thread",
-    ),
-    (
-        Evaluator::Interpreter,
-        EngineReuse::Pool,
-        "interpreter/pool",
-    ),
-    (Evaluator::Auto, EngineReuse::PerThread, "auto/per_thread"),
-    (Evaluator::Auto, EngineReuse::Pool, "auto/pool"),
+const VARIANTS: [(Evaluator, &str); 2] = [
+    (Evaluator::Interpreter, "interpreter/per_thread"),
+    (Evaluator::Auto, "auto/per_thread"),
 ];
 
 fn bench_policy(
     c: &mut Criterion,
     name: &str,
-    make: fn(Evaluator, EngineReuse) -> PolicyEngine,
+    make: fn(Evaluator) -> PolicyEngine,
     inputs: (PolicyInput, PolicyInput),
 ) {
     let (allow, deny) = inputs;
     let mut group = c.benchmark_group(name);
-    for (evaluator, reuse, label) in VARIANTS {
-        let engine = make(evaluator, reuse);
+    for (evaluator, label) in VARIANTS {
+        let engine = make(evaluator);
         assert!(engine.decide(&allow).allow, "{name} {label}");
         assert!(!engine.decide(&deny).allow, "{name} {label}");
         group.bench_with_input(BenchmarkId::new("allow", label), &allow, |b, i| {
@@ -317,24 +306,24 @@ fn main() {
     }
     let (rbac_allow, rbac_deny) = rbac_inputs();
     let (envoy_allow, envoy_deny) = envoy_inputs();
-    for (evaluator, reuse, label) in VARIANTS {
-        let rbac = rbac_engine(evaluator, reuse);
+    for (evaluator, label) in VARIANTS {
+        let rbac = rbac_engine(evaluator);
         histogram(&format!("rbac allow {label}"), &rbac, &rbac_allow);
         histogram(&format!("rbac deny {label}"), &rbac, &rbac_deny);
-        let envoy = envoy_engine(evaluator, reuse);
+        let envoy = envoy_engine(evaluator);
         histogram(&format!("envoy allow {label}"), &envoy, &envoy_allow);
         histogram(&format!("envoy deny {label}"), &envoy, &envoy_deny);
     }
-    for (evaluator, reuse, label) in VARIANTS {
+    for (evaluator, label) in VARIANTS {
         scaling(
             &format!("rbac allow {label}"),
-            &rbac_engine(evaluator, reuse),
+            &rbac_engine(evaluator),
             &rbac_allow,
         );
     }
     scaling(
         "envoy allow auto/per_thread",
-        &envoy_engine(Evaluator::Auto, EngineReuse::PerThread),
+        &envoy_engine(Evaluator::Auto),
         &envoy_allow,
     );
 }

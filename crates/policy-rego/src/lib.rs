@@ -92,7 +92,7 @@ pub use engine::{PolicyEngine, PolicyEngineBuilder, ReloadStats};
 pub use error::{PolicyError, Result};
 pub use input::{InputBuilder, InputDocument, InputOptions, PolicyInput};
 pub use log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, DecisionLogSink};
-pub use policy::{EngineReuse, Evaluator, PolicyOptions, PolicySet};
+pub use policy::{Evaluator, PolicyOptions, PolicySet};
 pub use test_report::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, WatchEvent, WatchHandle};
 pub use zt_rotate::{MaterialHolder, RotationStatus};

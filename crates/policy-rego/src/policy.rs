@@ -1,6 +1,6 @@
 //! Compiled policy sets and how they evaluate.
 //!
-//! - [`options`]: what can be chosen ([`PolicyOptions`], [`Evaluator`], [`EngineReuse`]);
+//! - [`options`]: what can be chosen ([`PolicyOptions`], [`Evaluator`]);
 //! - [`compile`]: a bundle becomes a [`PolicySet`], on the compiled form where it is shown
 //!   equal to the interpreter;
 //! - [`evaluate`]: one decision, and the cross-check of [`Evaluator::Auto`];
@@ -18,19 +18,18 @@ mod test_inputs;
 mod thread_slots;
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use regorus::rvm::program::Program;
-use regorus::rvm::vm::RegoVM;
 use regorus::utils::limits::ExecutionTimerConfig;
 use regorus::{Engine, Value};
 
 use crate::bundle::Manifest;
 
 use compile::BytecodeSource;
-pub use options::{EngineReuse, Evaluator, PolicyOptions};
+pub use options::{Evaluator, PolicyOptions};
 
 pub(super) static NEXT_SET_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -59,8 +58,6 @@ pub(super) struct SetInner {
     modules: Vec<(String, String)>,
     test_rules: Vec<(String, bool)>,
     options: PolicyOptions,
-    vm_pool: Mutex<Vec<RegoVM>>,
-    engine_pool: Mutex<Vec<Engine>>,
 }
 
 impl std::fmt::Debug for PolicySet {

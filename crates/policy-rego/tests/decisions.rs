@@ -1,20 +1,15 @@
 //! Table-driven decisions for an RBAC policy and an OPA-Envoy-style policy, evaluated by
-//! every evaluator/reuse combination, which must all agree.
+//! every evaluator, which must all agree.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "support/fixtures.rs"]
 mod support;
 
 use http::header::AUTHORIZATION;
-use policy_rego::{EngineReuse, Evaluator, InputOptions, PolicyDecision, PolicyOptions, PolicySet};
+use policy_rego::{Evaluator, InputOptions, PolicyDecision, PolicyOptions, PolicySet};
 use support::{cases, fixture};
 
-const VARIANTS: [(Evaluator, EngineReuse); 4] = [
-    (Evaluator::Compiled, EngineReuse::PerThread),
-    (Evaluator::Compiled, EngineReuse::Pool),
-    (Evaluator::Interpreter, EngineReuse::PerThread),
-    (Evaluator::Interpreter, EngineReuse::Pool),
-];
+const VARIANTS: [Evaluator; 2] = [Evaluator::Compiled, Evaluator::Interpreter];
 
 /// Runs every case of `table` against the bundle `dir` with each evaluator variant and
 /// returns how many cases ran.
@@ -22,11 +17,10 @@ fn run_table(dir: &str, table: &str, rule: &str, input_options: &InputOptions) -
     let cases = cases(table);
     assert!(cases.len() >= 10, "{table} has too few cases");
     let mut first: Option<Vec<PolicyDecision>> = None;
-    for (evaluator, reuse) in VARIANTS {
+    for evaluator in VARIANTS {
         let options = PolicyOptions::new()
             .decision_rule(rule)
-            .evaluator(evaluator)
-            .engine_reuse(reuse);
+            .evaluator(evaluator);
         let set = match PolicySet::load(fixture(dir), &options) {
             Ok(set) => set,
             // The compiled form refuses sets it is not shown equal on (these fixtures call
@@ -46,8 +40,8 @@ fn run_table(dir: &str, table: &str, rule: &str, input_options: &InputOptions) -
             assert_eq!((d.allow, &d.reasons), (again.allow, &again.reasons));
             assert_eq!(
                 d.allow, case.allow,
-                "{:?}/{:?}: case {:?} got {:?}",
-                evaluator, reuse, case.name, d.reasons
+                "{:?}: case {:?} got {:?}",
+                evaluator, case.name, d.reasons
             );
             if let Some(reason) = &case.reason {
                 assert!(

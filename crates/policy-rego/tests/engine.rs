@@ -6,9 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use policy_rego::{
-    BundleLoader, BundleWriter, DecisionLogConfig, DecisionLogRecord, EngineReuse, Evaluator,
-    InputBuilder, InputOptions, Manifest, PolicyDecision, PolicyEngine, PolicyInput, PolicyOptions,
-    PolicySet,
+    BundleLoader, BundleWriter, DecisionLogConfig, DecisionLogRecord, Evaluator, InputBuilder,
+    InputOptions, Manifest, PolicyDecision, PolicyEngine, PolicyInput, PolicyOptions, PolicySet,
 };
 use serde_json::json;
 
@@ -203,16 +202,11 @@ fn evaluation_errors_deny_with_a_reason_and_are_logged() {
 
 #[test]
 fn exceeding_the_time_budget_denies() {
-    for (evaluator, reuse) in [
-        (Evaluator::Compiled, EngineReuse::PerThread),
-        (Evaluator::Compiled, EngineReuse::Pool),
-        (Evaluator::Interpreter, EngineReuse::PerThread),
-    ] {
+    for evaluator in [Evaluator::Compiled, Evaluator::Interpreter] {
         let s = set(
             "data.http.authz.slow",
             PolicyOptions::new()
                 .evaluator(evaluator)
-                .engine_reuse(reuse)
                 .time_budget(Duration::from_millis(2)),
         );
         let d = s.decide(&request("GET"));

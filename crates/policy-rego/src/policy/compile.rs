@@ -2,8 +2,8 @@
 //! test rules, the compiled form where it is shown equal, the set's own tests).
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::program::Program;
@@ -177,8 +177,6 @@ impl PolicySet {
                 decisions: AtomicU64::new(0),
                 test_rules,
                 options: options.clone(),
-                vm_pool: Mutex::new(Vec::new()),
-                engine_pool: Mutex::new(Vec::new()),
             }),
         };
         if options.run_tests {

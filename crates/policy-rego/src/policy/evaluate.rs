@@ -10,7 +10,7 @@ use regorus::rvm::vm::RegoVM;
 use regorus::{Engine, Value};
 
 use super::thread_slots::{Slot, with_thread_slot};
-use super::{EngineReuse, Evaluator, PolicySet, timer};
+use super::{Evaluator, PolicySet, timer};
 use crate::decision::{PolicyDecision, Verdict, error_reason, interpret, new_decision_id};
 use crate::error::{PolicyError, Result};
 use crate::input::PolicyInput;
@@ -153,64 +153,38 @@ impl PolicySet {
         Ok(vm)
     }
 
+    /// Runs `f` on this thread's VM for the set (one per thread and set, in a thread-local
+    /// slot: no lock on the decision path).
     fn with_vm(
         &self,
         program: &Arc<Program>,
         f: impl FnOnce(&mut RegoVM) -> std::result::Result<Value, String>,
     ) -> std::result::Result<Value, String> {
-        match self.inner.options.reuse {
-            EngineReuse::PerThread => with_thread_slot(
-                &self.inner,
-                0,
-                || self.new_vm(program).map(|vm| Slot::Vm(Box::new(vm))),
-                |slot| match slot {
-                    Slot::Vm(vm) => f(vm),
-                    Slot::Engine(_) => Err("internal: evaluator slot mismatch".into()),
-                },
-            ),
-            EngineReuse::Pool => {
-                let pooled = self.inner.vm_pool.lock().ok().and_then(|mut p| p.pop());
-                let mut vm = match pooled {
-                    Some(vm) => vm,
-                    None => self.new_vm(program)?,
-                };
-                let r = f(&mut vm);
-                if r.is_ok()
-                    && let Ok(mut p) = self.inner.vm_pool.lock()
-                {
-                    p.push(vm);
-                }
-                r
-            }
-        }
+        with_thread_slot(
+            &self.inner,
+            0,
+            || self.new_vm(program).map(|vm| Slot::Vm(Box::new(vm))),
+            |slot| match slot {
+                Slot::Vm(vm) => f(vm),
+                Slot::Engine(_) => Err("internal: evaluator slot mismatch".into()),
+            },
+        )
     }
 
+    /// Runs `f` on this thread's interpreter for the set.
     fn with_engine(
         &self,
         f: impl FnOnce(&mut Engine) -> std::result::Result<Value, String>,
     ) -> std::result::Result<Value, String> {
-        match self.inner.options.reuse {
-            EngineReuse::PerThread => with_thread_slot(
-                &self.inner,
-                1,
-                || Ok(Slot::Engine(Box::new(self.inner.template.clone()))),
-                |slot| match slot {
-                    Slot::Engine(e) => f(e),
-                    Slot::Vm(_) => Err("internal: evaluator slot mismatch".into()),
-                },
-            ),
-            EngineReuse::Pool => {
-                let pooled = self.inner.engine_pool.lock().ok().and_then(|mut p| p.pop());
-                let mut engine = pooled.unwrap_or_else(|| self.inner.template.clone());
-                let r = f(&mut engine);
-                if r.is_ok()
-                    && let Ok(mut p) = self.inner.engine_pool.lock()
-                {
-                    p.push(engine);
-                }
-                r
-            }
-        }
+        with_thread_slot(
+            &self.inner,
+            1,
+            || Ok(Slot::Engine(Box::new(self.inner.template.clone()))),
+            |slot| match slot {
+                Slot::Engine(e) => f(e),
+                Slot::Vm(_) => Err("internal: evaluator slot mismatch".into()),
+            },
+        )
     }
 }
 
@@ -236,11 +210,10 @@ mod tests {
     #[test]
     fn every_evaluator_decides_alike() {
         for evaluator in [Evaluator::Auto, Evaluator::Compiled, Evaluator::Interpreter] {
-            for reuse in [EngineReuse::PerThread, EngineReuse::Pool] {
+            {
                 let opts = PolicyOptions::new()
                     .decision_rule("p/allow")
-                    .evaluator(evaluator)
-                    .engine_reuse(reuse);
+                    .evaluator(evaluator);
                 let set = test_set("package p\nallow if input.x == 1", "{}", &opts).unwrap();
                 for _ in 0..3 {
                     assert!(set.decide(&input(1)).allow);

@@ -41,29 +41,16 @@ pub enum Evaluator {
     Interpreter,
 }
 
-/// How evaluators are reused across decisions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum EngineReuse {
-    /// One prepared evaluator per thread and policy set, kept in a thread-local slot (no
-    /// locking on the decision path).
-    #[default]
-    PerThread,
-    /// A pool of prepared evaluators per policy set behind a mutex.
-    Pool,
-}
-
 /// How a policy set is loaded, compiled and evaluated.
 ///
 /// Defaults: decision rule `data.http.authz.allow`, [`Evaluator::Auto`],
-/// [`EngineReuse::PerThread`], a 50 ms time budget and a 5,000,000-instruction budget per
+/// one prepared evaluator per thread and set, a 50 ms time budget and a 5,000,000-instruction budget per
 /// decision, the set's own tests run on load (10 s budget each), default [`BundleLimits`], no
 /// signature required.
 #[derive(Debug, Clone)]
 pub struct PolicyOptions {
     pub(crate) decision_rule: String,
     pub(crate) evaluator: Evaluator,
-    pub(crate) reuse: EngineReuse,
     pub(crate) time_budget: Duration,
     pub(crate) max_instructions: usize,
     pub(crate) run_tests: bool,
@@ -77,7 +64,6 @@ impl Default for PolicyOptions {
         Self {
             decision_rule: "data.http.authz.allow".into(),
             evaluator: Evaluator::Auto,
-            reuse: EngineReuse::PerThread,
             time_budget: Duration::from_millis(50),
             max_instructions: 5_000_000,
             run_tests: true,
@@ -108,13 +94,6 @@ impl PolicyOptions {
     #[must_use]
     pub const fn evaluator(mut self, evaluator: Evaluator) -> Self {
         self.evaluator = evaluator;
-        self
-    }
-
-    /// Chooses how evaluators are reused.
-    #[must_use]
-    pub const fn engine_reuse(mut self, reuse: EngineReuse) -> Self {
-        self.reuse = reuse;
         self
     }
 
