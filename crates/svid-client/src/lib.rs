@@ -77,11 +77,12 @@
 //! expired/malformed/mismatched updates refused with the last SVID kept), rotation into
 //! `ServerTls`/`ClientTls` (built by the source or fed), local-trust-domain bundles, status,
 //! the authorizer names, the test server's X.509 RPCs (checked with the `spiffe` crate's
-//! own client). Tested through real TLS handshakes (`tests/source.rs`).
+//! own client) and its `FetchJWTSVID` / `FetchJWTBundles` (tokens and JWKS given by the
+//! test; checked with a bare gRPC client). Tested through real TLS handshakes (`tests/source.rs`).
 //!
 //! Left: federation (bundle per peer trust domain and the trust-domain policies, federation
-//! over the network), JWT-SVIDs (fetch, validate, the test server's
-//! JWT RPCs, `JwtAuthLayer` integration), tonic/axum helpers, fail-closed handling of an
+//! over the network), JWT-SVIDs on the client side (fetch, validate,
+//! `JwtAuthLayer` integration) and the test server's `ValidateJWTSVID` and JWT issuing, tonic/axum helpers, fail-closed handling of an
 //! SVID that expires without renewal plus the early warning (mtls-verify's expiry warning
 //! applies to the holders meanwhile), static bundle files, `ztkit dev-agent`, the rotation
 //! under load / interop tests, benchmarks, `examples/tonic_svid.rs` and `docs/spiffe.md`.

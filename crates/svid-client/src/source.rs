@@ -210,11 +210,9 @@ impl SvidSource {
         &self,
         configure: impl FnOnce(ServerTlsBuilder) -> ServerTlsBuilder,
     ) -> Result<ServerTls, Error> {
-        let mut current = self.shared.lock();
-        let pem = &current.svid.pem;
-        let tls = configure(ServerTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()?;
-        current.holders.push(Box::new(tls.clone()));
-        Ok(tls)
+        self.build_holder(|pem| {
+            configure(ServerTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()
+        })
     }
 
     /// A [`ClientTls`] presenting the current SVID and trusting the bundle of its own trust
@@ -227,11 +225,24 @@ impl SvidSource {
         &self,
         configure: impl FnOnce(ClientTlsBuilder) -> ClientTlsBuilder,
     ) -> Result<ClientTls, Error> {
+        self.build_holder(|pem| {
+            configure(ClientTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()
+        })
+    }
+
+    /// Builds a holder from the current SVID and registers it, under the lock, so that no
+    /// update can fall between the two.
+    fn build_holder<H>(
+        &self,
+        build: impl FnOnce(&Pem) -> Result<H, mtls_verify::Error>,
+    ) -> Result<H, Error>
+    where
+        H: MaterialHolder<Material = TlsMaterial, Error = mtls_verify::Error> + Clone + 'static,
+    {
         let mut current = self.shared.lock();
-        let pem = &current.svid.pem;
-        let tls = configure(ClientTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()?;
-        current.holders.push(Box::new(tls.clone()));
-        Ok(tls)
+        let holder = build(&current.svid.pem)?;
+        current.holders.push(Box::new(holder.clone()));
+        Ok(holder)
     }
 
     /// Feeds any TLS holder built elsewhere: it gets the current SVID now and every rotation

@@ -9,8 +9,12 @@
 //! every open stream ([`TestWorkloadApi::close_streams`]). It issues nothing itself: the
 //! certificates come from the test (for instance from `ztkit-test-support`).
 //!
-//! Implemented: `FetchX509SVID` (stream) and `FetchX509Bundles` (stream). Not yet (they
-//! answer `Unimplemented`): `FetchJWTSVID`, `FetchJWTBundles`, `ValidateJWTSVID`.
+//! Implemented: `FetchX509SVID` and `FetchX509Bundles` (streams), `FetchJWTSVID` (returns
+//! the JWT-SVIDs the test set with [`TestWorkloadApi::set_jwt_svids`], as given: it signs
+//! nothing and does not look at the audience beyond requiring one, as the protocol does) and
+//! `FetchJWTBundles` (a stream of the JWKS documents set with
+//! [`TestWorkloadApi::set_jwt_bundles`]). Not yet: `ValidateJWTSVID` (answers
+//! `Unimplemented`).
 //!
 //! ```no_run
 //! use svid_client::testing::{TestSvid, TestWorkloadApi};
@@ -117,6 +121,10 @@ enum Identity {
 #[derive(Clone, Debug, Default)]
 struct State {
     identity: Identity,
+    /// The JWT-SVIDs `FetchJWTSVID` returns.
+    jwt_svids: Vec<proto::JwtSvid>,
+    /// Trust domain (`spiffe://td`) → JWKS; `None` until set (streams stay silent).
+    jwt_bundles: Option<HashMap<String, Vec<u8>>>,
     /// Bumped by `close_streams`: streams opened before end with `Unavailable`.
     close_epoch: u64,
 }
@@ -206,6 +214,36 @@ impl TestWorkloadApi {
         }
     }
 
+    /// Serves these JWT-SVIDs from `FetchJWTSVID`: `(SPIFFE ID, token, hint)` each, the
+    /// default first. Tokens are returned as given.
+    pub fn set_jwt_svids(&self, svids: Vec<(String, String, String)>) {
+        let svids = svids
+            .into_iter()
+            .map(|(spiffe_id, svid, hint)| proto::JwtSvid {
+                spiffe_id,
+                svid,
+                hint,
+            })
+            .collect();
+        self.state.send_modify(|state| state.jwt_svids = svids);
+    }
+
+    /// Serves these JWT bundles (trust domain → JWKS document) from `FetchJWTBundles`;
+    /// open streams receive them at once.
+    pub fn set_jwt_bundles(&self, bundles: Vec<(String, Vec<u8>)>) {
+        let bundles = bundles
+            .into_iter()
+            .map(|(td, jwks)| {
+                (
+                    format!("spiffe://{}", td.trim_start_matches("spiffe://")),
+                    jwks,
+                )
+            })
+            .collect();
+        self.state
+            .send_modify(|state| state.jwt_bundles = Some(bundles));
+    }
+
     /// From now on, X.509 calls fail with `PermissionDenied: no identity issued` (what SPIRE
     /// answers a workload that matches no registration entry); open streams end with it.
     pub fn deny_identity(&self) {
@@ -257,20 +295,21 @@ struct Service {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// A stream that sends `pick(state)` whenever the state changes (and at once if there is
-/// something to send), ends with `PermissionDenied` when the identity is denied and with
-/// `Unavailable` when `close_streams` is called.
-fn follow<T: Send + 'static>(
+/// A stream that sends `pick(state)` whenever it changes (and at once if there is something
+/// to send), ends with `PermissionDenied` when the identity is denied and with `Unavailable`
+/// when `close_streams` is called.
+fn follow<T: Clone + PartialEq + Send + Sync + 'static>(
     state: &watch::Sender<State>,
     pick: fn(&State) -> Option<T>,
 ) -> ResponseStream<T> {
     let mut rx = state.subscribe();
     let epoch = rx.borrow().close_epoch;
     rx.mark_changed();
+    let start: Option<(watch::Receiver<State>, Option<T>)> = Some((rx, None));
     Box::pin(futures_util::stream::unfold(
-        Some(rx),
-        move |rx| async move {
-            let mut rx = rx?;
+        start,
+        move |following| async move {
+            let (mut rx, mut last_sent) = following?;
             loop {
                 if rx.changed().await.is_err() {
                     return None;
@@ -285,8 +324,12 @@ fn follow<T: Send + 'static>(
                 if matches!(state.identity, Identity::Denied) {
                     return Some((Err(Status::permission_denied("no identity issued")), None));
                 }
-                if let Some(item) = pick(&state) {
-                    return Some((Ok(item), Some(rx)));
+                match pick(&state) {
+                    Some(item) if last_sent.as_ref() != Some(&item) => {
+                        last_sent = Some(item.clone());
+                        return Some((Ok(item), Some((rx, last_sent))));
+                    }
+                    _ => {}
                 }
             }
         },
@@ -334,20 +377,37 @@ impl SpiffeWorkloadApi for Service {
 
     async fn fetch_jwt_svid(
         &self,
-        _request: Request<JwtSvidRequest>,
+        request: Request<JwtSvidRequest>,
     ) -> Result<Response<JwtSvidResponse>, Status> {
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not served by this test server yet",
-        ))
+        let request = request.into_inner();
+        if request.audience.is_empty() {
+            return Err(Status::invalid_argument("audience must be specified"));
+        }
+        let state = self.state.borrow().clone();
+        if matches!(state.identity, Identity::Denied) {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        let svids: Vec<_> = state
+            .jwt_svids
+            .into_iter()
+            .filter(|svid| request.spiffe_id.is_empty() || svid.spiffe_id == request.spiffe_id)
+            .collect();
+        if svids.is_empty() {
+            return Err(Status::permission_denied("no identity issued"));
+        }
+        Ok(Response::new(JwtSvidResponse { svids }))
     }
 
     async fn fetch_jwt_bundles(
         &self,
         _request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        Err(Status::unimplemented(
-            "JWT bundles are not served by this test server yet",
-        ))
+        Ok(Response::new(follow(&self.state, |state| {
+            state
+                .jwt_bundles
+                .clone()
+                .map(|bundles| JwtBundlesResponse { bundles })
+        })))
     }
 
     async fn validate_jwt_svid(

@@ -325,61 +325,46 @@ async fn refused_updates_leave_the_last_svid_serving() {
     assert_eq!(out.client_saw_server, Some(server_v1.cert_der.to_vec()));
 }
 
+/// Each way of getting no first SVID gets its own error, after the first-SVID timeout.
 #[tokio::test]
-async fn no_svid_within_the_timeout_is_a_timeout_error() {
+async fn startup_failures_say_why() {
     let dir = tempfile::tempdir().unwrap();
-    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
-    let err = connect(&agent, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(err, Error::FirstSvidTimeout { waited, .. } if waited == Duration::from_millis(300)),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("no X.509-SVID"), "{err}");
-}
+    let pending = TestWorkloadApi::start(dir.path().join("pending.sock")).unwrap();
+    let denied = TestWorkloadApi::start(dir.path().join("denied.sock")).unwrap();
+    denied.deny_identity();
+    let dead = dir.path().join("dead.sock");
+    drop(std::os::unix::net::UnixListener::bind(&dead).unwrap()); // the file stays
+    let missing = dir.path().join("absent.sock");
+    let timeout = Duration::from_millis(300);
 
-#[tokio::test]
-async fn a_missing_socket_is_named_in_the_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("absent.sock");
-    let err = connect_to(
-        format!("unix:{}", path.display()),
-        Duration::from_millis(200),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(&err, Error::NoAgentSocket { path: p } if *p == path),
-        "{err:?}"
-    );
-    assert!(err.to_string().contains("absent.sock"), "{err}");
-}
-
-#[tokio::test]
-async fn a_socket_nobody_listens_on_is_unreachable() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("dead.sock");
-    drop(std::os::unix::net::UnixListener::bind(&path).unwrap()); // the file stays
-    let err = connect_to(
-        format!("unix:{}", path.display()),
-        Duration::from_millis(200),
-    )
-    .await
-    .unwrap_err();
-    assert!(matches!(err, Error::AgentUnreachable { .. }), "{err:?}");
-}
-
-#[tokio::test]
-async fn an_agent_without_an_identity_for_us_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
-    agent.deny_identity();
-    let err = connect(&agent, Duration::from_millis(300))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::NoIdentity { .. }), "{err:?}");
-    assert!(err.to_string().contains("no identity issued"), "{err}");
+    type Expect = fn(&Error) -> bool;
+    let cases: [(String, Expect, &str); 4] = [
+        (
+            pending.endpoint(),
+            |e| matches!(e, Error::FirstSvidTimeout { waited, .. } if *waited == Duration::from_millis(300)),
+            "no X.509-SVID",
+        ),
+        (
+            format!("unix:{}", missing.display()),
+            |e| matches!(e, Error::NoAgentSocket { path } if path.ends_with("absent.sock")),
+            "absent.sock",
+        ),
+        (
+            format!("unix:{}", dead.display()),
+            |e| matches!(e, Error::AgentUnreachable { .. }),
+            "cannot reach",
+        ),
+        (
+            denied.endpoint(),
+            |e| matches!(e, Error::NoIdentity { .. }),
+            "no identity issued",
+        ),
+    ];
+    for (address, expected, text) in cases {
+        let err = connect_to(address.clone(), timeout).await.unwrap_err();
+        assert!(expected(&err), "{address}: {err:?}");
+        assert!(err.to_string().contains(text), "{address}: {err}");
+    }
 }
 
 #[tokio::test]
@@ -392,18 +377,10 @@ async fn bad_addresses_fail_at_once() {
     assert!(matches!(err, Error::InvalidEndpoint { .. }), "{err:?}");
 }
 
-#[tokio::test]
-async fn the_test_server_requires_the_security_header_and_serves_the_proto_routes() {
-    use svid_client::testing::proto::{X509SvidRequest, X509SvidResponse};
-    use tonic::codec::Streaming;
-
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("example.org");
-    let cert = issue(&ca, SERVER_ID);
-    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
-    agent.set_svids(vec![svid(&ca, &cert, SERVER_ID)]);
+/// A bare gRPC channel to the test server (no `workload.spiffe.io` header added).
+async fn raw_channel(agent: &TestWorkloadApi) -> tonic::transport::Channel {
     let path = agent.socket().to_owned();
-    let channel = tonic::transport::Endpoint::from_static("http://localhost")
+    tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
             let path = path.clone();
             async move {
@@ -412,36 +389,58 @@ async fn the_test_server_requires_the_security_header_and_serves_the_proto_route
             }
         }))
         .await
-        .unwrap();
+        .unwrap()
+}
 
-    let call = |with_header: bool| {
-        let mut grpc = tonic::client::Grpc::new(channel.clone());
-        async move {
-            grpc.ready().await.unwrap();
-            let mut request = tonic::Request::new(X509SvidRequest {});
-            if with_header {
-                request.metadata_mut().insert(
-                    svid_client::testing::SECURITY_HEADER,
-                    "true".parse().unwrap(),
-                );
-            }
-            let codec = tonic_prost::ProstCodec::<X509SvidRequest, X509SvidResponse>::default();
-            grpc.server_streaming(
-                request,
-                http::uri::PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchX509SVID"),
-                codec,
-            )
-            .await
-        }
-    };
-    let refused = guarded("the call without header", call(false))
+/// A raw call to `/SpiffeWorkloadAPI/{method}`, with or without the security header.
+async fn raw_call<Req, Resp>(
+    channel: &tonic::transport::Channel,
+    method: &'static str,
+    message: Req,
+    with_header: bool,
+) -> Result<tonic::codec::Streaming<Resp>, tonic::Status>
+where
+    Req: prost::Message + Send + Sync + 'static,
+    Resp: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(message);
+    if with_header {
+        request.metadata_mut().insert(
+            svid_client::testing::SECURITY_HEADER,
+            "true".parse().unwrap(),
+        );
+    }
+    let path: http::uri::PathAndQuery = format!("/SpiffeWorkloadAPI/{method}").parse().unwrap();
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    guarded(method, grpc.server_streaming(request, path, codec))
         .await
-        .unwrap_err();
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_test_server_requires_the_security_header_and_serves_the_proto_routes() {
+    use svid_client::testing::proto::{X509SvidRequest, X509SvidResponse};
+
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let cert = issue(&ca, SERVER_ID);
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![svid(&ca, &cert, SERVER_ID)]);
+    let channel = raw_channel(&agent).await;
+
+    let refused =
+        raw_call::<_, X509SvidResponse>(&channel, "FetchX509SVID", X509SvidRequest {}, false)
+            .await
+            .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert_eq!(refused.message(), "security header missing from request");
 
-    let mut stream: Streaming<X509SvidResponse> =
-        guarded("the call", call(true)).await.unwrap().into_inner();
+    let mut stream =
+        raw_call::<_, X509SvidResponse>(&channel, "FetchX509SVID", X509SvidRequest {}, true)
+            .await
+            .unwrap();
     let first = guarded("the first message", stream.message())
         .await
         .unwrap()
@@ -450,6 +449,62 @@ async fn the_test_server_requires_the_security_header_and_serves_the_proto_route
     assert_eq!(first.svids[0].spiffe_id, SERVER_ID);
     assert_eq!(first.svids[0].x509_svid, cert.cert_der.to_vec());
     assert_eq!(first.svids[0].bundle, ca.cert_der.to_vec());
+}
+
+#[tokio::test]
+async fn the_test_server_hands_out_jwt_svids_and_streams_jwt_bundles() {
+    use svid_client::testing::proto::{
+        JwtBundlesRequest, JwtBundlesResponse, JwtSvidRequest, JwtSvidResponse,
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    let channel = raw_channel(&agent).await;
+    agent.set_jwt_svids(vec![
+        (SERVER_ID.into(), "token-a".into(), "a".into()),
+        (CLIENT_ID.into(), "token-b".into(), "b".into()),
+    ]);
+    let fetch = |audience: Vec<String>, spiffe_id: &str| {
+        let request = JwtSvidRequest {
+            audience,
+            spiffe_id: spiffe_id.to_owned(),
+        };
+        let channel = channel.clone();
+        async move {
+            let mut stream =
+                raw_call::<_, JwtSvidResponse>(&channel, "FetchJWTSVID", request, true).await?;
+            Ok::<_, tonic::Status>(stream.message().await?.unwrap())
+        }
+    };
+    let err = fetch(Vec::new(), "").await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let all = fetch(vec!["api".into()], "").await.unwrap();
+    assert_eq!(all.svids.len(), 2);
+    assert_eq!(all.svids[0].svid, "token-a");
+    let one = fetch(vec!["api".into()], CLIENT_ID).await.unwrap();
+    assert_eq!(one.svids.len(), 1);
+    assert_eq!(
+        (one.svids[0].svid.as_str(), one.svids[0].hint.as_str()),
+        ("token-b", "b")
+    );
+    let none = fetch(vec!["api".into()], "spiffe://example.org/nobody")
+        .await
+        .unwrap_err();
+    assert_eq!(none.code(), tonic::Code::PermissionDenied);
+
+    // JWT bundles: nothing until set, then each change is pushed on the open stream.
+    let mut bundles =
+        raw_call::<_, JwtBundlesResponse>(&channel, "FetchJWTBundles", JwtBundlesRequest {}, true)
+            .await
+            .unwrap();
+    for jwks in [&br#"{"keys":[]}"#[..], &br#"{"keys":[1]}"#[..]] {
+        agent.set_jwt_bundles(vec![("example.org".into(), jwks.to_vec())]);
+        let pushed = guarded("the bundles", bundles.message())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(pushed.bundles["spiffe://example.org"], jwks.to_vec());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
