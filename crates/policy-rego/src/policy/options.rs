@@ -26,7 +26,7 @@ use crate::error::{PolicyError, Result};
 #[non_exhaustive]
 pub enum Evaluator {
     /// The compiled form where it is shown equal (see above), otherwise the interpreter; the
-    /// choice and its reason are logged, and [`PolicySet::is_compiled`] tells which. As a
+    /// choice and its reason are logged, and [`PolicySet::is_compiled`](crate::PolicySet::is_compiled) tells which. As a
     /// further guard the first 16 decisions of each set and every 1024th after that are also
     /// evaluated by the interpreter; if the two ever disagree, the interpreter's answer is
     /// used, the disagreement is logged as an error and the set switches to the interpreter
