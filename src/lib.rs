@@ -10,7 +10,7 @@
 //! | `policy-rego` (default) | [`policy_rego`] | Rego policies and OPA bundles with hot reload |
 //! | `zt-audit` (default) | [`zt_audit`] | append-only, hash-chained audit log |
 //! | `zt-rotate` (default) | [`zt_rotate`] | the rotation seam the others share: holder trait, status, file watching, task handles |
-//! | `svid-client` | [`svid_client`] | SPIFFE X.509-SVIDs from the Workload API rotating into `mtls-verify`'s holders |
+//! | `svid-client` | `svid_client` | SPIFFE X.509-SVIDs from the Workload API rotating into `mtls-verify`'s holders |
 //! | `zt-tower` (default) | [`zt_tower`] | the TLS acceptor for axum/tonic and the tower layers (with the layers of the crates enabled above) |
 //!
 //! ```

@@ -67,7 +67,7 @@
 //!
 //! ## Testing
 //!
-//! The `testing` feature adds [`testing::TestWorkloadApi`], a Workload API server faithful
+//! The `testing` feature adds `testing::TestWorkloadApi`, a Workload API server faithful
 //! to SPIFFE's public `workload.proto` (not SPIRE, not for production).
 //!
 //! ## Done and left (issue 9)
