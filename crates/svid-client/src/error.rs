@@ -1,7 +1,7 @@
 //! The crate's error type.
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Everything that can go wrong in `svid-client`.
 ///
@@ -78,6 +78,19 @@ pub enum Error {
     #[error("refused Workload API update: {0}")]
     InvalidUpdate(String),
 
+    /// The current X.509-SVID was not renewed in time: it expires soon (`expired: false`,
+    /// inside the expiry-warning window) or has expired (`expired: true`). Peers refuse an
+    /// expired SVID, so this is the warning to act on.
+    #[error("the X.509-SVID of {spiffe_id} {} at {} and was not renewed", if *expired { "expired" } else { "expires" }, humantime(*not_after))]
+    NotRenewed {
+        /// The SVID's SPIFFE ID.
+        spiffe_id: String,
+        /// Its expiry.
+        not_after: SystemTime,
+        /// Whether it has expired.
+        expired: bool,
+    },
+
     /// mtls-verify refused the material (or a holder could not be built from it).
     #[error(transparent)]
     Tls(#[from] mtls_verify::Error),
@@ -85,4 +98,11 @@ pub enum Error {
     /// The background task could not be started.
     #[error("cannot start the Workload API task: {0}")]
     Task(String),
+}
+
+/// RFC 3339, UTC.
+fn humantime(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| format!("{t:?}"))
 }

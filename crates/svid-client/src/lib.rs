@@ -53,6 +53,11 @@
 //!   capped, jittered backoff; holders keep serving the last SVID meanwhile, and the failure
 //!   is recorded (once, by `zt-rotate`'s `StatusRecorder`) in [`SvidSource::status`] and in
 //!   each holder's status through `source_failed`.
+//! - **Expiry.** An SVID not renewed within its warning window (a quarter of its lifetime
+//!   by default, [`SvidSourceBuilder::expiry_warning`]) is reported once, and once more when
+//!   it expires ([`Error::NotRenewed`], logged at `warn` and in the status), also while the
+//!   agent is unreachable. Holders keep the expired SVID (there is no "withdraw" in the
+//!   rotation seam); peers refuse it in their handshakes.
 //! - **Ownership.** The task is owned by a `zt_rotate::TaskHandle` inside the source:
 //!   dropping the source stops it.
 //! - **Dependencies.** `spiffe` with `workload-api-x509` only (its client and X.509 types);
@@ -74,18 +79,21 @@
 //!
 //! Done: `SvidSource` (address from the environment or given, first-SVID timeout with
 //! distinguishable errors, stream following with reconnection, SVID selection by hint,
-//! expired/malformed/mismatched updates refused with the last SVID kept), rotation into
-//! `ServerTls`/`ClientTls` (built by the source or fed), local-trust-domain bundles, status,
-//! the authorizer names, the test server's X.509 RPCs (checked with the `spiffe` crate's
-//! own client) and its `FetchJWTSVID` / `FetchJWTBundles` (tokens and JWKS given by the
-//! test; checked with a bare gRPC client). Tested through real TLS handshakes (`tests/source.rs`).
+//! expired/malformed/mismatched updates refused with the last SVID kept, a warning before
+//! an SVID expires without renewal and at expiry), rotation into `ServerTls`/`ClientTls`
+//! (built by the source or fed), local-trust-domain bundles, status, the authorizer names,
+//! the test server's X.509 RPCs (checked with the `spiffe` crate's own client) and its
+//! `FetchJWTSVID` / `FetchJWTBundles` (tokens and JWKS given by the test; checked with a
+//! bare gRPC client). Tested through real TLS handshakes (`tests/source.rs`); design and
+//! mapping to go-spiffe in `docs/spiffe.md`.
 //!
-//! Left: federation (bundle per peer trust domain and the trust-domain policies, federation
-//! over the network), JWT-SVIDs on the client side (fetch, validate,
-//! `JwtAuthLayer` integration) and the test server's `ValidateJWTSVID` and JWT issuing, tonic/axum helpers, fail-closed handling of an
-//! SVID that expires without renewal plus the early warning (mtls-verify's expiry warning
-//! applies to the holders meanwhile), static bundle files, `ztkit dev-agent`, the rotation
-//! under load / interop tests, benchmarks, `examples/tonic_svid.rs` and `docs/spiffe.md`.
+//! Left: federation (bundle per peer trust domain, the trust-domain policies, federation
+//! over the network); JWT-SVIDs on the client side (fetch, validate, `JwtAuthLayer`
+//! integration) and the test server's `ValidateJWTSVID` and JWT issuing; tonic/axum
+//! helpers; refusing new handshakes on our side once the SVID expired without renewal
+//! (needs a way to withdraw material from the holders); static bundle files; `ztkit
+//! dev-agent`; the rotation-under-load and interop-with-Python tests; benchmarks;
+//! `examples/tonic_svid.rs` and the demo.
 
 pub use error::Error;
 pub use source::{

@@ -37,6 +37,7 @@ type ContextStream = Pin<Box<dyn Stream<Item = Result<X509Context, WorkloadApiEr
 pub struct SvidSourceBuilder {
     address: Option<String>,
     hint: Option<String>,
+    expiry_warning: Option<Duration>,
     first_svid_timeout: Duration,
     reconnect: (Duration, Duration),
 }
@@ -46,6 +47,7 @@ impl Default for SvidSourceBuilder {
         SvidSourceBuilder {
             address: None,
             hint: None,
+            expiry_warning: None,
             first_svid_timeout: DEFAULT_FIRST_SVID_TIMEOUT,
             reconnect: (DEFAULT_RECONNECT_MIN, DEFAULT_RECONNECT_MAX),
         }
@@ -65,6 +67,14 @@ impl SvidSourceBuilder {
     /// SVID of that hint is refused.
     pub fn svid_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
+        self
+    }
+
+    /// When the current SVID has less than `window` left and no renewal came, a warning is
+    /// logged and recorded in [`SvidSource::status`] ([`Error::NotRenewed`]), and again when
+    /// it expires. Default: a quarter of the SVID's lifetime (SPIRE renews at half).
+    pub fn expiry_warning(mut self, window: Duration) -> Self {
+        self.expiry_warning = Some(window);
         self
     }
 
@@ -134,9 +144,11 @@ impl SvidSourceBuilder {
         let shared = Arc::new(Shared {
             address,
             hint: self.hint,
+            expiry_warning: self.expiry_warning,
             current: Mutex::new(Current {
                 svid: first,
                 holders: Vec::new(),
+                reported: Expiry::Fresh,
             }),
             status: StatusRecorder::loaded("X.509-SVID"),
         });
@@ -279,6 +291,7 @@ impl SvidSource {
 struct Shared {
     address: String,
     hint: Option<String>,
+    expiry_warning: Option<Duration>,
     current: Mutex<Current>,
     status: StatusRecorder<Error>,
 }
@@ -286,6 +299,15 @@ struct Shared {
 struct Current {
     svid: Svid,
     holders: Vec<TlsHolder>,
+    /// Whether the current SVID was reported as not renewed in time / expired.
+    reported: Expiry,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Expiry {
+    Fresh,
+    Warned,
+    Expired,
 }
 
 /// One usable SVID: its leaf's identity and the material as PEM.
@@ -345,7 +367,59 @@ impl Shared {
             return Err(Error::Tls(e));
         }
         current.svid = svid;
+        current.reported = Expiry::Fresh;
         Ok(true)
+    }
+
+    /// When the current SVID is next worth looking at: the start of its warning window (no
+    /// renewal yet), then its expiry; far ahead once both were reported.
+    fn expiry_alarm(&self) -> Instant {
+        let current = self.lock();
+        let (warn_at, not_after) = self.warning_times(&current.svid.identity);
+        let at = match current.reported {
+            Expiry::Fresh => warn_at,
+            Expiry::Warned => not_after,
+            Expiry::Expired => return Instant::now() + Duration::from_secs(24 * 3600),
+        };
+        Instant::now() + at.duration_since(SystemTime::now()).unwrap_or_default()
+    }
+
+    fn warning_times(&self, identity: &PeerIdentity) -> (SystemTime, SystemTime) {
+        let (not_before, not_after) = (identity.not_before(), identity.not_after());
+        let window = self
+            .expiry_warning
+            .unwrap_or_else(|| not_after.duration_since(not_before).unwrap_or_default() / 4);
+        (
+            not_after.checked_sub(window).unwrap_or(not_before),
+            not_after,
+        )
+    }
+
+    /// Reports (once each) an SVID not renewed within its warning window, then expired.
+    /// Holders keep it: peers refuse an expired certificate themselves, and the next SVID
+    /// replaces it as soon as it arrives.
+    fn check_expiry(&self) {
+        let mut current = self.lock();
+        let (warn_at, not_after) = self.warning_times(&current.svid.identity);
+        let now = SystemTime::now();
+        let due = if now >= not_after {
+            Expiry::Expired
+        } else if now >= warn_at {
+            Expiry::Warned
+        } else {
+            Expiry::Fresh
+        };
+        if due > current.reported {
+            current.reported = due;
+            let identity = &current.svid.identity;
+            self.status.record_failure(Error::NotRenewed {
+                spiffe_id: identity
+                    .spiffe_id()
+                    .map_or_else(|| identity.subject().to_owned(), ToString::to_string),
+                not_after,
+                expired: due == Expiry::Expired,
+            });
+        }
     }
 
     fn failed(&self, error: Error) {
@@ -362,35 +436,70 @@ impl Shared {
 async fn follow(
     shared: Arc<Shared>,
     endpoint: Endpoint,
-    mut stream: ContextStream,
+    stream: ContextStream,
     (min, max): (Duration, Duration),
 ) {
+    let mut stream = Some(stream);
+    let mut delay = min;
     loop {
-        while let Some(item) = stream.next().await {
-            match item {
-                Ok(context) => {
-                    let _ = shared.apply(&context);
-                }
-                Err(e) if ends_stream(&e) => {
-                    shared.failed(stream_error(&shared.address, e));
-                    break;
-                }
-                Err(e) => {
-                    shared
-                        .status
-                        .record_failure(Error::InvalidUpdate(error_chain(&e)));
-                }
+        let alarm = shared.expiry_alarm();
+        let event = tokio::select! {
+            () = tokio::time::sleep_until(alarm) => {
+                shared.check_expiry();
+                continue;
+            }
+            event = next_event(&mut stream, &endpoint, &shared.address, delay) => event,
+        };
+        match event {
+            Event::Item(Ok(context)) => {
+                let _ = shared.apply(&context);
+            }
+            Event::Item(Err(e)) if ends_stream(&e) => {
+                shared.failed(stream_error(&shared.address, e));
+                stream = None;
+            }
+            Event::Item(Err(e)) => {
+                shared
+                    .status
+                    .record_failure(Error::InvalidUpdate(error_chain(&e)));
+            }
+            Event::Ended => stream = None,
+            Event::Reconnected(Ok(opened)) => {
+                stream = Some(opened);
+                delay = min;
+            }
+            Event::Reconnected(Err(e)) => {
+                shared.failed(e);
+                delay = (delay * 2).min(max);
             }
         }
-        let mut delay = min;
-        stream = loop {
+    }
+}
+
+enum Event {
+    Item(Result<X509Context, WorkloadApiError>),
+    Ended,
+    Reconnected(Result<ContextStream, Error>),
+}
+
+/// The next message of the stream, or (without a stream) a reconnection attempt after the
+/// jittered delay. Cancel-safe where it matters: an expiry alarm interrupting a reconnection
+/// only restarts its delay.
+async fn next_event(
+    stream: &mut Option<ContextStream>,
+    endpoint: &Endpoint,
+    address: &str,
+    delay: Duration,
+) -> Event {
+    match stream {
+        Some(stream) => match stream.next().await {
+            Some(item) => Event::Item(item),
+            None => Event::Ended,
+        },
+        None => {
             tokio::time::sleep(jittered(delay)).await;
-            match open_stream(&endpoint, &shared.address).await {
-                Ok(stream) => break stream,
-                Err(e) => shared.failed(e),
-            }
-            delay = (delay * 2).min(max);
-        };
+            Event::Reconnected(open_stream(endpoint, address).await)
+        }
     }
 }
 

@@ -640,3 +640,44 @@ async fn an_agent_restart_is_survived_on_the_last_svid_and_the_next_one_is_taken
         "{out:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svid_not_renewed_in_time_is_reported_before_and_at_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("example.org");
+    let short = ca
+        .leaf(SERVER_ID)
+        .spiffe_id(SERVER_ID)
+        .valid_for(Duration::from_secs(2))
+        .issue();
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![svid(&ca, &short, SERVER_ID)]);
+    let source = guarded(
+        "connect",
+        SvidSource::builder()
+            .endpoint(agent.endpoint())
+            .expiry_warning(Duration::from_secs(1))
+            .connect(),
+    )
+    .await
+    .unwrap();
+    assert!(source.status().rotation.last_error.is_none());
+
+    let message = || {
+        source
+            .status()
+            .rotation
+            .last_error
+            .map(|e| e.message)
+            .unwrap_or_default()
+    };
+    wait_until("the warning", || message().contains("expires at")).await;
+    assert!(message().contains(SERVER_ID), "{}", message());
+    wait_until("the expiry", || message().contains("expired at")).await;
+    assert_eq!(source.status().rotation.failures, 2);
+
+    // The next SVID clears it.
+    agent.set_svids(vec![svid(&ca, &issue(&ca, SERVER_ID), SERVER_ID)]);
+    wait_until("the renewal", || source.status().rotation.generation == 2).await;
+    assert!(source.status().rotation.last_error.is_none());
+}
