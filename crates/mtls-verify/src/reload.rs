@@ -524,18 +524,12 @@ mod tests {
     #[test]
     fn material_equal_to_what_serves_is_taken_without_a_new_generation() {
         let pki = TestPki::new();
-        let tls = ServerTlsBuilder::from_pem(
-            pki.server.chain_pem.as_bytes(),
-            pki.server.key_pem.as_bytes(),
-            pki.ca.cert_pem.as_bytes(),
-        )
-        .build()
-        .unwrap();
-        let same = TlsMaterial::from_pem(
-            pki.server.chain_pem.as_bytes(),
-            pki.server.key_pem.as_bytes(),
-            pki.ca.cert_pem.as_bytes(),
-        );
+        let pem =
+            [&pki.server.chain_pem, &pki.server.key_pem, &pki.ca.cert_pem].map(|p| p.as_bytes());
+        let tls = ServerTlsBuilder::from_pem(pem[0], pem[1], pem[2])
+            .build()
+            .unwrap();
+        let same = TlsMaterial::from_pem(pem[0], pem[1], pem[2]);
         assert!(!format!("{same:?}").contains("PRIVATE"), "{same:?}");
         tls.update(same).unwrap();
         let status = MaterialHolder::status(&tls);

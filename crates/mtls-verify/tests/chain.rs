@@ -11,12 +11,10 @@
 #[path = "support/tls.rs"]
 mod support;
 
-use mtls_verify::{
-    ChainVerifyOptions, Error, IdentityAuthorizer, ServerTlsBuilder, verify_client_chain,
-};
+use mtls_verify::{ChainVerifyOptions, Error, IdentityAuthorizer, verify_client_chain};
 use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PublicKeyData};
 use rustls::pki_types::CertificateDer;
-use support::{ClientOpts, TestServer, client_config, connect};
+use support::{ClientOpts, TestServer, client_config, connect, server_builder};
 use x509_parser::prelude::FromDer;
 use ztkit_test_support::{KeyAlg, TestCa, TestPki};
 
@@ -224,13 +222,7 @@ fn sha1_signed_leaf_and_intermediate_are_refused() {
 #[tokio::test]
 async fn weak_intermediates_are_refused_in_a_real_handshake() {
     let pki = TestPki::new();
-    let tls = ServerTlsBuilder::from_pem(
-        pki.server.chain_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-        pki.ca.cert_pem.as_bytes(),
-    )
-    .build()
-    .unwrap();
+    let tls = server_builder(&pki.ca, &pki.server).build().unwrap();
     let mut srv = TestServer::start(tls).await;
     let rsa_root = TestCa::with_key_alg("rsa root", KeyAlg::Rsa2048);
     for (extra, want) in [
@@ -264,14 +256,10 @@ async fn weak_intermediates_are_refused_in_a_real_handshake() {
 fn a_verifier_obtained_from_the_server_applies_the_same_policy() {
     use rustls::pki_types::UnixTime;
     let pki = TestPki::new();
-    let tls = ServerTlsBuilder::from_pem(
-        pki.server.chain_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-        pki.ca.cert_pem.as_bytes(),
-    )
-    .max_chain_depth(2)
-    .build()
-    .unwrap();
+    let tls = server_builder(&pki.ca, &pki.server)
+        .max_chain_depth(2)
+        .build()
+        .unwrap();
     let verifier = tls.client_verifier();
     assert!(verifier.client_auth_mandatory());
     verifier
@@ -314,14 +302,7 @@ fn expired_crls_are_refused_unless_allowed() {
     let pki = TestPki::new();
     let crl = expired_crl(&pki.ca);
     let crl_pem = crl.pem().unwrap();
-    let builder = || {
-        ServerTlsBuilder::from_pem(
-            pki.server.chain_pem.as_bytes(),
-            pki.server.key_pem.as_bytes(),
-            pki.ca.cert_pem.as_bytes(),
-        )
-        .crl_pem(crl_pem.as_bytes())
-    };
+    let builder = || server_builder(&pki.ca, &pki.server).crl_pem(crl_pem.as_bytes());
     let err = builder().build().unwrap_err();
     assert!(matches!(err, Error::Crl { .. }), "{err}");
     assert!(err.to_string().contains("expired"), "{err}");
@@ -377,14 +358,10 @@ fn a_version_1_crl_is_refused_saying_why_and_how_to_fix_it() {
         assert!(text.contains("crlnumber"), "{text}");
         assert!(!text.contains("BadDer"), "{text}");
     };
-    let err = ServerTlsBuilder::from_pem(
-        pki.server.chain_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-        pki.ca.cert_pem.as_bytes(),
-    )
-    .crl_pem(v1.pem.as_bytes())
-    .build()
-    .unwrap_err();
+    let err = server_builder(&pki.ca, &pki.server)
+        .crl_pem(v1.pem.as_bytes())
+        .build()
+        .unwrap_err();
     says_why_and_how(&err);
 
     let err = verify_client_chain(

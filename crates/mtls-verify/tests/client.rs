@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use mtls_verify::{ClientTlsBuilder, Error, IdentityAuthorizer, ServerTlsBuilder};
-use support::{TestServer, connect_named, wait_for};
+use mtls_verify::{ClientTlsBuilder, Error, IdentityAuthorizer};
+use support::{TestServer, connect_named, server_builder, wait_for};
 use ztkit_test_support::{TestCa, TestCert};
 
 struct Mesh {
@@ -38,14 +38,10 @@ fn mesh_named(ca_name: &str) -> Mesh {
 }
 
 async fn start(m: &Mesh) -> TestServer {
-    let tls = ServerTlsBuilder::from_pem(
-        m.server.chain_pem.as_bytes(),
-        m.server.key_pem.as_bytes(),
-        m.ca.cert_pem.as_bytes(),
-    )
-    .authorizer(IdentityAuthorizer::trust_domain("example.org").unwrap())
-    .build()
-    .unwrap();
+    let tls = server_builder(&m.ca, &m.server)
+        .authorizer(IdentityAuthorizer::trust_domain("example.org").unwrap())
+        .build()
+        .unwrap();
     TestServer::start(tls).await
 }
 

@@ -8,39 +8,16 @@ mod support;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use mtls_verify::{Error, MaterialHolder, ServerTlsBuilder, TlsMaterial};
-use support::{TestServer, client_with, connect, wait_for};
-use ztkit_test_support::{TestCa, TestCert};
-
-fn round(name: &str) -> (TestCa, TestCert, TestCert) {
-    let ca = TestCa::new(name);
-    let server = ca.leaf("localhost").dns("localhost").server_auth().issue();
-    let client = ca
-        .leaf("client")
-        .spiffe_id("spiffe://example.org/client")
-        .client_auth()
-        .issue();
-    (ca, server, client)
-}
-
-fn material(ca: &TestCa, server: &TestCert) -> TlsMaterial {
-    TlsMaterial::from_pem(
-        server.chain_pem.as_bytes(),
-        server.key_pem.as_bytes(),
-        ca.cert_pem.as_bytes(),
-    )
-}
+use mtls_verify::{Error, MaterialHolder, TlsMaterial};
+use support::{
+    TestServer, ca_with_server_and_client, client_with, connect, server_builder, tls_material,
+    wait_for,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn material_pushed_by_a_source_of_ones_own_serves_the_next_handshake() {
-    let (ca1, server1, client1) = round("first CA");
-    let tls = ServerTlsBuilder::from_pem(
-        server1.chain_pem.as_bytes(),
-        server1.key_pem.as_bytes(),
-        ca1.cert_pem.as_bytes(),
-    )
-    .build()
-    .unwrap();
+    let (ca1, server1, client1) = ca_with_server_and_client("first CA");
+    let tls = server_builder(&ca1, &server1).build().unwrap();
     let mut srv = TestServer::start(tls.clone()).await;
     let out = connect(srv.addr, client_with(&ca1, &client1)).await;
     assert!(out.accepted(), "{out:?}");
@@ -63,7 +40,7 @@ async fn material_pushed_by_a_source_of_ones_own_serves_the_next_handshake() {
     .unwrap();
 
     // Refused material (a key from another certificate) leaves the first set serving.
-    let (ca2, server2, client2) = round("second CA");
+    let (ca2, server2, client2) = ca_with_server_and_client("second CA");
     publish
         .send(TlsMaterial::from_pem(
             server2.chain_pem.as_bytes(),
@@ -87,7 +64,7 @@ async fn material_pushed_by_a_source_of_ones_own_serves_the_next_handshake() {
     let _ = srv.next_event().await;
 
     // Good material: the next handshake presents the new certificate and trusts the new CA.
-    publish.send(material(&ca2, &server2)).unwrap();
+    publish.send(tls_material(&ca2, &server2)).unwrap();
     wait_for("generation 2", || tls.status().generation == 2).await;
     let out = connect(srv.addr, client_with(&ca2, &client2)).await;
     assert!(out.accepted(), "{out:?}");

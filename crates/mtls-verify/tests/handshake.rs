@@ -9,15 +9,11 @@ use std::sync::Arc;
 
 use mtls_verify::{IdentityAuthorizer, ServerTls, ServerTlsBuilder};
 use rustls::{HandshakeKind, NamedGroup, ProtocolVersion};
-use support::{ClientOpts, TestServer, client_config, client_with, connect};
+use support::{ClientOpts, TestServer, client_config, client_with, connect, server_builder};
 use ztkit_test_support::{KeyAlg, TestCa, TestCert, TestPki};
 
-fn server_builder(pki: &TestPki) -> ServerTlsBuilder {
-    ServerTlsBuilder::from_pem(
-        pki.server.chain_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-        pki.ca.cert_pem.as_bytes(),
-    )
+fn pki_server_builder(pki: &TestPki) -> ServerTlsBuilder {
+    server_builder(&pki.ca, &pki.server)
 }
 
 async fn server(tls: ServerTls) -> TestServer {
@@ -34,7 +30,7 @@ async fn try_client(srv: &mut TestServer, pki: &TestPki, cert: &TestCert) -> (bo
 #[tokio::test]
 async fn valid_client_is_accepted_with_identity_tls13_and_h2() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .authorizer(IdentityAuthorizer::trust_domain("example.org").unwrap())
         .build()
         .unwrap();
@@ -64,7 +60,7 @@ async fn valid_client_is_accepted_with_identity_tls13_and_h2() {
 #[tokio::test]
 async fn client_without_certificate_is_refused() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let out = connect(
         srv.addr,
         client_config(&pki.ca, None, &ClientOpts::default()),
@@ -84,7 +80,7 @@ async fn client_without_certificate_is_refused() {
 #[tokio::test]
 async fn optional_client_auth_accepts_no_certificate_but_verifies_a_presented_one() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .allow_unauthenticated()
         .build()
         .unwrap();
@@ -112,7 +108,7 @@ async fn optional_client_auth_accepts_no_certificate_but_verifies_a_presented_on
 #[tokio::test]
 async fn certificate_from_another_ca_is_refused() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let other = TestCa::new("other CA");
     let cert = other.leaf("x").client_auth().issue();
     let (ok, reason) = try_client(&mut srv, &pki, &cert).await;
@@ -123,7 +119,7 @@ async fn certificate_from_another_ca_is_refused() {
 #[tokio::test]
 async fn expired_and_not_yet_valid_certificates_are_refused() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let expired = pki.ca.leaf("old").client_auth().expired().issue();
     let (ok, reason) = try_client(&mut srv, &pki, &expired).await;
     assert!(!ok);
@@ -137,7 +133,7 @@ async fn expired_and_not_yet_valid_certificates_are_refused() {
 #[tokio::test]
 async fn server_auth_only_eku_is_refused() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let cert = pki.ca.leaf("srv").server_auth().issue();
     let (ok, reason) = try_client(&mut srv, &pki, &cert).await;
     assert!(!ok);
@@ -147,7 +143,7 @@ async fn server_auth_only_eku_is_refused() {
 #[tokio::test]
 async fn ca_true_leaf_is_refused() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let cert = pki.ca.leaf("sub-ca").client_auth().ca_true().issue();
     let (ok, reason) = try_client(&mut srv, &pki, &cert).await;
     assert!(!ok);
@@ -159,7 +155,7 @@ async fn revoked_certificate_is_refused_and_others_pass() {
     let pki = TestPki::new();
     let revoked = pki.ca.leaf("gone").client_auth().issue();
     let crl = pki.ca.crl(&[&revoked]);
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .crl_pem(crl.pem.as_bytes())
         .build()
         .unwrap();
@@ -180,7 +176,7 @@ async fn unknown_revocation_status_is_denied_by_default_and_allowed_with_the_opt
     let client = mid.leaf("via-mid").client_auth().issue();
     let root_crl = pki.ca.crl(&[]);
 
-    let strict = server_builder(&pki)
+    let strict = pki_server_builder(&pki)
         .crl_pem(root_crl.pem.as_bytes())
         .build()
         .unwrap();
@@ -189,7 +185,7 @@ async fn unknown_revocation_status_is_denied_by_default_and_allowed_with_the_opt
     assert!(!ok);
     assert!(reason.contains("revocation status unknown"), "{reason}");
 
-    let relaxed = server_builder(&pki)
+    let relaxed = pki_server_builder(&pki)
         .crl_pem(root_crl.pem.as_bytes())
         .allow_unknown_revocation_status()
         .build()
@@ -202,7 +198,7 @@ async fn unknown_revocation_status_is_denied_by_default_and_allowed_with_the_opt
 #[tokio::test]
 async fn spiffe_authorizers_refuse_other_ids_two_uris_and_malformed_uris() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .authorizer(
             IdentityAuthorizer::spiffe_ids(["spiffe://example.org/ns/default/sa/client"]).unwrap(),
         )
@@ -248,7 +244,7 @@ async fn spiffe_authorizers_refuse_other_ids_two_uris_and_malformed_uris() {
 #[tokio::test]
 async fn closure_authorizer_decides() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .authorizer(|p: &mtls_verify::PeerIdentity| p.subject_cn() == Some("client"))
         .build()
         .unwrap();
@@ -271,12 +267,12 @@ async fn rsa_keys_below_the_minimum_are_refused() {
         .client_auth()
         .issue();
 
-    let default = server_builder(&pki).build().unwrap();
+    let default = pki_server_builder(&pki).build().unwrap();
     let mut srv = server(default).await;
     let (ok, reason) = try_client(&mut srv, &pki, &rsa2048).await;
     assert!(ok, "{reason}");
 
-    let strict = server_builder(&pki).min_rsa_bits(3072).build().unwrap();
+    let strict = pki_server_builder(&pki).min_rsa_bits(3072).build().unwrap();
     let mut srv = server(strict).await;
     let (ok, reason) = try_client(&mut srv, &pki, &rsa2048).await;
     assert!(!ok);
@@ -290,7 +286,7 @@ async fn rsa_keys_below_the_minimum_are_refused() {
     let (ok, reason) = try_client(&mut srv, &pki, &rsa3072).await;
     assert!(ok, "{reason}");
 
-    assert!(server_builder(&pki).min_rsa_bits(1024).build().is_err());
+    assert!(pki_server_builder(&pki).min_rsa_bits(1024).build().is_err());
 }
 
 #[tokio::test]
@@ -302,7 +298,7 @@ async fn chain_of_twenty_intermediates_is_refused_by_the_depth_cap() {
     }
     let deep = ca.leaf("deep").client_auth().issue();
     assert_eq!(deep.chain_der.len(), 21);
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let (ok, reason) = try_client(&mut srv, &pki, &deep).await;
     assert!(!ok);
     assert!(
@@ -327,7 +323,7 @@ async fn one_mebibyte_certificate_is_refused() {
         .custom_extension(&[1, 3, 6, 1, 4, 1, 55555, 1], vec![0x42; 1024 * 1024])
         .issue();
     assert!(big.cert_der.len() > 1024 * 1024);
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let out = connect(srv.addr, client_with(&pki.ca, &big)).await;
     assert!(!out.accepted(), "{out:?}");
     let ev = srv.next_event().await;
@@ -350,13 +346,13 @@ async fn tls12_only_client_is_refused_by_default_and_accepted_with_allow_tls12()
         Some((&pki.client.chain_der, pki.client.private_key())),
         &tls12,
     );
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let out = connect(srv.addr, config.clone()).await;
     assert!(!out.accepted(), "{out:?}");
     let ev = srv.next_event().await;
     assert!(ev.handshake.is_err(), "{ev:?}");
 
-    let mut srv = server(server_builder(&pki).allow_tls12().build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).allow_tls12().build().unwrap()).await;
     let out = connect(srv.addr, config).await;
     assert!(out.accepted(), "{out:?}");
     assert_eq!(out.version, Some(ProtocolVersion::TLSv1_2));
@@ -369,7 +365,7 @@ async fn tls12_only_client_is_refused_by_default_and_accepted_with_allow_tls12()
 #[tokio::test]
 async fn key_exchange_prefers_the_post_quantum_hybrid_then_x25519_then_p256() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     for (offered, want) in [
         (vec![NamedGroup::X25519MLKEM768], NamedGroup::X25519MLKEM768),
         (vec![NamedGroup::X25519], NamedGroup::X25519),
@@ -410,7 +406,7 @@ async fn key_exchange_prefers_the_post_quantum_hybrid_then_x25519_then_p256() {
     assert!(!connect(srv.addr, config).await.accepted());
 
     // key_exchange_groups restricts the server (for benchmarks).
-    let x25519_only = server_builder(&pki)
+    let x25519_only = pki_server_builder(&pki)
         .key_exchange_groups(&[NamedGroup::X25519])
         .build()
         .unwrap();
@@ -420,7 +416,7 @@ async fn key_exchange_prefers_the_post_quantum_hybrid_then_x25519_then_p256() {
     assert_eq!(out.kx, Some(NamedGroup::X25519));
     let _ = srv.next_event().await;
     assert!(
-        server_builder(&pki)
+        pki_server_builder(&pki)
             .key_exchange_groups(&[NamedGroup::FFDHE2048])
             .build()
             .is_err()
@@ -430,7 +426,7 @@ async fn key_exchange_prefers_the_post_quantum_hybrid_then_x25519_then_p256() {
 #[tokio::test]
 async fn alpn_is_configurable() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .alpn_protocols(vec![b"http/1.1".to_vec()])
         .build()
         .unwrap();
@@ -449,7 +445,7 @@ async fn alpn_is_configurable() {
 #[tokio::test]
 async fn sessions_resume_and_peer_identity_is_available_after_resumption() {
     let pki = TestPki::new();
-    let mut srv = server(server_builder(&pki).build().unwrap()).await;
+    let mut srv = server(pki_server_builder(&pki).build().unwrap()).await;
     let config = client_with(&pki.ca, &pki.client);
     assert!(connect(srv.addr, config.clone()).await.accepted());
     assert_eq!(srv.next_event().await.kind, Some(HandshakeKind::Full));
@@ -464,7 +460,7 @@ async fn sessions_resume_and_peer_identity_is_available_after_resumption() {
 #[tokio::test]
 async fn handshake_timeout_is_exposed() {
     let pki = TestPki::new();
-    let tls = server_builder(&pki)
+    let tls = pki_server_builder(&pki)
         .handshake_timeout(std::time::Duration::from_millis(1500))
         .build()
         .unwrap();
@@ -472,7 +468,7 @@ async fn handshake_timeout_is_exposed() {
         tls.handshake_timeout(),
         std::time::Duration::from_millis(1500)
     );
-    let default = server_builder(&pki).build().unwrap();
+    let default = pki_server_builder(&pki).build().unwrap();
     assert_eq!(
         default.handshake_timeout(),
         mtls_verify::DEFAULT_HANDSHAKE_TIMEOUT

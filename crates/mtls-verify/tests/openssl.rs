@@ -10,8 +10,8 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use mtls_verify::{ChainVerifyOptions, Error, ServerTlsBuilder, verify_client_chain};
-use support::TestServer;
+use mtls_verify::{ChainVerifyOptions, Error, verify_client_chain};
+use support::{TestServer, server_builder};
 use ztkit_test_support::TestPki;
 
 fn openssl(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -117,13 +117,7 @@ async fn s_client_reason(srv: &mut TestServer, dir: &Path, name: &str) -> String
 }
 
 async fn server(pki: &TestPki) -> TestServer {
-    let tls = ServerTlsBuilder::from_pem(
-        pki.server.chain_pem.as_bytes(),
-        pki.server.key_pem.as_bytes(),
-        pki.ca.cert_pem.as_bytes(),
-    )
-    .build()
-    .unwrap();
+    let tls = server_builder(&pki.ca, &pki.server).build().unwrap();
     TestServer::start(tls).await
 }
 
@@ -216,13 +210,9 @@ fn openssl_version_1_crl_is_refused_saying_how_to_fix_it() {
     assert!(String::from_utf8_lossy(&text.stdout).contains("Version 1 (0x0)"));
 
     let build = |crl: &str| {
-        ServerTlsBuilder::from_pem(
-            pki.server.chain_pem.as_bytes(),
-            pki.server.key_pem.as_bytes(),
-            pki.ca.cert_pem.as_bytes(),
-        )
-        .crl_file(dir.join(crl))
-        .build()
+        server_builder(&pki.ca, &pki.server)
+            .crl_file(dir.join(crl))
+            .build()
     };
     let err = build("v1.crl").unwrap_err();
     let text = err.to_string();

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use mtls_verify::{Error, ServerTls, ServerTlsBuilder};
 use rustls::HandshakeKind;
-use support::{TestServer, client_with, connect, connect_keep, echo, wait_for};
+use support::{
+    TestServer, ca_with_server_and_client, client_with, connect, connect_keep, echo,
+    server_builder, wait_for,
+};
 use ztkit_test_support::{TestCa, TestCert, TestCrl};
 
 /// One generation of material: a CA, a server certificate and a client certificate from it.
@@ -23,13 +26,7 @@ struct Round {
 
 impl Round {
     fn new(i: usize) -> Round {
-        let ca = TestCa::new(&format!("round {i} CA"));
-        let server = ca.leaf("localhost").dns("localhost").server_auth().issue();
-        let client = ca
-            .leaf("client")
-            .spiffe_id("spiffe://example.org/client")
-            .client_auth()
-            .issue();
+        let (ca, server, client) = ca_with_server_and_client(&format!("round {i} CA"));
         Round { ca, server, client }
     }
 
@@ -541,11 +538,7 @@ fn expiry_is_reported_ahead_of_time() {
         .valid_for(Duration::from_secs(3 * 24 * 3600))
         .issue();
     let build = |window: Option<Duration>| {
-        let b = ServerTlsBuilder::from_pem(
-            soon.chain_pem.as_bytes(),
-            soon.key_pem.as_bytes(),
-            ca.cert_pem.as_bytes(),
-        );
+        let b = server_builder(&ca, &soon);
         match window {
             Some(w) => b.expiry_warning(w),
             None => b,
@@ -568,12 +561,6 @@ fn expiry_is_reported_ahead_of_time() {
 #[test]
 fn material_given_as_bytes_has_an_inert_reloader() {
     let round = Round::new(0);
-    let tls = ServerTlsBuilder::from_pem(
-        round.server.chain_pem.as_bytes(),
-        round.server.key_pem.as_bytes(),
-        round.ca.cert_pem.as_bytes(),
-    )
-    .build()
-    .unwrap();
+    let tls = server_builder(&round.ca, &round.server).build().unwrap();
     assert!(!tls.spawn_reloader().is_running());
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mtls_verify::{Error, PeerIdentity, ServerTls};
+use mtls_verify::{Error, PeerIdentity, ServerTls, ServerTlsBuilder, TlsMaterial};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, RootCertStore};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -15,6 +15,37 @@ use tokio::sync::mpsc;
 use ztkit_test_support::{TestCa, TestCert};
 
 /// Generous guard for anything awaited in tests.
+/// A CA with a `localhost` server certificate and a client certificate for
+/// `spiffe://example.org/client`.
+pub fn ca_with_server_and_client(ca_name: &str) -> (TestCa, TestCert, TestCert) {
+    let ca = TestCa::new(ca_name);
+    let server = ca.leaf("localhost").dns("localhost").server_auth().issue();
+    let client = ca
+        .leaf("client")
+        .spiffe_id("spiffe://example.org/client")
+        .client_auth()
+        .issue();
+    (ca, server, client)
+}
+
+/// A server builder serving `server`'s chain and key, trusting client certificates of `client_ca`.
+pub fn server_builder(client_ca: &TestCa, server: &TestCert) -> ServerTlsBuilder {
+    ServerTlsBuilder::from_pem(
+        server.chain_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        client_ca.cert_pem.as_bytes(),
+    )
+}
+
+/// The same material as [`server_builder`], to push through `MaterialHolder::update`.
+pub fn tls_material(client_ca: &TestCa, server: &TestCert) -> TlsMaterial {
+    TlsMaterial::from_pem(
+        server.chain_pem.as_bytes(),
+        server.key_pem.as_bytes(),
+        client_ca.cert_pem.as_bytes(),
+    )
+}
+
 pub const GUARD: Duration = Duration::from_secs(20);
 
 /// What the server saw on one connection.
