@@ -78,6 +78,7 @@ mod error;
 mod identity;
 mod material;
 pub mod pem;
+mod refusal_log;
 mod refused;
 mod reload;
 mod server;

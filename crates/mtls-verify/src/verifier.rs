@@ -20,6 +20,7 @@ use rustls::{
 use sha2::{Digest, Sha256};
 
 use crate::identity::{MAX_CERTIFICATE_SIZE, serial_to_hex};
+use crate::refusal_log::RefusalLogLimit;
 use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, der, refused};
 
 /// Default minimum RSA modulus size in bits.
@@ -197,6 +198,8 @@ pub(crate) struct ClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     options: ClientVerifierOptions,
     cache: Option<Arc<IdentityCache>>,
+    /// Rate limit of the refusal `warn` lines (see [`crate::refusal_log`]).
+    refusal_log: RefusalLogLimit,
 }
 
 impl fmt::Debug for ClientVerifier {
@@ -234,6 +237,7 @@ impl ClientVerifier {
             inner,
             options,
             cache,
+            refusal_log: RefusalLogLimit::default(),
         })
     }
 
@@ -247,14 +251,14 @@ impl ClientVerifier {
         // Each refusal is also noted for an acceptor capturing it (`refused`), which then
         // records the certificate in its audit trail; a no-op otherwise.
         if let Err(e) = self.options.policy.check(end_entity, intermediates) {
-            tracing::warn!(reason = %e, "client certificate refused");
+            self.warn_refused(None, &e.to_string());
             refused::note(end_entity, None, || e.to_string());
             return Err(other(e));
         }
         let identity = match PeerIdentity::from_der(end_entity) {
             Ok(id) => id,
             Err(e) => {
-                tracing::warn!(reason = %e, "client certificate refused");
+                self.warn_refused(None, &e.to_string());
                 refused::note(end_entity, None, || e.to_string());
                 return Err(other(e));
             }
@@ -264,28 +268,44 @@ impl ClientVerifier {
             .verify_client_cert(end_entity, intermediates, now)
         {
             let reason = human_reason(&e);
-            tracing::warn!(
-                subject = identity.subject(),
-                serial = identity.serial_hex(),
-                reason = %reason,
-                "client certificate refused"
-            );
+            self.warn_refused(Some(&identity), &reason);
             refused::note(end_entity, Some(&identity), || reason);
             return Err(e);
         }
         if let Err(r) = self.options.authorizer.authorize(&identity) {
-            tracing::warn!(
-                subject = identity.subject(),
-                serial = identity.serial_hex(),
-                reason = %r,
-                "client not authorized"
-            );
-            refused::note(end_entity, Some(&identity), || {
-                format!("not authorized: {r}")
+            let reason = format!("not authorized: {r}");
+            self.refusal_log.warn(&reason, || {
+                tracing::warn!(
+                    subject = identity.subject(),
+                    serial = identity.serial_hex(),
+                    reason = %r,
+                    "client not authorized"
+                );
             });
+            refused::note(end_entity, Some(&identity), || reason);
             return Err(other(Error::NotAuthorized(r)));
         }
         Ok(identity)
+    }
+
+    /// The same verifier with its refusal lines limited by `refusal_log` (a test clock).
+    #[cfg(test)]
+    fn with_refusal_log(mut self, refusal_log: RefusalLogLimit) -> Self {
+        self.refusal_log = refusal_log;
+        self
+    }
+
+    /// The `warn` line of a refused client certificate, rate-limited.
+    fn warn_refused(&self, identity: Option<&PeerIdentity>, reason: &str) {
+        self.refusal_log.warn(reason, || match identity {
+            Some(identity) => tracing::warn!(
+                subject = identity.subject(),
+                serial = identity.serial_hex(),
+                reason = %reason,
+                "client certificate refused"
+            ),
+            None => tracing::warn!(reason = %reason, "client certificate refused"),
+        });
     }
 }
 
@@ -681,7 +701,104 @@ impl ServerCertVerifier for ServerVerifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ztkit_test_support::TestCa;
+    use crate::refusal_log::{REFUSAL_LINES_PER_WINDOW, REFUSAL_LOG_WINDOW};
+    use std::io::Write;
+    use std::time::Instant;
+    use ztkit_test_support::{TestCa, TestPki};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `f` with a subscriber capturing WARN and above on this thread; returns the lines.
+    fn capture_lines(f: impl FnOnce()) -> Vec<String> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn a_flood_of_refused_certificates_logs_a_bounded_number_of_lines_and_a_summary() {
+        let pki = TestPki::new();
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let read = now.clone();
+        let roots = crate::material::root_store(
+            std::slice::from_ref(&pki.ca.cert_der),
+            std::path::Path::new(crate::error::MEMORY),
+        )
+        .unwrap();
+        let options = ClientVerifierOptions {
+            authorizer: Arc::new(IdentityAuthorizer::trust_domain("other.org").unwrap()),
+            ..ClientVerifierOptions::default()
+        };
+        let verifier = ClientVerifier::new(roots, Vec::new(), options, None)
+            .unwrap()
+            .with_refusal_log(RefusalLogLimit::with_clock(Arc::new(move || {
+                *read.lock().unwrap()
+            })));
+        let stranger = TestCa::new("stranger CA").leaf("x").client_auth().issue();
+        let unix_now = UnixTime::now();
+        let lines = capture_lines(|| {
+            for _ in 0..100 {
+                verifier
+                    .verify_identity(&stranger.cert_der, &[], unix_now)
+                    .unwrap_err();
+            }
+            // Another reason still gets its first line once the budget is spent.
+            for _ in 0..5 {
+                verifier
+                    .verify_identity(&pki.client.cert_der, &[], unix_now)
+                    .unwrap_err();
+            }
+        });
+        let refused = |lines: &[String]| {
+            lines
+                .iter()
+                .filter(|l| l.contains("client certificate refused") && !l.contains("suppressed"))
+                .count()
+        };
+        assert_eq!(
+            refused(&lines),
+            REFUSAL_LINES_PER_WINDOW as usize,
+            "{lines:#?}"
+        );
+        let unauthorized = lines.iter().filter(|l| l.contains("client not authorized"));
+        assert_eq!(unauthorized.count(), 1, "{lines:#?}");
+        assert!(
+            !lines.iter().any(|l| l.contains("suppressed")),
+            "{lines:#?}"
+        );
+
+        *now.lock().unwrap() += REFUSAL_LOG_WINDOW;
+        let lines = capture_lines(|| {
+            verifier
+                .verify_identity(&stranger.cert_der, &[], unix_now)
+                .unwrap_err();
+        });
+        let suppressed = 100 - REFUSAL_LINES_PER_WINDOW as usize + 4;
+        assert_eq!(lines.len(), 2, "{lines:#?}");
+        assert!(
+            lines[0].contains(&format!("suppressed {suppressed} similar lines")),
+            "{lines:#?}"
+        );
+        assert_eq!(refused(&lines), 1, "{lines:#?}");
+    }
 
     #[test]
     fn identity_cache_is_bounded_and_drains() {
