@@ -702,35 +702,14 @@ impl ServerCertVerifier for ServerVerifier {
 mod tests {
     use super::*;
     use crate::refusal_log::{REFUSAL_LINES_PER_WINDOW, REFUSAL_LOG_WINDOW};
-    use std::io::Write;
     use std::time::Instant;
     use ztkit_test_support::{TestCa, TestPki};
 
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Captured {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    /// Runs `f` with a subscriber capturing WARN and above on this thread; returns the lines.
     fn capture_lines(f: impl FnOnce()) -> Vec<String> {
-        let out = Captured::default();
-        let writer = out.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::WARN)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        tracing::subscriber::with_default(subscriber, f);
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
+        ztkit_test_support::capture_warnings(f)
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]

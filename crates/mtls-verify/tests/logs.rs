@@ -2,39 +2,11 @@
 //! certificate), and expiry warnings ahead of time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
 use mtls_verify::{ChainVerifyOptions, IdentityAuthorizer, ServerTlsBuilder, verify_client_chain};
-use ztkit_test_support::{TestCa, TestPki};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Runs `f` with a subscriber capturing WARN and above on this thread; returns the text.
-fn capture(f: impl FnOnce()) -> String {
-    let out = Captured::default();
-    let writer = out.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::WARN)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    tracing::subscriber::with_default(subscriber, f);
-    String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
-}
+use ztkit_test_support::{TestCa, TestPki, capture_warnings as capture};
 
 #[test]
 fn refusals_are_logged_with_subject_serial_and_reason_but_not_the_certificate() {

@@ -21,6 +21,10 @@
 // Test fixtures: a failure to generate a certificate is a broken test setup, so panic.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub use logs::capture_warnings;
+
+mod logs;
+
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
