@@ -40,7 +40,6 @@
 mod support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,7 +56,7 @@ use rustls::client::Resumption;
 use support::{CLIENT_ID, GUARD, client_cert, client_config, https_get, server_cert, tls_connect};
 use tokio::sync::{Notify, watch};
 use zt_tower::{TlsConnectInfo, TlsListener, VerifiedPeer};
-use ztkit_test_support::{TestCa, TestCert};
+use ztkit_test_support::{SecretVolume, TestCa, TestCert};
 
 const ROTATIONS: usize = 10;
 /// Successful requests each worker must make after a rotation before the next one.
@@ -90,60 +89,17 @@ impl Material {
     }
 }
 
-/// A directory laid out like a Kubernetes secret volume.
-struct Mount {
-    dir: PathBuf,
-    generation: u32,
-}
-
-impl Mount {
-    fn new(dir: &Path, first: &Material) -> Self {
-        let mut mount = Mount {
-            dir: dir.to_path_buf(),
-            generation: 0,
-        };
-        mount.swap_data_dir(first);
-        for (name, _) in first.files() {
-            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).unwrap();
-        }
-        mount
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    /// kubelet's atomic writer: a new timestamped directory, a `..data_tmp` link to it
-    /// renamed over `..data`, then the old directory removed.
-    fn swap_data_dir(&mut self, material: &Material) {
-        self.generation += 1;
-        let name = format!("..2026_11_25_10_00_00.{}", self.generation);
-        let data_dir = self.dir.join(&name);
-        std::fs::create_dir(&data_dir).unwrap();
-        for (file, contents) in material.files() {
-            std::fs::write(data_dir.join(file), contents).unwrap();
-        }
-        let tmp = self.dir.join("..data_tmp");
-        std::os::unix::fs::symlink(&name, &tmp).unwrap();
-        let old = std::fs::read_link(self.dir.join("..data")).ok();
-        std::fs::rename(&tmp, self.dir.join("..data")).unwrap();
-        if let Some(old) = old {
-            std::fs::remove_dir_all(self.dir.join(old)).unwrap();
-        }
-    }
-
-    /// Each file written to a temp name in the current data directory and renamed over the
-    /// old one, one after another: the CA bundle, then the key, then the certificate. The
-    /// reloader reads certificate, key, CA in that order, so a snapshot holding the new
-    /// certificate also holds the new key and CA: once the new serial is served, the whole
-    /// new set is.
-    fn rename_files(&self, material: &Material) {
-        let data_dir = self.dir.join("..data");
-        for (file, contents) in material.files() {
-            let tmp = data_dir.join(format!(".{file}.tmp"));
-            std::fs::write(&tmp, contents).unwrap();
-            std::fs::rename(&tmp, data_dir.join(file)).unwrap();
-        }
+/// Each file written to a temp name in the current data directory and renamed over the
+/// old one, one after another: the CA bundle, then the key, then the certificate. The
+/// reloader reads certificate, key, CA in that order, so a snapshot holding the new
+/// certificate also holds the new key and CA: once the new serial is served, the whole
+/// new set is.
+fn rename_files(mount: &SecretVolume, material: &Material) {
+    let data_dir = mount.data_dir();
+    for (file, contents) in material.files() {
+        let tmp = data_dir.join(format!(".{file}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, data_dir.join(file)).unwrap();
     }
 }
 
@@ -460,7 +416,7 @@ async fn ten_rotations_under_load_fail_no_request() {
     let new_identity = Identity::new(&server_ca, &client_cert(&new_ca, CLIENT_ID));
 
     let first = server_cert(&server_ca);
-    let mut mount = Mount::new(&mnt, &Material::new(&first, &[&old_ca]));
+    let mut mount = SecretVolume::new(&mnt, &Material::new(&first, &[&old_ca]).files());
     let tls = ServerTlsBuilder::from_files(
         mount.path("tls.crt"),
         mount.path("tls.key"),
@@ -513,9 +469,9 @@ async fn ten_rotations_under_load_fail_no_request() {
         };
         let material = Material::new(&server, bundle);
         if rotation % 2 == 1 {
-            mount.swap_data_dir(&material);
+            mount.swap(&material.files());
         } else {
-            mount.rename_files(&material);
+            rename_files(&mount, &material);
         }
         wait_for_serial(&tls, generation, &server.serial_hex()).await;
 

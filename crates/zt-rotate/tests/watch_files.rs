@@ -5,13 +5,14 @@
 #[path = "support/holder.rs"]
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::{TextError, TextHolder, text_of, wait_until};
 use zt_rotate::{FileWatcher, MaterialHolder, watch_files};
+use ztkit_test_support::SecretVolume;
 
 #[test]
 fn a_half_written_file_never_reaches_the_holder() {
@@ -126,47 +127,11 @@ fn a_transient_refusal_is_retried_without_a_file_change() {
     assert_eq!(status.failures, 1);
 }
 
-/// A directory laid out as the kubelet projects a Secret: the files live in
-/// `..<timestamp>/`, `..data` points there, and each visible name is a symlink via `..data`.
-struct KubeDir {
-    root: PathBuf,
-    n: usize,
-}
-
-impl KubeDir {
-    fn new(root: &Path, content: &str) -> KubeDir {
-        let mut dir = KubeDir {
-            root: root.to_owned(),
-            n: 0,
-        };
-        let first = dir.generation(content);
-        std::os::unix::fs::symlink(&first, root.join("..data")).unwrap();
-        std::os::unix::fs::symlink("..data/tls.crt", root.join("tls.crt")).unwrap();
-        dir
-    }
-
-    fn generation(&mut self, content: &str) -> PathBuf {
-        self.n += 1;
-        let name = PathBuf::from(format!("..2026_11_29_22_00_{:02}", self.n));
-        std::fs::create_dir(self.root.join(&name)).unwrap();
-        std::fs::write(self.root.join(&name).join("tls.crt"), content).unwrap();
-        name
-    }
-
-    /// Repoints `..data` atomically (a new symlink renamed over the old one).
-    fn swap(&mut self, content: &str) {
-        let new = self.generation(content);
-        let tmp = self.root.join("..data_tmp");
-        std::os::unix::fs::symlink(&new, &tmp).unwrap();
-        std::fs::rename(&tmp, self.root.join("..data")).unwrap();
-    }
-}
-
 #[cfg(target_os = "linux")]
 #[test]
 fn inotify_sees_a_kubernetes_symlink_swap_long_before_the_next_poll() {
     let dir = tempfile::tempdir().unwrap();
-    let mut kube = KubeDir::new(dir.path(), "v1");
+    let mut kube = SecretVolume::new(dir.path(), &[("tls.crt", "v1")]);
     let file = dir.path().join("tls.crt");
     let watcher = FileWatcher::new()
         .file(&file)
@@ -178,12 +143,12 @@ fn inotify_sees_a_kubernetes_symlink_swap_long_before_the_next_poll() {
     wait_until("v1 taken", || holder.status().generation == 1);
 
     for i in 2..=4 {
-        kube.swap(&format!("v{i}"));
+        kube.swap(&[("tls.crt", &format!("v{i}"))]);
         wait_until("swap seen", || holder.status().generation == i);
         assert_eq!(holder.current(), Some(format!("v{i}")));
     }
     // In-place writes into the directory `..data` resolves to are seen too.
-    std::fs::write(dir.path().join("..data/tls.crt"), "v5").unwrap();
+    std::fs::write(kube.data_dir().join("tls.crt"), "v5").unwrap();
     wait_until("in-place write seen", || holder.status().generation == 5);
     assert_eq!(holder.updates(), ["v1", "v2", "v3", "v4", "v5"]);
 }

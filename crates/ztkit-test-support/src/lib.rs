@@ -22,8 +22,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub use logs::capture_warnings;
+pub use secret_volume::SecretVolume;
 
 mod logs;
+mod secret_volume;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
