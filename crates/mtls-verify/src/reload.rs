@@ -253,6 +253,15 @@ impl<C> Generation<C> {
             loaded_at: publication.at,
         }
     }
+
+    /// How long until the serving certificate expires (zero once it has).
+    fn expires_in(&self) -> Duration {
+        self.identity
+            .leaf
+            .not_after()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+    }
 }
 
 // === Reloadable ===
@@ -296,10 +305,7 @@ impl<B: Build> Reloadable<B> {
     pub(crate) fn status(&self) -> MaterialStatus {
         let current = self.current.load();
         let leaf = &current.identity.leaf;
-        let expires_in = leaf
-            .not_after()
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        let expires_in = current.expires_in();
         let rotation = self.status.snapshot();
         MaterialStatus {
             serial: leaf.serial_hex().to_owned(),
@@ -391,10 +397,7 @@ impl<B: Build> Reloadable<B> {
     fn check_expiry(&self) {
         let current = self.current.load();
         let leaf = &current.identity.leaf;
-        let left = leaf
-            .not_after()
-            .duration_since(SystemTime::now())
-            .unwrap_or_default();
+        let left = current.expires_in();
         if left > self.parts.common().expiry_warning {
             return;
         }
