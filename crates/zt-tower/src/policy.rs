@@ -50,11 +50,9 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -62,12 +60,13 @@ use mtls_verify::PeerIdentity;
 use policy_rego::{
     InputBuilder, InputDocument, InputOptions, PolicyDecision, PolicyEngine, PolicyInput,
 };
-use tokio::sync::{Semaphore, oneshot};
 use tower_layer::Layer;
 use tower_service::Service;
 
 mod input_cache;
+mod pool;
 pub use input_cache::PolicyInputCache;
+use pool::{EvaluationPool, PoolConfig};
 
 use crate::rejection::{grpc_method, is_grpc};
 use crate::verdict::Passed;
@@ -403,222 +402,6 @@ impl Source {
             return Source::Address(addr.ip());
         }
         Source::Unknown
-    }
-}
-
-// === impl EvaluationPool ===
-
-/// How a [`PolicyLayer`]'s evaluation pool is sized.
-#[derive(Debug, Clone, Copy)]
-struct PoolConfig {
-    max_concurrent: usize,
-    max_queued: usize,
-    per_source: usize,
-}
-
-impl PoolConfig {
-    fn new(max_concurrent: usize, max_queued: usize) -> Self {
-        let max_concurrent = max_concurrent.clamp(1, Semaphore::MAX_PERMITS);
-        PoolConfig {
-            max_concurrent,
-            max_queued,
-            per_source: (max_concurrent / 2).max(1),
-        }
-    }
-
-    fn default_size() -> Self {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::new(cores, DEFAULT_QUEUED_PER_THREAD * cores)
-    }
-
-    /// Evaluations running or waiting, all sources together.
-    fn max_admitted(&self) -> usize {
-        self.max_concurrent.saturating_add(self.max_queued)
-    }
-
-    /// Evaluations running or waiting for one source: half the places (at least one more
-    /// than it may run), so that one source cannot crowd the others out.
-    fn max_admitted_per_source(&self) -> usize {
-        (self.max_admitted() / 2).max(self.per_source + 1)
-    }
-}
-
-/// Evaluations that may wait for a turn per thread of the default pool.
-const DEFAULT_QUEUED_PER_THREAD: usize = 16;
-
-/// Threads of its own for policy evaluations (`zt-policy-N`, started at the first one,
-/// stopped when the last layer using the pool is dropped), with admission fair between
-/// sources. Long-lived threads keep their prepared evaluators warm (policy-rego keeps one
-/// per thread and policy set).
-struct EvaluationPool {
-    config: PoolConfig,
-    /// One per evaluation allowed to run at once (one per thread).
-    running: Arc<Semaphore>,
-    places: Mutex<Places>,
-    threads: OnceLock<Option<mpsc::Sender<Job>>>,
-}
-
-#[derive(Default)]
-struct Places {
-    /// Evaluations running or waiting.
-    admitted: usize,
-    /// Sources with evaluations running or waiting; removed when they have none.
-    sources: HashMap<Source, SourcePlaces>,
-}
-
-struct SourcePlaces {
-    admitted: usize,
-    /// One per evaluation the source may run at once.
-    turns: Arc<Semaphore>,
-}
-
-/// Reasons given when the pool, not the policy, decides.
-const SATURATED: &str = "policy evaluation pool saturated";
-const PANICKED: &str = "policy evaluation panicked";
-const CANCELLED: &str = "policy evaluation cancelled";
-const UNAVAILABLE: &str = "policy evaluation pool unavailable";
-
-impl EvaluationPool {
-    fn new(config: PoolConfig) -> Self {
-        EvaluationPool {
-            config,
-            running: Arc::new(Semaphore::new(config.max_concurrent)),
-            places: Mutex::new(Places::default()),
-            threads: OnceLock::new(),
-        }
-    }
-
-    fn places(&self) -> MutexGuard<'_, Places> {
-        // The counters stay consistent whatever panicked while they were held.
-        self.places.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    async fn decide(
-        self: Arc<Self>,
-        engine: PolicyEngine,
-        input: PolicyInput,
-        source: Source,
-    ) -> PolicyDecision {
-        let Some((admission, turns)) = Admission::enter(&self, source) else {
-            tracing::warn!("policy evaluation pool saturated; request refused");
-            return PolicyDecision::deny(SATURATED);
-        };
-        // First the source's turn, then a thread: a source that has all its turns in use
-        // waits behind itself, never in front of others.
-        let Ok(turn) = turns.acquire_owned().await else {
-            return PolicyDecision::deny(CANCELLED);
-        };
-        let Ok(thread) = Arc::clone(&self.running).acquire_owned().await else {
-            return PolicyDecision::deny(CANCELLED);
-        };
-        let Some(jobs) = self.threads() else {
-            return PolicyDecision::deny(UNAVAILABLE);
-        };
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move || {
-            let decision = panic::catch_unwind(AssertUnwindSafe(|| engine.decide(&input)));
-            // Given back before the answer is sent, so the next request finds the place free.
-            drop((thread, turn, admission));
-            // The request may be gone; nobody to tell then.
-            let _ = tx.send(decision.ok());
-        });
-        if jobs.send(job).is_err() {
-            return PolicyDecision::deny(UNAVAILABLE);
-        }
-        match rx.await {
-            Ok(Some(decision)) => decision,
-            Ok(None) => {
-                tracing::error!("policy evaluation panicked; request refused");
-                PolicyDecision::deny(PANICKED)
-            }
-            Err(_) => PolicyDecision::deny(UNAVAILABLE),
-        }
-    }
-
-    /// The pool's threads, started at the first evaluation; `None` if none could start.
-    fn threads(&self) -> Option<&mpsc::Sender<Job>> {
-        self.threads
-            .get_or_init(|| {
-                let (jobs, queue) = mpsc::channel::<Job>();
-                let queue = Arc::new(Mutex::new(queue));
-                let mut started = 0;
-                for i in 0..self.config.max_concurrent {
-                    let queue = Arc::clone(&queue);
-                    let spawned = std::thread::Builder::new()
-                        .name(format!("zt-policy-{i}"))
-                        .spawn(move || run_jobs(&queue));
-                    match spawned {
-                        Ok(_) => started += 1,
-                        Err(err) => {
-                            tracing::error!(error = %err, "could not start a policy evaluation thread");
-                        }
-                    }
-                }
-                (started > 0).then_some(jobs)
-            })
-            .as_ref()
-    }
-}
-
-/// One evaluation, as sent to the pool's threads.
-type Job = Box<dyn FnOnce() + Send>;
-
-/// A pool thread: runs jobs until the pool (every sender) is gone.
-fn run_jobs(queue: &Mutex<mpsc::Receiver<Job>>) {
-    loop {
-        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        match job {
-            Ok(job) => job(),
-            Err(_) => return,
-        }
-    }
-}
-
-/// A place among the pool's admitted evaluations, given back on drop.
-struct Admission {
-    pool: Arc<EvaluationPool>,
-    source: Source,
-}
-
-impl Admission {
-    fn enter(pool: &Arc<EvaluationPool>, source: Source) -> Option<(Self, Arc<Semaphore>)> {
-        let config = pool.config;
-        let mut places = pool.places();
-        if places.admitted >= config.max_admitted() {
-            return None;
-        }
-        let entry = places
-            .sources
-            .entry(source.clone())
-            .or_insert_with(|| SourcePlaces {
-                admitted: 0,
-                turns: Arc::new(Semaphore::new(config.per_source)),
-            });
-        if entry.admitted >= config.max_admitted_per_source() {
-            return None;
-        }
-        entry.admitted += 1;
-        let turns = Arc::clone(&entry.turns);
-        places.admitted += 1;
-        drop(places);
-        let admission = Admission {
-            pool: Arc::clone(pool),
-            source,
-        };
-        Some((admission, turns))
-    }
-}
-
-impl Drop for Admission {
-    fn drop(&mut self) {
-        let mut places = self.pool.places();
-        places.admitted = places.admitted.saturating_sub(1);
-        if let Some(entry) = places.sources.get_mut(&self.source) {
-            entry.admitted = entry.admitted.saturating_sub(1);
-            if entry.admitted == 0 {
-                places.sources.remove(&self.source);
-            }
-        }
     }
 }
 
