@@ -9,12 +9,12 @@ use super::Receipt;
 use super::group_commit::Shared;
 use crate::error::AuditError;
 
-/// Resolves when a record appended with [`AuditLog::append_async`] is durable; yields
-/// what [`AuditLog::append`] would have returned.
+/// Resolves when a record appended with [`AuditLog::append_async`](crate::AuditLog::append_async) is durable; yields
+/// what [`AuditLog::append`](crate::AuditLog::append) would have returned.
 ///
 /// Dropping it before it resolves does not take the record back (it was written when
 /// `append_async` was called): the background thread is asked to fsync it, as
-/// [`AuditLog::submit`] does.
+/// [`AuditLog::submit`](crate::AuditLog::submit) does.
 #[derive(Debug)]
 #[must_use = "the record is written, but durability is only known by awaiting the future"]
 pub struct AppendFuture {
