@@ -105,6 +105,8 @@ fn build_examples(profile_dir: &Path) -> Result<(), String> {
         "axum_mtls",
         "--example",
         "tonic_mtls",
+        "--example",
+        "demo",
     ])
     .arg("--manifest-path")
     .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
