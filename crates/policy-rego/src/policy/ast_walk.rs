@@ -70,11 +70,7 @@ fn statement(stmt: &LiteralStmt, v: &mut impl Visitor) {
             value,
             collection,
             ..
-        } => {
-            key.iter().for_each(|k| expr(k, false, v));
-            expr(value, false, v);
-            expr(collection, false, v);
-        }
+        } => membership(key.as_deref(), value, collection, v),
         Literal::Expr { expr: e, .. } | Literal::NotExpr { expr: e, .. } => expr(e, true, v),
         Literal::Every {
             domain, query: q, ..
@@ -87,6 +83,15 @@ fn statement(stmt: &LiteralStmt, v: &mut impl Visitor) {
         expr(&w.refr, false, v);
         expr(&w.r#as, false, v);
     }
+}
+
+/// `key, value in collection`, as a statement (`some … in`) or an expression.
+fn membership(key: Option<&Expr>, value: &Expr, collection: &Expr, v: &mut impl Visitor) {
+    if let Some(k) = key {
+        expr(k, false, v);
+    }
+    expr(value, false, v);
+    expr(collection, false, v);
 }
 
 fn expr(e: &Expr, statement_level: bool, v: &mut impl Visitor) {
@@ -137,11 +142,7 @@ fn expr(e: &Expr, statement_level: bool, v: &mut impl Visitor) {
             value,
             collection,
             ..
-        } => {
-            key.iter().for_each(|k| expr(k, false, v));
-            expr(value, false, v);
-            expr(collection, false, v);
-        }
+        } => membership(key.as_deref(), value, collection, v),
         Expr::String { .. }
         | Expr::RawString { .. }
         | Expr::Number { .. }
