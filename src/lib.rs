@@ -11,6 +11,7 @@
 //! | `zt-audit` (default) | [`zt_audit`] | append-only, hash-chained audit log |
 //! | `zt-rotate` (default) | [`zt_rotate`] | the rotation seam the others share: holder trait, status, file watching, task handles |
 //! | `svid-client` | `svid_client` | SPIFFE X.509-SVIDs from the Workload API rotating into `mtls-verify`'s holders |
+//! | `ebpf` | `ebpf_l7_filter` | HTTP method/path rules for the kernel tc filter and the userspace twin (`L7RulesLayer`) |
 //! | `zt-tower` (default) | [`zt_tower`] | the TLS acceptor for axum/tonic and the tower layers (with the layers of the crates enabled above) |
 //!
 //! ```
@@ -20,6 +21,8 @@
 //! assert_eq!(id.trust_domain(), "example.org");
 //! ```
 
+#[cfg(feature = "ebpf")]
+pub use ebpf_l7_filter;
 #[cfg(feature = "jwt-oidc")]
 pub use jwt_oidc;
 #[cfg(feature = "mtls-verify")]
