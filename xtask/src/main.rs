@@ -22,6 +22,8 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("h2load", "nghttp2-client"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    // policy-rego's remote bundles: a real static server with ETags (tests/remote.rs).
+    ("nginx", "nginx"),
 ];
 
 /// Python packages the gRPC peer test needs (a real gRPC client: grpcio).

@@ -96,6 +96,15 @@ pub enum PolicyError {
     /// [`PolicyOptions::allow_regorus_semantics`](crate::PolicyOptions::allow_regorus_semantics).
     #[error("not decided as OPA decides: {0}")]
     OpaDivergence(String),
+    /// A bundle server or log service could not be reached, answered with an error status,
+    /// or sent more than allowed (feature `remote`).
+    #[error("service {url}: {reason}")]
+    Remote {
+        /// The URL that was requested (never carries credentials).
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// Watching the bundle failed outside of reading it as a bundle (a background thread
     /// could not start, a path could not be read).
     #[error("policy watch: {0}")]

@@ -65,6 +65,9 @@
 //! - [`PolicyEngine`] holds the set in force and swaps it atomically on reload;
 //!   [`PolicyWatcher`] reloads it when the bundle on disk changes; decisions can be logged in
 //!   OPA's decision-log format through a [`DecisionLogSink`].
+//! - With the `remote` feature, `BundleDownloader` polls a bundle server (ETags, long
+//!   polling, signed bundles) into an engine and `LogUploader` ships decision logs (and
+//!   zt-audit lines) to a log service, as OPA does both; see `docs/fleet.md`.
 //! - [`InputBuilder`] turns an `http` request plus peer identity and token claims into the
 //!   OPA-Envoy-style input document.
 //!
@@ -80,6 +83,8 @@ mod error;
 mod input;
 mod log;
 mod policy;
+#[cfg(feature = "remote")]
+mod remote;
 mod test_report;
 mod watch;
 
@@ -93,6 +98,11 @@ pub use error::{PolicyError, Result};
 pub use input::{InputBuilder, InputDocument, InputOptions, PolicyInput};
 pub use log::{BundleRevision, DecisionLogConfig, DecisionLogRecord, DecisionLogSink};
 pub use policy::{Evaluator, PolicyOptions, PolicySet};
+#[cfg(feature = "remote")]
+pub use remote::{
+    BundleDownloader, BundleDownloaderBuilder, BundleStatus, DownloadOutcome,
+    LONG_POLLING_MEDIA_TYPE, LogUploader, LogUploaderBuilder, UploadError, UploadStatus,
+};
 pub use test_report::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, WatchEvent, WatchHandle};
 pub use zt_rotate::{MaterialHolder, RotationStatus};
