@@ -101,7 +101,8 @@ pub use policy::{Evaluator, PolicyOptions, PolicySet};
 #[cfg(feature = "remote")]
 pub use remote::{
     BundleDownloader, BundleDownloaderBuilder, BundleStatus, DownloadOutcome,
-    LONG_POLLING_MEDIA_TYPE, LogUploader, LogUploaderBuilder, UploadError, UploadStatus,
+    LONG_POLLING_MEDIA_TYPE, LogUploader, LogUploaderBuilder, Service, ServiceBuilder, UploadError,
+    UploadStatus,
 };
 pub use test_report::{TestOutcome, TestReport, TestResult};
 pub use watch::{PolicyWatcher, WatchEvent, WatchHandle};

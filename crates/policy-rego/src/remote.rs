@@ -18,7 +18,7 @@
 //! configuration keys.
 
 mod download;
-mod http;
+mod service;
 mod upload;
 
 use std::hash::{BuildHasher as _, Hasher as _};
@@ -28,6 +28,7 @@ pub use download::{
     BundleDownloader, BundleDownloaderBuilder, BundleStatus, DownloadOutcome,
     LONG_POLLING_MEDIA_TYPE,
 };
+pub use service::{Service, ServiceBuilder};
 pub use upload::{LogUploader, LogUploaderBuilder, UploadError, UploadStatus};
 
 /// A range of waits (OPA's `min_delay_seconds` / `max_delay_seconds`).

@@ -15,7 +15,7 @@ use hyper::body::Bytes;
 use policy_rego::{
     BundleDownloader, BundleSigner, BundleWriter, DecisionLogConfig, DownloadOutcome, LogUploader,
     Manifest, MaterialHolder, PolicyEngine, PolicyError, PolicyInput, PolicyOptions, PolicySet,
-    SignatureVerifier,
+    Service, SignatureVerifier,
 };
 
 const ALLOW_ALICE: &str =
@@ -58,6 +58,15 @@ async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+const BUNDLE: &str = "bundles/authz.tar.gz";
+
+fn local(port: u16) -> Service {
+    Service::builder(format!("http://127.0.0.1:{port}"))
+        .allow_insecure_http()
+        .build()
+        .unwrap()
 }
 
 // === nginx ===
@@ -113,8 +122,8 @@ impl Nginx {
         Nginx { child, dir, port }
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/bundles/authz.tar.gz", self.port)
+    fn service(&self) -> Service {
+        local(self.port)
     }
 
     /// Replaces the bundle file atomically (write, set mtime, rename), with a modification
@@ -162,9 +171,8 @@ async fn bundles_from_nginx_are_polled_with_etags_and_replaced_under_load() {
     let engine = engine_with(PolicyOptions::new(), &bundle("bootstrap"));
     nginx.publish(&bundle("r1"), 1);
 
-    let downloader = BundleDownloader::builder(nginx.url())
+    let downloader = BundleDownloader::builder(&nginx.service(), BUNDLE)
         .name("authz")
-        .allow_insecure_http()
         .polling(Duration::from_millis(20), Duration::from_millis(60))
         .build(engine.clone())
         .unwrap();
@@ -302,8 +310,7 @@ async fn signed_bundles_from_nginx_are_verified_before_activation() {
     );
     let signed = |rev: &str| writer(rev, TEST_ALICE).sign(signer()).to_tar_gz().unwrap();
     let engine = engine_with(options, &signed("s0"));
-    let downloader = BundleDownloader::builder(nginx.url())
-        .allow_insecure_http()
+    let downloader = BundleDownloader::builder(&nginx.service(), BUNDLE)
         .build(engine.clone())
         .unwrap();
 
@@ -381,6 +388,7 @@ async fn signed_bundles_from_nginx_are_verified_before_activation() {
 #[derive(Debug, Clone)]
 struct Seen {
     method: String,
+    path: String,
     headers: http::HeaderMap,
     body: Vec<u8>,
     answered: u16,
@@ -422,6 +430,7 @@ impl Peer {
                                     .unwrap_or_default();
                                 let mut seen = Seen {
                                     method: parts.method.to_string(),
+                                    path: parts.uri.path().to_owned(),
                                     headers: parts.headers,
                                     body,
                                     answered: 0,
@@ -514,8 +523,7 @@ async fn long_polling_is_asked_for_and_followed_only_while_the_server_supports_i
     })
     .await;
     let engine = engine_with(PolicyOptions::new(), &bundle("bootstrap"));
-    let downloader = BundleDownloader::builder(format!("http://{}/b.tar.gz", peer.addr))
-        .allow_insecure_http()
+    let downloader = BundleDownloader::builder(&local(peer.addr.port()), "b.tar.gz")
         .long_polling(Duration::from_secs(30))
         .build(engine.clone())
         .unwrap();
@@ -546,8 +554,7 @@ async fn long_polling_is_asked_for_and_followed_only_while_the_server_supports_i
 async fn download_failures_are_recorded_and_the_last_good_set_keeps_deciding() {
     let peer = Peer::start(|_| respond(503, &[], b"busy".to_vec())).await;
     let engine = engine_with(PolicyOptions::new(), &bundle("good"));
-    let downloader = BundleDownloader::builder(format!("http://{}/b.tar.gz", peer.addr))
-        .allow_insecure_http()
+    let downloader = BundleDownloader::builder(&local(peer.addr.port()), "b.tar.gz")
         .build(engine.clone())
         .unwrap();
     let err = downloader.poll_once().await.unwrap_err();
@@ -566,8 +573,7 @@ async fn download_failures_are_recorded_and_the_last_good_set_keeps_deciding() {
 
     // Too large: refused while streaming, whatever the server says its length is.
     let big = Peer::start(|_| respond(200, &[], vec![0u8; 4096])).await;
-    let small = BundleDownloader::builder(format!("http://{}/b.tar.gz", big.addr))
-        .allow_insecure_http()
+    let small = BundleDownloader::builder(&local(big.addr.port()), "b.tar.gz")
         .size_limit_bytes(1000)
         .build(engine.clone())
         .unwrap();
@@ -576,7 +582,7 @@ async fn download_failures_are_recorded_and_the_last_good_set_keeps_deciding() {
 
     // Plain http needs the opt-out.
     assert!(matches!(
-        BundleDownloader::builder(format!("http://{}/b.tar.gz", peer.addr)).build(engine.clone()),
+        Service::builder(format!("http://{}", peer.addr)).build(),
         Err(PolicyError::Config(_))
     ));
 }
@@ -605,8 +611,7 @@ fn ok() -> http::Response<Full<Bytes>> {
 #[tokio::test]
 async fn decisions_are_uploaded_as_gzipped_json_arrays_batched_by_time() {
     let peer = Peer::start(|_| ok()).await;
-    let uploader = LogUploader::builder(format!("http://{}/logs", peer.addr))
-        .allow_insecure_http()
+    let uploader = LogUploader::builder(&local(peer.addr.port()))
         .reporting(Duration::from_millis(50), Duration::from_millis(100))
         .build()
         .unwrap();
@@ -665,8 +670,7 @@ async fn decisions_are_uploaded_as_gzipped_json_arrays_batched_by_time() {
 #[tokio::test]
 async fn a_full_batch_is_uploaded_at_once_without_waiting_for_the_timer() {
     let peer = Peer::start(|_| ok()).await;
-    let uploader = LogUploader::builder(format!("http://{}/logs", peer.addr))
-        .allow_insecure_http()
+    let uploader = LogUploader::builder(&local(peer.addr.port()))
         // The timer alone would wait an hour.
         .reporting(Duration::from_secs(3600), Duration::from_secs(3600))
         .batch_size_limit_bytes(1200)
@@ -703,8 +707,7 @@ async fn a_failed_upload_is_retried_with_the_same_batch() {
         respond(status, &[], Vec::new())
     })
     .await;
-    let uploader = LogUploader::builder(format!("http://{}/logs", peer.addr))
-        .allow_insecure_http()
+    let uploader = LogUploader::builder(&local(peer.addr.port()))
         .reporting(Duration::from_millis(20), Duration::from_millis(40))
         .build()
         .unwrap();
@@ -754,8 +757,7 @@ async fn a_failed_upload_is_retried_with_the_same_batch() {
 #[tokio::test]
 async fn a_full_buffer_drops_events_and_counts_them() {
     let peer = Peer::start(|_| ok()).await;
-    let uploader = LogUploader::builder(format!("http://{}/logs", peer.addr))
-        .allow_insecure_http()
+    let uploader = LogUploader::builder(&local(peer.addr.port()))
         .buffer_size_limit_bytes(2000)
         .build()
         .unwrap();
@@ -798,8 +800,8 @@ async fn audit_lines_ship_with_their_chain_positions_and_verify_at_the_receiver(
     }
     audit.sync().unwrap();
     let peer = Peer::start(|_| ok()).await;
-    let uploader = LogUploader::builder(format!("http://{}/audit", peer.addr))
-        .allow_insecure_http()
+    let uploader = LogUploader::builder(&local(peer.addr.port()))
+        .resource("audit")
         .build()
         .unwrap();
     let files = audit.files().unwrap();
@@ -812,6 +814,7 @@ async fn audit_lines_ship_with_their_chain_positions_and_verify_at_the_receiver(
         }
     }
     assert_eq!(uploader.flush().await.unwrap(), 5);
+    assert_eq!(peer.seen()[0].path, "/audit");
 
     // The central store: the lines, rebuilt from the events, verify as a chain.
     let events: Vec<_> = peer.accepted_batches().into_iter().flatten().collect();

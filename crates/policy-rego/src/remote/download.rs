@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use hyper::body::Bytes;
 use zt_rotate::{MaterialHolder, RotationStatus, StatusRecorder, TaskHandle};
 
-use super::http::{Endpoint, bearer_header, default_tls, remote_error, service_url};
+use super::service::{Service, remote_error};
 use super::{Delays, jittered};
 use crate::engine::PolicyEngine;
 use crate::error::{PolicyError, Result};
@@ -22,20 +22,17 @@ pub const LONG_POLLING_MEDIA_TYPE: &str = "application/vnd.openpolicyagent.bundl
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct BundleDownloaderBuilder {
-    url: String,
+    service: Service,
+    resource: String,
     name: Option<String>,
     delays: Delays,
     long_polling: Option<Duration>,
-    timeout: Duration,
     max_bytes: Option<u64>,
-    allow_http: bool,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    bearer: Option<String>,
 }
 
 impl BundleDownloaderBuilder {
     /// The bundle's name in logs, decision logs and status (OPA's key under `bundles`;
-    /// default: the URL's path).
+    /// default: the resource).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -57,13 +54,6 @@ impl BundleDownloaderBuilder {
         self
     }
 
-    /// The deadline for one exchange (connect, TLS, request, whole body; default 10 s). With
-    /// long polling the server's wait is added to it.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
     /// The largest bundle accepted, in bytes (OPA's `size_limit_bytes`; default: the
     /// engine's [`BundleLimits`](crate::BundleLimits) compressed size, 16 MiB).
     pub fn size_limit_bytes(mut self, bytes: u64) -> Self {
@@ -71,42 +61,14 @@ impl BundleDownloaderBuilder {
         self
     }
 
-    /// Sends `Authorization: Bearer <token>` (OPA's `credentials.bearer.token`).
-    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
-        self.bearer = Some(token.into());
-        self
-    }
-
-    /// The TLS client configuration (roots to trust, a client certificate for mTLS;
-    /// default: the Mozilla roots, no client certificate).
-    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
-        self.tls = Some(config);
-        self
-    }
-
-    /// Accepts a plain `http://` URL (tests, a server on the loopback or behind a mesh that
-    /// encrypts). Off by default: bundles decide who gets in, and unsigned ones fetched in
-    /// clear text can be replaced on the way.
-    pub fn allow_insecure_http(mut self) -> Self {
-        self.allow_http = true;
-        self
-    }
-
     /// The downloader, activating what it fetches in `engine`.
     ///
     /// # Errors
     ///
-    /// [`PolicyError::Config`] for a URL that is not `https` (unless allowed), has no host or
-    /// carries credentials, a bearer token that is not a valid header value, or a TLS
-    /// configuration that cannot be built.
+    /// [`PolicyError::Config`] when the service URL and the resource do not make a URL.
     pub fn build(self, engine: PolicyEngine) -> Result<BundleDownloader> {
-        let url = service_url(&self.url, self.allow_http)?;
-        let tls = match self.tls {
-            Some(tls) => tls,
-            None => default_tls()?,
-        };
-        let bearer = self.bearer.as_deref().map(bearer_header).transpose()?;
-        let name = self.name.unwrap_or_else(|| url.path().to_owned());
+        let url = self.service.url(&self.resource)?;
+        let name = self.name.unwrap_or_else(|| self.resource.clone());
         let max_bytes = self.max_bytes.unwrap_or_else(|| {
             engine
                 .options()
@@ -116,12 +78,8 @@ impl BundleDownloaderBuilder {
         });
         Ok(BundleDownloader {
             shared: Arc::new(Shared {
-                endpoint: Endpoint {
-                    url,
-                    tls,
-                    bearer,
-                    timeout: self.timeout,
-                },
+                service: self.service,
+                url,
                 engine,
                 status: StatusRecorder::new("remote policy bundle"),
                 name,
@@ -204,7 +162,8 @@ struct State {
 
 struct Shared {
     engine: PolicyEngine,
-    endpoint: Endpoint,
+    service: Service,
+    url: url::Url,
     name: String,
     delays: Delays,
     long_polling: Option<Duration>,
@@ -238,13 +197,14 @@ struct Shared {
 ///
 /// ```no_run
 /// use std::time::Duration;
-/// use policy_rego::{BundleDownloader, PolicyEngine, PolicyOptions, SignatureVerifier};
+/// use policy_rego::{BundleDownloader, PolicyEngine, PolicyOptions, Service, SignatureVerifier};
 ///
 /// # async fn run(public_pem: &[u8]) -> Result<(), policy_rego::PolicyError> {
 /// let options = PolicyOptions::new()
 ///     .verification_key(SignatureVerifier::from_public_key_pem("ES256", public_pem)?);
 /// let engine = PolicyEngine::load("/etc/ztkit/bootstrap-bundle", options)?;
-/// let downloader = BundleDownloader::builder("https://bundles.example.com/authz/bundle.tar.gz")
+/// let service = Service::builder("https://bundles.example.com/v1").build()?;
+/// let downloader = BundleDownloader::builder(&service, "authz/bundle.tar.gz")
 ///     .name("authz")
 ///     .polling(Duration::from_secs(60), Duration::from_secs(120))
 ///     .long_polling(Duration::from_secs(300))
@@ -264,25 +224,22 @@ impl std::fmt::Debug for BundleDownloader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BundleDownloader")
             .field("name", &self.shared.name)
-            .field("endpoint", &self.shared.endpoint)
+            .field("url", &self.shared.url.as_str())
             .finish_non_exhaustive()
     }
 }
 
 impl BundleDownloader {
-    /// A downloader for the bundle at `url` (OPA's service `url` joined with the bundle's
-    /// `resource`), with OPA's default delays (60–120 s), no long polling, a 10 s timeout.
-    pub fn builder(url: impl Into<String>) -> BundleDownloaderBuilder {
+    /// A downloader for the bundle at `resource` on `service` (OPA's `bundles.<name>.service`
+    /// and `resource`), with OPA's default delays (60–120 s) and no long polling.
+    pub fn builder(service: &Service, resource: impl Into<String>) -> BundleDownloaderBuilder {
         BundleDownloaderBuilder {
-            url: url.into(),
+            service: service.clone(),
+            resource: resource.into(),
             name: None,
             delays: Delays::new(Duration::from_secs(60), Duration::from_secs(120)),
             long_polling: None,
-            timeout: Duration::from_secs(10),
             max_bytes: None,
-            allow_http: false,
-            tls: None,
-            bearer: None,
         }
     }
 
@@ -314,7 +271,7 @@ impl BundleDownloader {
         let state = shared.state();
         BundleStatus {
             name: shared.name.clone(),
-            url: shared.endpoint.url.as_str().to_owned(),
+            url: shared.url.as_str().to_owned(),
             revision: state.revision.clone(),
             etag: state.etag.clone(),
             last_request: state.last_request,
@@ -364,7 +321,7 @@ impl BundleDownloader {
         if let Some(etag) = etag.and_then(|e| HeaderValue::from_str(&e).ok()) {
             headers.insert(IF_NONE_MATCH, etag);
         }
-        let mut deadline = shared.endpoint.timeout;
+        let mut deadline = shared.service.timeout;
         if let Some(wait) = shared.long_polling {
             headers.insert(
                 ACCEPT,
@@ -384,9 +341,9 @@ impl BundleDownloader {
             state.requests += 1;
             state.last_request = Some(SystemTime::now());
         }
-        let url = &shared.endpoint.url;
+        let url = &shared.url;
         let reply = shared
-            .endpoint
+            .service
             .exchange(
                 Method::GET,
                 url,
@@ -452,7 +409,7 @@ impl BundleDownloader {
             Ok(done) => done,
             Err(e) => (
                 Err(PolicyError::Remote {
-                    url: self.shared.endpoint.url.as_str().to_owned(),
+                    url: self.shared.url.as_str().to_owned(),
                     reason: format!("activation did not finish: {e}"),
                 }),
                 false,

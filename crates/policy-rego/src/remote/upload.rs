@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use zt_rotate::TaskHandle;
 
 use super::Delays;
-use super::http::{Endpoint, bearer_header, default_tls, remote_error, service_url};
+use super::service::{Service, remote_error};
 use crate::error::{PolicyError, Result};
 use crate::log::{DecisionLogRecord, DecisionLogSink};
 
@@ -24,14 +24,11 @@ const MAX_REPLY_BYTES: u64 = 64 << 10;
 #[derive(Debug, Clone)]
 #[must_use = "a builder does nothing until build() is called"]
 pub struct LogUploaderBuilder {
-    url: String,
+    service: Service,
+    resource: String,
     delays: Delays,
     batch_bytes: usize,
     buffer_bytes: usize,
-    timeout: Duration,
-    allow_http: bool,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    bearer: Option<String>,
 }
 
 impl LogUploaderBuilder {
@@ -60,27 +57,9 @@ impl LogUploaderBuilder {
         self
     }
 
-    /// The deadline for one upload (default 10 s).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Sends `Authorization: Bearer <token>` (OPA's `credentials.bearer.token`).
-    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
-        self.bearer = Some(token.into());
-        self
-    }
-
-    /// The TLS client configuration (default: the Mozilla roots, no client certificate).
-    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
-        self.tls = Some(config);
-        self
-    }
-
-    /// Accepts a plain `http://` URL. Off by default: decision logs carry request inputs.
-    pub fn allow_insecure_http(mut self) -> Self {
-        self.allow_http = true;
+    /// Where on the service events go (OPA's `decision_logs.resource`; default `/logs`).
+    pub fn resource(mut self, resource: impl Into<String>) -> Self {
+        self.resource = resource.into();
         self
     }
 
@@ -88,23 +67,13 @@ impl LogUploaderBuilder {
     ///
     /// # Errors
     ///
-    /// [`PolicyError::Config`] for a URL that is not `https` (unless allowed), has no host or
-    /// carries credentials, or a bearer token that is not a valid header value.
+    /// [`PolicyError::Config`] when the service URL and the resource do not make a URL.
     pub fn build(self) -> Result<LogUploader> {
-        let url = service_url(&self.url, self.allow_http)?;
-        let tls = match self.tls {
-            Some(tls) => tls,
-            None => default_tls()?,
-        };
-        let bearer = self.bearer.as_deref().map(bearer_header).transpose()?;
+        let url = self.service.url(&self.resource)?;
         Ok(LogUploader {
             shared: Arc::new(Shared {
-                endpoint: Endpoint {
-                    url,
-                    tls,
-                    bearer,
-                    timeout: self.timeout,
-                },
+                service: self.service,
+                url,
                 delays: self.delays,
                 batch_bytes: self.batch_bytes,
                 buffer_bytes: self.buffer_bytes,
@@ -173,7 +142,8 @@ struct Batch {
 }
 
 struct Shared {
-    endpoint: Endpoint,
+    service: Service,
+    url: url::Url,
     delays: Delays,
     batch_bytes: usize,
     buffer_bytes: usize,
@@ -199,10 +169,11 @@ struct Shared {
 ///   not fit is dropped and counted, never blocking the request path.
 ///
 /// ```no_run
-/// use policy_rego::{DecisionLogConfig, LogUploader, PolicyEngine, PolicyOptions};
+/// use policy_rego::{DecisionLogConfig, LogUploader, PolicyEngine, PolicyOptions, Service};
 ///
 /// # async fn run() -> Result<(), policy_rego::PolicyError> {
-/// let uploader = LogUploader::builder("https://logs.example.com/logs").build()?;
+/// let service = Service::builder("https://logs.example.com").bearer_token("t").build()?;
+/// let uploader = LogUploader::builder(&service).build()?;
 /// let engine = PolicyEngine::builder(PolicyOptions::new())
 ///     .decision_log(DecisionLogConfig::new(uploader.clone()).label("app", "orders"))
 ///     .load("/etc/ztkit/policy")?;
@@ -221,7 +192,7 @@ pub struct LogUploader {
 impl std::fmt::Debug for LogUploader {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LogUploader")
-            .field("endpoint", &self.shared.endpoint)
+            .field("url", &self.shared.url.as_str())
             .finish_non_exhaustive()
     }
 }
@@ -253,18 +224,15 @@ struct AuditEvent<'a> {
 }
 
 impl LogUploader {
-    /// An uploader to `url` (OPA's service `url` joined with the decision-log `resource`,
-    /// `/logs` by default), with OPA's default delays (300–600 s) and batch size (32 KiB).
-    pub fn builder(url: impl Into<String>) -> LogUploaderBuilder {
+    /// An uploader to `service` (OPA's `decision_logs.service`), resource `/logs`, with
+    /// OPA's default delays (300–600 s) and batch size (32 KiB).
+    pub fn builder(service: &Service) -> LogUploaderBuilder {
         LogUploaderBuilder {
-            url: url.into(),
+            service: service.clone(),
+            resource: "/logs".to_owned(),
             delays: Delays::new(Duration::from_secs(300), Duration::from_secs(600)),
             batch_bytes: 32 << 10,
             buffer_bytes: 16 << 20,
-            timeout: Duration::from_secs(10),
-            allow_http: false,
-            tls: None,
-            bearer: None,
         }
     }
 
@@ -346,7 +314,7 @@ impl LogUploader {
     pub fn status(&self) -> UploadStatus {
         let queue = self.shared.queue();
         UploadStatus {
-            url: self.shared.endpoint.url.as_str().to_owned(),
+            url: self.shared.url.as_str().to_owned(),
             buffered_events: queue.events.len() + queue.pending_events,
             buffered_bytes: queue.held_bytes,
             uploaded_events: queue.uploaded_events,
@@ -393,15 +361,15 @@ impl LogUploader {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-        let url = &shared.endpoint.url;
+        let url = &shared.url;
         let reply = shared
-            .endpoint
+            .service
             .exchange(
                 Method::POST,
                 url,
                 headers,
                 batch.gzipped.clone(),
-                shared.endpoint.timeout,
+                shared.service.timeout,
                 MAX_REPLY_BYTES,
             )
             .await
@@ -493,8 +461,11 @@ mod tests {
     use super::*;
 
     fn uploader(batch: usize, buffer: usize) -> LogUploader {
-        LogUploader::builder("http://127.0.0.1:9/logs")
+        let service = Service::builder("http://127.0.0.1:9")
             .allow_insecure_http()
+            .build()
+            .unwrap();
+        LogUploader::builder(&service)
             .batch_size_limit_bytes(batch)
             .buffer_size_limit_bytes(buffer)
             .build()

@@ -1,6 +1,7 @@
-//! The HTTP(S) client the bundle downloader and the log uploader share: rustls (aws-lc-rs),
-//! HTTP/1.1, one connection per exchange, a deadline over the whole exchange, a streamed
-//! response size limit, no redirects, and an optional bearer token.
+//! [`Service`]: where bundles come from and logs go (OPA's `services[]`), and the HTTP(S)
+//! client the bundle downloader and the log uploader share: rustls (aws-lc-rs), HTTP/1.1,
+//! one connection per exchange, a deadline over the whole exchange, a streamed response
+//! size limit, no redirects, and an optional bearer token.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,23 +16,141 @@ use url::Url;
 
 use crate::error::PolicyError;
 
-/// Where and how to reach one service (OPA's `services[]` entry).
+/// A service that bundles are downloaded from or logs uploaded to (OPA's `services[]`
+/// entry): its base URL, credentials, TLS and timeout, shared by every
+/// [`BundleDownloader`](crate::BundleDownloader) and [`LogUploader`](crate::LogUploader)
+/// built on it.
+///
+/// ```
+/// use std::time::Duration;
+/// use policy_rego::Service;
+///
+/// let acme = Service::builder("https://bundles.example.com/v1")
+///     .bearer_token("secret")
+///     .timeout(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(acme.url("authz/bundle.tar.gz")?.as_str(), "https://bundles.example.com/v1/authz/bundle.tar.gz");
+/// assert!(Service::builder("http://bundles.example.com").build().is_err(), "https only by default");
+/// # Ok::<(), policy_rego::PolicyError>(())
+/// ```
 #[derive(Clone)]
-pub(crate) struct Endpoint {
-    pub(crate) url: Url,
+pub struct Service {
+    pub(crate) base: Url,
     pub(crate) tls: Arc<rustls::ClientConfig>,
     pub(crate) bearer: Option<HeaderValue>,
     pub(crate) timeout: Duration,
 }
 
-impl std::fmt::Debug for Endpoint {
+impl std::fmt::Debug for Service {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the token.
-        f.debug_struct("Endpoint")
-            .field("url", &self.url.as_str())
+        f.debug_struct("Service")
+            .field("url", &self.base.as_str())
             .field("timeout", &self.timeout)
             .field("bearer", &self.bearer.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`Service`]; see [`Service::builder`].
+#[derive(Clone)]
+#[must_use = "a builder does nothing until build() is called"]
+pub struct ServiceBuilder {
+    url: String,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    bearer: Option<String>,
+    timeout: Duration,
+    allow_http: bool,
+}
+
+impl std::fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("url", &self.url)
+            .field("timeout", &self.timeout)
+            .field("allow_http", &self.allow_http)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceBuilder {
+    /// Sends `Authorization: Bearer <token>` (OPA's `credentials.bearer.token`).
+    pub fn bearer_token(mut self, token: impl Into<String>) -> Self {
+        self.bearer = Some(token.into());
+        self
+    }
+
+    /// The TLS client configuration (roots to trust, a client certificate for mTLS;
+    /// default: the Mozilla roots, no client certificate).
+    pub fn tls_config(mut self, config: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// The deadline for one exchange: connect, TLS, request and the whole reply (default
+    /// 10 s). A long poll adds the server's wait to it.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Accepts a plain `http://` URL (tests, a server on the loopback or behind a mesh that
+    /// encrypts). Off by default: bundles decide who gets in and decision logs carry request
+    /// inputs; both can be read or replaced on the way in clear text.
+    pub fn allow_insecure_http(mut self) -> Self {
+        self.allow_http = true;
+        self
+    }
+
+    /// The service.
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Config`] for a URL that is not `https` (unless allowed), has no host or
+    /// carries credentials, a bearer token that is not a valid header value, or a TLS
+    /// configuration that cannot be built.
+    pub fn build(self) -> Result<Service, PolicyError> {
+        let base = service_url(&self.url, self.allow_http)?;
+        let tls = match self.tls {
+            Some(tls) => tls,
+            None => default_tls()?,
+        };
+        let bearer = self.bearer.as_deref().map(bearer_header).transpose()?;
+        Ok(Service {
+            base,
+            tls,
+            bearer,
+            timeout: self.timeout,
+        })
+    }
+}
+
+impl Service {
+    /// A service at `url` (OPA's `services[].url`), `https` only, the Mozilla roots, no
+    /// credentials, a 10 s timeout.
+    pub fn builder(url: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder {
+            url: url.into(),
+            tls: None,
+            bearer: None,
+            timeout: Duration::from_secs(10),
+            allow_http: false,
+        }
+    }
+
+    /// The URL of `resource` on this service, as OPA joins them (`<url>/<resource>`, one
+    /// slash between).
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Config`] when the result is not a valid URL.
+    pub fn url(&self, resource: &str) -> Result<Url, PolicyError> {
+        let joined = format!(
+            "{}/{}",
+            self.base.as_str().trim_end_matches('/'),
+            resource.trim_start_matches('/')
+        );
+        Url::parse(&joined).map_err(|e| PolicyError::Config(format!("resource {resource:?}: {e}")))
     }
 }
 
@@ -58,7 +177,7 @@ pub(crate) fn remote_error(url: &Url, reason: impl Into<String>) -> PolicyError 
 
 /// Parses and checks a service URL: `https` (or `http` when allowed), a host, no
 /// credentials in it.
-pub(crate) fn service_url(url: &str, allow_http: bool) -> Result<Url, PolicyError> {
+fn service_url(url: &str, allow_http: bool) -> Result<Url, PolicyError> {
     let parsed =
         Url::parse(url).map_err(|e| PolicyError::Config(format!("service URL {url:?}: {e}")))?;
     let refuse = |why: &str| PolicyError::Config(format!("service URL {parsed}: {why}"));
@@ -80,7 +199,7 @@ pub(crate) fn service_url(url: &str, allow_http: bool) -> Result<Url, PolicyErro
 }
 
 /// A TLS client configuration trusting the Mozilla roots (webpki-roots), aws-lc-rs.
-pub(crate) fn default_tls() -> Result<Arc<rustls::ClientConfig>, PolicyError> {
+fn default_tls() -> Result<Arc<rustls::ClientConfig>, PolicyError> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
@@ -93,15 +212,15 @@ pub(crate) fn default_tls() -> Result<Arc<rustls::ClientConfig>, PolicyError> {
     Ok(Arc::new(config))
 }
 
-pub(crate) fn bearer_header(token: &str) -> Result<HeaderValue, PolicyError> {
+fn bearer_header(token: &str) -> Result<HeaderValue, PolicyError> {
     let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
         .map_err(|_| PolicyError::Config("the bearer token is not a valid header value".into()))?;
     value.set_sensitive(true);
     Ok(value)
 }
 
-impl Endpoint {
-    /// Sends one request to `url` (this endpoint's or one under it) and reads the reply,
+impl Service {
+    /// Sends one request to `url` (one of [`Service::url`]) and reads the reply,
     /// all within `deadline`; the body is refused past `max_body` bytes.
     pub(crate) async fn exchange(
         &self,
