@@ -8,15 +8,14 @@ use std::time::Duration;
 
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore, Resumption};
 use rustls::crypto::CryptoProvider;
-use rustls::sign::SingleCertAndKey;
 use rustls::{ClientConfig, NamedGroup};
 
-use crate::material::{LoadedIdentity, load_roots};
+use crate::material::{IdentityResolver, LoadedIdentity};
 use crate::pem::Source;
 use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::server::{CommonSettings, MaterialStatus};
 use crate::verifier::{ChainPolicy, ServerVerifier};
-use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
+use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, TrustDomainPolicy};
 
 /// Builds a [`ClientTls`] for outbound mTLS (tonic `Channel`, hyper client): our certificate
 /// and key, the CA bundle that server certificates must chain to, and an optional authorizer
@@ -47,6 +46,7 @@ pub struct ClientTlsBuilder {
     cert: Source,
     key: Source,
     server_ca: Source,
+    federated: Vec<(String, Source)>,
     authorizer: Option<IdentityAuthorizer>,
     identity_only: bool,
     policy: ChainPolicy,
@@ -92,6 +92,7 @@ impl ClientTlsBuilder {
             cert,
             key,
             server_ca,
+            federated: Vec::new(),
             authorizer: None,
             identity_only: false,
             policy: ChainPolicy::default(),
@@ -103,6 +104,37 @@ impl ClientTlsBuilder {
     /// in addition to the hostname check.
     pub fn server_authorizer(mut self, authorizer: IdentityAuthorizer) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Turns on SPIFFE trust with this policy: the server's chain is verified against the
+    /// bundle of the server's own trust domain, if the policy allows it; see
+    /// [`ServerTlsBuilder::trust_domain_policy`](crate::ServerTlsBuilder::trust_domain_policy).
+    pub fn trust_domain_policy(mut self, policy: TrustDomainPolicy) -> Self {
+        self.common.trust_domain_policy = Some(policy);
+        self
+    }
+
+    /// Adds the bundle file of a federated trust domain (PEM, DER, or SPIFFE bundle JSON),
+    /// reloaded with the rest.
+    pub fn federated_bundle_file(mut self, trust_domain: &str, path: impl Into<PathBuf>) -> Self {
+        self.federated
+            .push((trust_domain.to_owned(), Source::File(path.into())));
+        self
+    }
+
+    /// Adds the bundle of a federated trust domain given as bytes.
+    pub fn federated_bundle(mut self, trust_domain: &str, bundle: &[u8]) -> Self {
+        self.federated
+            .push((trust_domain.to_owned(), Source::Memory(Arc::from(bundle))));
+        self
+    }
+
+    /// Stops presenting our certificate once it has expired (we then send none, and the
+    /// server refuses us); see
+    /// [`ServerTlsBuilder::refuse_handshakes_after_expiry`](crate::ServerTlsBuilder::refuse_handshakes_after_expiry).
+    pub fn refuse_handshakes_after_expiry(mut self) -> Self {
+        self.common.refuse_after_expiry = true;
         self
     }
 
@@ -180,6 +212,7 @@ impl ClientTlsBuilder {
         let sources = vec![self.cert, self.key, self.server_ca];
         let parts = ClientParts {
             sources,
+            federated: self.federated,
             authorizer: self
                 .authorizer
                 .map(|a| Arc::new(a) as Arc<dyn AuthorizeIdentity>),
@@ -212,6 +245,7 @@ impl fmt::Debug for ClientTls {
 
 struct ClientParts {
     sources: Vec<Source>,
+    federated: Vec<(String, Source)>,
     authorizer: Option<Arc<dyn AuthorizeIdentity>>,
     identity_only: bool,
     policy: ChainPolicy,
@@ -227,6 +261,10 @@ impl Build for ClientParts {
 
     fn sources(&self) -> &[Source] {
         &self.sources
+    }
+
+    fn federated_sources(&self) -> &[(String, Source)] {
+        &self.federated
     }
 
     fn common(&self) -> &CommonSettings {
@@ -250,9 +288,9 @@ impl Build for ClientParts {
                 Error::Task("material snapshot is incomplete".into())
             });
         };
-        let roots = load_roots(ca, ca_path)?;
+        let anchors = self.common.anchors(identity, (ca, ca_path), snap)?;
         let verifier = Arc::new(ServerVerifier::new(
-            roots,
+            anchors,
             self.policy,
             self.authorizer.clone(),
             !self.identity_only,
@@ -261,8 +299,9 @@ impl Build for ClientParts {
             .with_protocol_versions(self.common.versions())?
             .dangerous()
             .with_custom_certificate_verifier(verifier)
-            .with_client_cert_resolver(Arc::new(SingleCertAndKey::from(
-                identity.certified.clone(),
+            .with_client_cert_resolver(Arc::new(IdentityResolver::new(
+                identity,
+                self.common.refuse_after_expiry,
             )));
         config.alpn_protocols = self.common.alpn.clone();
         config.resumption = Resumption::store(self.sessions.clone());

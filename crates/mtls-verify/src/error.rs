@@ -130,6 +130,25 @@ pub enum Error {
     #[error("peer not authorized: {0}")]
     NotAuthorized(IdentityRejection),
 
+    /// A SPIFFE peer's trust domain has no bundle this side may use: none in the bundle set,
+    /// or one the trust-domain policy excludes.
+    #[error("trust domain {trust_domain} is not trusted: {reason}")]
+    UntrustedTrustDomain {
+        /// The peer's trust domain.
+        trust_domain: String,
+        /// Why no bundle of it is used.
+        reason: String,
+    },
+
+    /// A SPIFFE bundle (JSON, `use: "x509-svid"` keys with `x5c`) cannot be used.
+    #[error("SPIFFE bundle {}: {reason}", path.display())]
+    SpiffeBundle {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// A string is not a valid SPIFFE ID.
     #[error("invalid SPIFFE ID: {0}")]
     SpiffeId(String),

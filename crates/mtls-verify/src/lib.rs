@@ -10,6 +10,13 @@
 //! - [`PeerIdentity`]: the verified client's SPIFFE ID, SANs, subject, serial and SHA-256
 //!   fingerprint, parsed once per connection ([`ServerTls::peer_identity`]).
 //! - [`ClientTlsBuilder`] → [`ClientTls`] for outbound mTLS.
+//! - SPIFFE trust with federated trust domains: with a [`TrustDomainPolicy`] set, each peer
+//!   chain is verified against the bundle of the peer's own trust domain (its leaf's single
+//!   SPIFFE URI SAN), never a union of bundles; bundles are PEM, DER or SPIFFE bundle JSON,
+//!   from files (watched) or any source (`TlsMaterial::federated_bundle`). See
+//!   `docs/spiffe.md`.
+//! - Fail closed on expiry (opt-in, `refuse_handshakes_after_expiry`): our certificate past
+//!   its notAfter is no longer presented, so new handshakes fail on our side.
 //! - Rotation the ztkit way (`zt-rotate`, `docs/rotation.md`): both handles are
 //!   [`MaterialHolder`]s, so any source can [`update`](MaterialHolder::update) them with
 //!   [`TlsMaterial`]; `spawn_reloader` watches the files (polling with settling, inotify
@@ -63,6 +70,7 @@ pub use server::{
     ServerTls, ServerTlsBuilder,
 };
 pub use spiffe::SpiffeId;
+pub use trust_domains::TrustDomainPolicy;
 pub use verifier::{
     ChainVerifyOptions, DEFAULT_MAX_CHAIN_DEPTH, DEFAULT_MIN_RSA_BITS, human_reason,
     verify_client_chain,
@@ -83,6 +91,7 @@ mod refused;
 mod reload;
 mod server;
 pub mod spiffe;
+mod trust_domains;
 mod verifier;
 
 use std::sync::{Arc, OnceLock};

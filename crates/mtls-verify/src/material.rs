@@ -113,9 +113,78 @@ pub(crate) fn root_store(
     Ok(Arc::new(store))
 }
 
-/// Parses a CA bundle into a root store.
-pub(crate) fn load_roots(pem: &[u8], path: &Path) -> Result<Arc<RootCertStore>, Error> {
-    root_store(&certificates_at(pem, path)?, path)
+/// Parses a CA bundle into a root store: PEM, DER, or a SPIFFE bundle (JSON).
+pub(crate) fn load_roots(bytes: &[u8], path: &Path) -> Result<Arc<RootCertStore>, Error> {
+    root_store(&ca_certificates_at(bytes, path)?, path)
+}
+
+/// The CA certificates of a bundle: PEM or DER, or a SPIFFE bundle (a JWKS document, told
+/// apart by its first non-blank byte `{`).
+pub(crate) fn ca_certificates_at(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        spiffe_bundle_certificates(bytes, path)
+    } else {
+        certificates_at(bytes, path)
+    }
+}
+
+/// A SPIFFE bundle as the SPIFFE Trust Domain and Bundle specification writes it: a JWKS
+/// whose X.509 authorities are keys with `use: "x509-svid"` and exactly one `x5c` entry
+/// (standard base64 DER). Keys of other uses (`jwt-svid`) are skipped; a bundle without
+/// X.509 authorities gives an empty list (an empty CA bundle for the local trust domain, no
+/// bundle at all for a federated one).
+#[derive(serde::Deserialize)]
+struct SpiffeBundleJson {
+    keys: Vec<SpiffeBundleKey>,
+}
+
+#[derive(serde::Deserialize)]
+struct SpiffeBundleKey {
+    #[serde(rename = "use")]
+    key_use: Option<String>,
+    #[serde(default)]
+    x5c: Vec<String>,
+}
+
+/// The X.509 authorities of a SPIFFE bundle (JSON).
+pub(crate) fn spiffe_bundle_certificates(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    use base64::Engine as _;
+    let fail = |reason: String| Error::SpiffeBundle {
+        path: path.to_owned(),
+        reason,
+    };
+    let doc: SpiffeBundleJson =
+        serde_json::from_slice(bytes).map_err(|e| fail(format!("not a JWKS document: {e}")))?;
+    let mut out = Vec::new();
+    for (i, key) in doc.keys.iter().enumerate() {
+        if key.key_use.as_deref() != Some("x509-svid") {
+            continue;
+        }
+        let [x5c] = key.x5c.as_slice() else {
+            return Err(fail(format!(
+                "key #{} (use x509-svid) has {} x5c entries, exactly one is required",
+                i + 1,
+                key.x5c.len()
+            )));
+        };
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(x5c)
+            .map_err(|_| fail(format!("key #{}: x5c is not base64", i + 1)))?;
+        if der.len() > crate::identity::MAX_CERTIFICATE_SIZE {
+            return Err(fail(format!("key #{}: certificate over 64 KiB", i + 1)));
+        }
+        if out.len() == crate::pem::MAX_CERTIFICATES_PER_FILE {
+            return Err(fail("too many x509-svid keys".into()));
+        }
+        out.push(CertificateDer::from(der));
+    }
+    Ok(out)
 }
 
 /// How the reason of an [`Error::Crl`] for a CRL past its nextUpdate begins (the reloader
@@ -197,4 +266,85 @@ pub(crate) fn load_crls(
         check_crl(crl, path, allow_expired)?;
     }
     Ok(crls)
+}
+
+// === IdentityResolver ===
+
+/// Presents our certificate in handshakes (both sides). With `refuse_after_expiry`, a
+/// certificate past its notAfter is no longer presented: a server then refuses new
+/// handshakes (no certificate to send), a client sends none (and the server refuses it).
+/// Fail closed when the source that should have renewed it did not.
+#[derive(Debug)]
+pub(crate) struct IdentityResolver {
+    certified: Arc<CertifiedKey>,
+    not_after: SystemTime,
+    serial: String,
+    refuse_after_expiry: bool,
+    /// Unix seconds of the last warning (at most one a minute).
+    last_warning: std::sync::atomic::AtomicU64,
+}
+
+impl IdentityResolver {
+    pub(crate) fn new(identity: &LoadedIdentity, refuse_after_expiry: bool) -> Self {
+        IdentityResolver {
+            certified: identity.certified.clone(),
+            not_after: identity.leaf.not_after(),
+            serial: identity.leaf.serial_hex().to_owned(),
+            refuse_after_expiry,
+            last_warning: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        if !self.refuse_after_expiry {
+            return Some(self.certified.clone());
+        }
+        let now = SystemTime::now();
+        if now <= self.not_after {
+            return Some(self.certified.clone());
+        }
+        let secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let last = self.last_warning.load(std::sync::atomic::Ordering::Relaxed);
+        if secs >= last.saturating_add(60)
+            && self
+                .last_warning
+                .compare_exchange(
+                    last,
+                    secs,
+                    std::sync::atomic::Ordering::Relaxed,
+                    std::sync::atomic::Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            tracing::warn!(
+                serial = %self.serial,
+                not_after = %rfc3339(self.not_after),
+                "our certificate expired and was not renewed: new handshakes are refused"
+            );
+        }
+        None
+    }
+}
+
+impl rustls::server::ResolvesServerCert for IdentityResolver {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for IdentityResolver {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }

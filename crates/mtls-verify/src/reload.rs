@@ -44,6 +44,7 @@ use crate::error::MEMORY;
 use crate::material::{CRL_EXPIRED, LoadedIdentity, load_identity};
 use crate::pem::{MAX_FILE_SIZE, Source};
 use crate::server::{CommonSettings, MaterialStatus};
+use crate::trust_domains::FederatedPart;
 
 /// Owns the background reloader started by `spawn_reloader`: `zt-rotate`'s
 /// [`TaskHandle`](zt_rotate::TaskHandle). Dropping it (or calling `stop`) stops the
@@ -100,6 +101,8 @@ pub struct TlsMaterial {
     /// Each part's name for errors (a file path, or `<memory>`) and its bytes: chain, key,
     /// CA bundle, then CRLs.
     parts: Vec<(PathBuf, Arc<[u8]>)>,
+    /// Federated trust domains' bundles, used by holders with a trust-domain policy.
+    federated: Vec<FederatedPart>,
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -108,6 +111,13 @@ impl fmt::Debug for TlsMaterial {
         let mut list = f.debug_list();
         for (name, bytes) in &self.parts {
             list.entry(&format_args!("{} ({} bytes)", name.display(), bytes.len()));
+        }
+        for (td, name, bytes) in &self.federated {
+            list.entry(&format_args!(
+                "bundle of {td}: {} ({} bytes)",
+                name.display(),
+                bytes.len()
+            ));
         }
         list.finish()
     }
@@ -119,7 +129,20 @@ impl TlsMaterial {
         let part = |bytes: &[u8]| (PathBuf::from(MEMORY), Arc::from(bytes));
         TlsMaterial {
             parts: vec![part(cert_chain_pem), part(key_pem), part(ca_pem)],
+            federated: Vec::new(),
         }
+    }
+
+    /// Adds the bundle of a federated trust domain (PEM, DER, or SPIFFE bundle JSON). Only a
+    /// holder built with a [trust-domain policy](crate::TrustDomainPolicy) uses it, for peers
+    /// of that trust domain the policy allows; the CA bundle is the local trust domain's.
+    pub fn federated_bundle(mut self, trust_domain: &str, bundle: &[u8]) -> Self {
+        self.federated.push((
+            trust_domain.to_owned(),
+            PathBuf::from(MEMORY),
+            Arc::from(bundle),
+        ));
+        self
     }
 
     /// Adds CRLs (PEM or DER; a server's only: a client refuses material with CRLs).
@@ -129,27 +152,45 @@ impl TlsMaterial {
     }
 
     /// Reads every source now (files by path; bytes as given).
-    pub(crate) fn read(sources: &[Source]) -> Result<Self, Error> {
+    pub(crate) fn read(sources: &[Source], federated: &[(String, Source)]) -> Result<Self, Error> {
         let mut parts = Vec::with_capacity(sources.len());
         for source in sources {
             parts.push((source.path().to_owned(), source.read()?));
         }
-        Ok(TlsMaterial { parts })
+        let mut bundles = Vec::with_capacity(federated.len());
+        for (td, source) in federated {
+            bundles.push((td.clone(), source.path().to_owned(), source.read()?));
+        }
+        Ok(TlsMaterial {
+            parts,
+            federated: bundles,
+        })
     }
 
     /// The material in a watcher's snapshot: each file's bytes as the snapshot holds them.
-    fn from_snapshot(sources: &[Source], snapshot: &FileSnapshot) -> Result<Self, Error> {
+    fn from_snapshot(
+        sources: &[Source],
+        federated: &[(String, Source)],
+        snapshot: &FileSnapshot,
+    ) -> Result<Self, Error> {
+        let bytes_of = |source: &Source| match source {
+            Source::File(path) => snapshot.get_shared(path).ok_or_else(|| {
+                Error::Task(format!("{} is missing from the snapshot", path.display()))
+            }),
+            Source::Memory(bytes) => Ok(bytes.clone()),
+        };
         let mut parts = Vec::with_capacity(sources.len());
         for source in sources {
-            let bytes = match source {
-                Source::File(path) => snapshot.get_shared(path).ok_or_else(|| {
-                    Error::Task(format!("{} is missing from the snapshot", path.display()))
-                })?,
-                Source::Memory(bytes) => bytes.clone(),
-            };
-            parts.push((source.path().to_owned(), bytes));
+            parts.push((source.path().to_owned(), bytes_of(source)?));
         }
-        Ok(TlsMaterial { parts })
+        let mut bundles = Vec::with_capacity(federated.len());
+        for (td, source) in federated {
+            bundles.push((td.clone(), source.path().to_owned(), bytes_of(source)?));
+        }
+        Ok(TlsMaterial {
+            parts,
+            federated: bundles,
+        })
     }
 }
 
@@ -157,17 +198,31 @@ impl TlsMaterial {
 pub(crate) struct Snapshot {
     pub(crate) paths: Vec<PathBuf>,
     pub(crate) contents: Vec<Arc<[u8]>>,
-    /// SHA-256 of each part, in order.
+    /// Federated trust domains' bundles.
+    pub(crate) federated: Vec<FederatedPart>,
+    /// Whether this is the material a builder starts from (`build`), not an update.
+    pub(crate) initial: bool,
+    /// SHA-256 of each part, in order, then of each federated bundle (with its name).
     digests: Vec<[u8; 32]>,
 }
 
 impl Snapshot {
     fn of(material: TlsMaterial) -> Self {
         let (paths, contents): (Vec<_>, Vec<_>) = material.parts.into_iter().unzip();
-        let digests = contents.iter().map(|c| Sha256::digest(c).into()).collect();
+        let mut digests: Vec<[u8; 32]> =
+            contents.iter().map(|c| Sha256::digest(c).into()).collect();
+        for (td, _, bytes) in &material.federated {
+            let mut hash = Sha256::new();
+            hash.update(td.as_bytes());
+            hash.update([0]);
+            hash.update(bytes);
+            digests.push(hash.finalize().into());
+        }
         Snapshot {
             paths,
             contents,
+            federated: material.federated,
+            initial: false,
             digests,
         }
     }
@@ -208,6 +263,8 @@ pub(crate) trait Build: Send + Sync + 'static {
     /// The material's sources given to the builder: our certificate chain and key
     /// ([`IDENTITY_FILES`]), then those that say whom we trust.
     fn sources(&self) -> &[Source];
+    /// The federated trust domains' bundles given to the builder.
+    fn federated_sources(&self) -> &[(String, Source)];
     /// The reload interval and expiry-warning window.
     fn common(&self) -> &CommonSettings;
     /// The provider our private key is loaded with.
@@ -280,7 +337,11 @@ pub(crate) struct Reloadable<B: Build> {
 impl<B: Build> Reloadable<B> {
     /// Reads the sources and builds generation 1.
     pub(crate) fn new(parts: B) -> Result<Self, Error> {
-        let snap = Snapshot::of(TlsMaterial::read(parts.sources())?);
+        let mut snap = Snapshot::of(TlsMaterial::read(
+            parts.sources(),
+            parts.federated_sources(),
+        )?);
+        snap.initial = true;
         let identity = identity_of(&parts, &snap)?;
         let config = parts.config(&identity, &snap)?;
         let status = StatusRecorder::new(B::MATERIAL);
@@ -324,12 +385,13 @@ impl<B: Build> Reloadable<B> {
     /// Starts the background watcher over the material files.
     pub(crate) fn spawn_reloader(self: &Arc<Self>) -> ReloadHandle {
         let sources = self.parts.sources().to_vec();
+        let federated = self.parts.federated_sources().to_vec();
         let mut watcher = FileWatcher::new()
             .poll_interval(self.parts.common().reload_interval)
             .settle(SETTLE)
             .max_file_size(MAX_FILE_SIZE);
         let mut files = 0;
-        for source in &sources {
+        for source in sources.iter().chain(federated.iter().map(|(_, s)| s)) {
             if let Source::File(path) = source {
                 watcher = watcher.file(path);
                 files += 1;
@@ -339,7 +401,7 @@ impl<B: Build> Reloadable<B> {
             return ReloadHandle::inert();
         }
         let spawned = FileRotation::new(watcher, move |snapshot: &FileSnapshot| {
-            TlsMaterial::from_snapshot(&sources, snapshot)
+            TlsMaterial::from_snapshot(&sources, &federated, snapshot)
         })
         .thread_name(format!("mtls-reload-{}", B::WHAT))
         .on_poll(Self::check_expiry)
@@ -352,9 +414,10 @@ impl<B: Build> Reloadable<B> {
 
     /// Reads the files now and applies them (no wait for them to settle).
     fn reload_once(&self) -> Result<(), Error> {
-        let material = TlsMaterial::read(self.parts.sources()).inspect_err(|e| {
-            self.status.record_failure(e.clone());
-        })?;
+        let material = TlsMaterial::read(self.parts.sources(), self.parts.federated_sources())
+            .inspect_err(|e| {
+                self.status.record_failure(e.clone());
+            })?;
         self.update(material)
     }
 

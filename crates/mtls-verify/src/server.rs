@@ -2,7 +2,7 @@
 //! verifies client certificates.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -10,16 +10,16 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::UnixTime;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{ProducesTickets, ServerSessionMemoryCache, StoresServerSessions};
-use rustls::sign::SingleCertAndKey;
 use rustls::{HandshakeKind, NamedGroup, ServerConfig, ServerConnection, SupportedProtocolVersion};
 
-use crate::material::{LoadedIdentity, load_crls, load_roots};
+use crate::material::{IdentityResolver, LoadedIdentity, load_crls, load_roots};
 use crate::pem::Source;
 use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
+use crate::trust_domains::TrustDomainBundles;
 use crate::verifier::{
-    ClientVerifier, ClientVerifierOptions, IdentityCache, fingerprint, into_error,
+    Anchors, ClientVerifier, ClientVerifierOptions, IdentityCache, fingerprint, into_error,
 };
-use crate::{AuthorizeIdentity, Error, PeerIdentity};
+use crate::{AuthorizeIdentity, Error, PeerIdentity, TrustDomainPolicy};
 use zt_rotate::RotationStatus;
 
 /// Default handshake timeout (enforced by the acceptor, e.g. `zt-tower`'s).
@@ -39,6 +39,10 @@ pub(crate) struct CommonSettings {
     pub(crate) kx_groups: Option<Vec<NamedGroup>>,
     pub(crate) reload_interval: Duration,
     pub(crate) expiry_warning: Duration,
+    /// SPIFFE trust (a bundle per peer trust domain) when set; one CA bundle otherwise.
+    pub(crate) trust_domain_policy: Option<TrustDomainPolicy>,
+    /// Stop presenting our certificate once it expired (fail closed).
+    pub(crate) refuse_after_expiry: bool,
 }
 
 impl Default for CommonSettings {
@@ -49,6 +53,8 @@ impl Default for CommonSettings {
             kx_groups: None,
             reload_interval: DEFAULT_RELOAD_INTERVAL,
             expiry_warning: DEFAULT_EXPIRY_WARNING,
+            trust_domain_policy: None,
+            refuse_after_expiry: false,
         }
     }
 }
@@ -89,6 +95,26 @@ impl CommonSettings {
         let mut provider = (*base).clone();
         provider.kx_groups = kx;
         Ok(Arc::new(provider))
+    }
+
+    /// The trust anchors of one build: the CA bundle, or (with a trust-domain policy) the
+    /// allowed bundles of the set, keyed by trust domain.
+    pub(crate) fn anchors(
+        &self,
+        identity: &LoadedIdentity,
+        ca: (&[u8], &Path),
+        snap: &Snapshot,
+    ) -> Result<Anchors, Error> {
+        match &self.trust_domain_policy {
+            None => Ok(Anchors::Single(load_roots(ca.0, ca.1)?)),
+            Some(policy) => Ok(Anchors::ByTrustDomain(TrustDomainBundles::select(
+                policy,
+                &identity.leaf,
+                ca,
+                &snap.federated,
+                snap.initial,
+            )?)),
+        }
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
@@ -170,6 +196,7 @@ pub struct ServerTlsBuilder {
     key: Source,
     client_ca: Source,
     crls: Vec<Source>,
+    federated: Vec<(String, Source)>,
     verifier: ClientVerifierOptions,
     common: CommonSettings,
     handshake_timeout: Duration,
@@ -217,6 +244,7 @@ impl ServerTlsBuilder {
             key,
             client_ca,
             crls: Vec::new(),
+            federated: Vec::new(),
             verifier: ClientVerifierOptions::default(),
             common: CommonSettings::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -233,6 +261,44 @@ impl ServerTlsBuilder {
     /// Adds CRLs given as PEM bytes.
     pub fn crl_pem(mut self, pem: &[u8]) -> Self {
         self.crls.push(Source::Memory(Arc::from(pem)));
+        self
+    }
+
+    /// Turns on SPIFFE trust with this policy: our certificate must be an X509-SVID, the CA
+    /// bundle is the bundle of its (the local) trust domain, federated bundles
+    /// ([`federated_bundle_file`](Self::federated_bundle_file)) add other trust domains, and
+    /// each client chain is verified against the bundle of the client's own trust domain
+    /// (from its leaf's single SPIFFE URI SAN), if the policy allows it, never against a
+    /// union of bundles. Without a policy (the default) every client chain is verified
+    /// against the one CA bundle. `build` fails if the policy allows no bundle of the set.
+    /// See [`TrustDomainPolicy`].
+    pub fn trust_domain_policy(mut self, policy: TrustDomainPolicy) -> Self {
+        self.common.trust_domain_policy = Some(policy);
+        self
+    }
+
+    /// Adds the bundle file of a federated trust domain (PEM, DER, or SPIFFE bundle JSON),
+    /// reloaded with the rest; used with a [trust-domain policy](Self::trust_domain_policy).
+    pub fn federated_bundle_file(mut self, trust_domain: &str, path: impl Into<PathBuf>) -> Self {
+        self.federated
+            .push((trust_domain.to_owned(), Source::File(path.into())));
+        self
+    }
+
+    /// Adds the bundle of a federated trust domain given as bytes; see
+    /// [`federated_bundle_file`](Self::federated_bundle_file).
+    pub fn federated_bundle(mut self, trust_domain: &str, bundle: &[u8]) -> Self {
+        self.federated
+            .push((trust_domain.to_owned(), Source::Memory(Arc::from(bundle))));
+        self
+    }
+
+    /// Stops presenting our certificate once it has expired, so new handshakes fail on our
+    /// side (fail closed) until a renewed one is swapped in. Default: the expired certificate
+    /// is still presented and peers refuse it. Sources of short-lived certificates (SPIFFE)
+    /// turn this on.
+    pub fn refuse_handshakes_after_expiry(mut self) -> Self {
+        self.common.refuse_after_expiry = true;
         self
     }
 
@@ -338,6 +404,7 @@ impl ServerTlsBuilder {
         let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         let parts = Parts {
             sources,
+            federated: self.federated,
             verifier: self.verifier,
             common: self.common,
             provider,
@@ -378,6 +445,7 @@ impl fmt::Debug for ServerTls {
 
 struct Parts {
     sources: Vec<Source>,
+    federated: Vec<(String, Source)>,
     verifier: ClientVerifierOptions,
     common: CommonSettings,
     provider: Arc<CryptoProvider>,
@@ -401,6 +469,10 @@ impl Build for Parts {
         &self.sources
     }
 
+    fn federated_sources(&self) -> &[(String, Source)] {
+        &self.federated
+    }
+
     fn common(&self) -> &CommonSettings {
         &self.common
     }
@@ -416,13 +488,13 @@ impl Build for Parts {
         let [_, _, ca_path, crl_paths @ ..] = snap.paths.as_slice() else {
             return Err(Error::Task("material snapshot is incomplete".into()));
         };
-        let roots = load_roots(ca, ca_path)?;
+        let anchors = self.common.anchors(identity, (ca, ca_path), snap)?;
         let mut crls = Vec::new();
         for (bytes, path) in crl_files.iter().zip(crl_paths) {
             crls.extend(load_crls(bytes, path, self.verifier.allow_expired_crls)?);
         }
-        let verifier = Arc::new(ClientVerifier::new(
-            roots,
+        let verifier = Arc::new(ClientVerifier::with_anchors(
+            anchors,
             crls,
             self.verifier.clone(),
             Some(self.cache.clone()),
@@ -430,7 +502,10 @@ impl Build for Parts {
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_protocol_versions(self.common.versions())?
             .with_client_cert_verifier(verifier.clone())
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(identity.certified.clone())));
+            .with_cert_resolver(Arc::new(IdentityResolver::new(
+                identity,
+                self.common.refuse_after_expiry,
+            )));
         config.alpn_protocols = self.common.alpn.clone();
         config.session_storage = self.session_storage.clone();
         config.ticketer = self.ticketer.clone();

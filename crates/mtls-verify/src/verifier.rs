@@ -2,7 +2,7 @@
 //! it lacks (size and depth caps, key strength, no SHA-1, identity authorization), plus the
 //! same chain policy for server certificates on the client side.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 
 use crate::identity::{MAX_CERTIFICATE_SIZE, serial_to_hex};
 use crate::refusal_log::RefusalLogLimit;
+use crate::trust_domains::TrustDomainBundles;
 use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, der, refused};
 
 /// Default minimum RSA modulus size in bits.
@@ -193,9 +194,29 @@ impl Default for ClientVerifierOptions {
     }
 }
 
+/// The CA bundles a verifier anchors peer chains to.
+pub(crate) enum Anchors {
+    /// One bundle for every peer (the file-based setups).
+    Single(Arc<RootCertStore>),
+    /// SPIFFE: the bundle of the peer's own trust domain, as the policy allows.
+    ByTrustDomain(TrustDomainBundles),
+}
+
+/// The server's webpki verifiers: one, or one per trust domain.
+enum ClientTrust {
+    Single(Arc<dyn ClientCertVerifier>),
+    ByTrustDomain {
+        bundles: TrustDomainBundles,
+        verifiers: BTreeMap<String, Arc<dyn ClientCertVerifier>>,
+        /// The subjects of every allowed bundle's CAs.
+        hints: Vec<DistinguishedName>,
+    },
+}
+
 /// The server's client-certificate verifier.
 pub(crate) struct ClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
+    trust: ClientTrust,
+    algs: WebPkiSupportedAlgorithms,
     options: ClientVerifierOptions,
     cache: Option<Arc<IdentityCache>>,
     /// Rate limit of the refusal `warn` lines (see [`crate::refusal_log`]).
@@ -210,6 +231,28 @@ impl fmt::Debug for ClientVerifier {
     }
 }
 
+/// rustls's webpki client verifier over one root store, with our revocation options.
+fn webpki_client_verifier(
+    roots: Arc<RootCertStore>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    options: &ClientVerifierOptions,
+) -> Result<Arc<dyn ClientCertVerifier>, Error> {
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, crate::crypto_provider())
+        .with_crls(crls);
+    if options.allow_unknown_revocation_status {
+        builder = builder.allow_unknown_revocation_status();
+    }
+    if !options.allow_expired_crls {
+        builder = builder.enforce_revocation_expiration();
+    }
+    if options.allow_unauthenticated {
+        builder = builder.allow_unauthenticated();
+    }
+    builder
+        .build()
+        .map_err(|e| Error::Config(format!("client verifier: {e}")))
+}
+
 impl ClientVerifier {
     pub(crate) fn new(
         roots: Arc<RootCertStore>,
@@ -217,28 +260,67 @@ impl ClientVerifier {
         options: ClientVerifierOptions,
         cache: Option<Arc<IdentityCache>>,
     ) -> Result<Self, Error> {
+        Self::with_anchors(Anchors::Single(roots), crls, options, cache)
+    }
+
+    pub(crate) fn with_anchors(
+        anchors: Anchors,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+        options: ClientVerifierOptions,
+        cache: Option<Arc<IdentityCache>>,
+    ) -> Result<Self, Error> {
         options.policy.validate()?;
-        let mut builder =
-            WebPkiClientVerifier::builder_with_provider(roots, crate::crypto_provider())
-                .with_crls(crls);
-        if options.allow_unknown_revocation_status {
-            builder = builder.allow_unknown_revocation_status();
-        }
-        if !options.allow_expired_crls {
-            builder = builder.enforce_revocation_expiration();
-        }
-        if options.allow_unauthenticated {
-            builder = builder.allow_unauthenticated();
-        }
-        let inner = builder
-            .build()
-            .map_err(|e| Error::Config(format!("client verifier: {e}")))?;
+        let trust = match anchors {
+            Anchors::Single(roots) => {
+                ClientTrust::Single(webpki_client_verifier(roots, crls, &options)?)
+            }
+            Anchors::ByTrustDomain(bundles) => {
+                let mut verifiers = BTreeMap::new();
+                let mut hints = Vec::new();
+                for (td, roots) in &bundles.roots {
+                    hints.extend(
+                        roots
+                            .roots
+                            .iter()
+                            .map(|ta| DistinguishedName::from(ta.subject.as_ref().to_vec())),
+                    );
+                    verifiers.insert(
+                        td.clone(),
+                        webpki_client_verifier(roots.clone(), crls.clone(), &options)?,
+                    );
+                }
+                ClientTrust::ByTrustDomain {
+                    bundles,
+                    verifiers,
+                    hints,
+                }
+            }
+        };
         Ok(ClientVerifier {
-            inner,
+            trust,
+            algs: crate::crypto_provider().signature_verification_algorithms,
             options,
             cache,
             refusal_log: RefusalLogLimit::default(),
         })
+    }
+
+    /// The webpki verifier for this peer: the only one, or its trust domain's.
+    fn inner_for(&self, peer: &PeerIdentity) -> Result<&Arc<dyn ClientCertVerifier>, Error> {
+        match &self.trust {
+            ClientTrust::Single(inner) => Ok(inner),
+            ClientTrust::ByTrustDomain {
+                bundles, verifiers, ..
+            } => {
+                let td = bundles.trust_domain_of(peer)?;
+                verifiers
+                    .get(td)
+                    .ok_or_else(|| Error::UntrustedTrustDomain {
+                        trust_domain: td.to_owned(),
+                        reason: "no bundle for it in the bundle set".into(),
+                    })
+            }
+        }
     }
 
     /// The full check: policy, parse, inner webpki verification, authorizer. Logs failures.
@@ -263,10 +345,16 @@ impl ClientVerifier {
                 return Err(other(e));
             }
         };
-        if let Err(e) = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)
-        {
+        let inner = match self.inner_for(&identity) {
+            Ok(inner) => inner,
+            Err(e) => {
+                let reason = e.to_string();
+                self.warn_refused(Some(&identity), &reason);
+                refused::note(end_entity, Some(&identity), || reason);
+                return Err(other(e));
+            }
+        };
+        if let Err(e) = inner.verify_client_cert(end_entity, intermediates, now) {
             let reason = human_reason(&e);
             self.warn_refused(Some(&identity), &reason);
             refused::note(end_entity, Some(&identity), || reason);
@@ -315,15 +403,24 @@ fn other(e: Error) -> rustls::Error {
 
 impl ClientCertVerifier for ClientVerifier {
     fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
+        match &self.trust {
+            ClientTrust::Single(inner) => inner.offer_client_auth(),
+            ClientTrust::ByTrustDomain { .. } => true,
+        }
     }
 
     fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
+        match &self.trust {
+            ClientTrust::Single(inner) => inner.client_auth_mandatory(),
+            ClientTrust::ByTrustDomain { .. } => !self.options.allow_unauthenticated,
+        }
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
+        match &self.trust {
+            ClientTrust::Single(inner) => inner.root_hint_subjects(),
+            ClientTrust::ByTrustDomain { hints, .. } => hints,
+        }
     }
 
     fn verify_client_cert(
@@ -345,7 +442,12 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
+        match &self.trust {
+            ClientTrust::Single(inner) => inner.verify_tls12_signature(message, cert, dss),
+            ClientTrust::ByTrustDomain { .. } => {
+                rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algs)
+            }
+        }
     }
 
     fn verify_tls13_signature(
@@ -354,11 +456,19 @@ impl ClientCertVerifier for ClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
+        match &self.trust {
+            ClientTrust::Single(inner) => inner.verify_tls13_signature(message, cert, dss),
+            ClientTrust::ByTrustDomain { .. } => {
+                rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algs)
+            }
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
+        match &self.trust {
+            ClientTrust::Single(inner) => inner.supported_verify_schemes(),
+            ClientTrust::ByTrustDomain { .. } => self.algs.supported_schemes(),
+        }
     }
 }
 
@@ -581,11 +691,44 @@ pub fn verify_client_chain(
 
 // === ServerVerifier (client side) ===
 
+/// One trust anchor set of the client side: its roots, and the hostname-checking webpki
+/// verifier over them (when the hostname is checked).
+struct ServerAnchor {
+    roots: Arc<RootCertStore>,
+    hostname: Option<Arc<WebPkiServerVerifier>>,
+}
+
+impl ServerAnchor {
+    fn new(roots: Arc<RootCertStore>, check_hostname: bool) -> Result<Self, Error> {
+        let hostname = if check_hostname {
+            Some(
+                WebPkiServerVerifier::builder_with_provider(
+                    roots.clone(),
+                    crate::crypto_provider(),
+                )
+                .build()
+                .map_err(|e| Error::Config(format!("server verifier: {e}")))?,
+            )
+        } else {
+            None
+        };
+        Ok(ServerAnchor { roots, hostname })
+    }
+}
+
+enum ServerTrust {
+    Single(ServerAnchor),
+    ByTrustDomain {
+        bundles: TrustDomainBundles,
+        anchors: BTreeMap<String, ServerAnchor>,
+    },
+}
+
 /// The client's verifier of server certificates: the same chain policy, then rustls's
 /// webpki verification (with or without the hostname check), then the authorizer.
 pub(crate) struct ServerVerifier {
-    hostname: Option<Arc<WebPkiServerVerifier>>,
-    roots: Arc<RootCertStore>,
+    trust: ServerTrust,
+    check_hostname: bool,
     algs: WebPkiSupportedAlgorithms,
     policy: ChainPolicy,
     authorizer: Option<Arc<dyn AuthorizeIdentity>>,
@@ -594,7 +737,7 @@ pub(crate) struct ServerVerifier {
 impl fmt::Debug for ServerVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("mtls_verify::ServerVerifier")
-            .field("hostname_check", &self.hostname.is_some())
+            .field("hostname_check", &self.check_hostname)
             .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
@@ -602,29 +745,49 @@ impl fmt::Debug for ServerVerifier {
 
 impl ServerVerifier {
     pub(crate) fn new(
-        roots: Arc<RootCertStore>,
+        anchors: Anchors,
         policy: ChainPolicy,
         authorizer: Option<Arc<dyn AuthorizeIdentity>>,
         check_hostname: bool,
     ) -> Result<Self, Error> {
         policy.validate()?;
-        let provider = crate::crypto_provider();
-        let hostname = if check_hostname {
-            Some(
-                WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
-                    .build()
-                    .map_err(|e| Error::Config(format!("server verifier: {e}")))?,
-            )
-        } else {
-            None
+        let trust = match anchors {
+            Anchors::Single(roots) => {
+                ServerTrust::Single(ServerAnchor::new(roots, check_hostname)?)
+            }
+            Anchors::ByTrustDomain(bundles) => {
+                let mut anchors = BTreeMap::new();
+                for (td, roots) in &bundles.roots {
+                    anchors.insert(
+                        td.clone(),
+                        ServerAnchor::new(roots.clone(), check_hostname)?,
+                    );
+                }
+                ServerTrust::ByTrustDomain { bundles, anchors }
+            }
         };
         Ok(ServerVerifier {
-            hostname,
-            roots,
-            algs: provider.signature_verification_algorithms,
+            trust,
+            check_hostname,
+            algs: crate::crypto_provider().signature_verification_algorithms,
             policy,
             authorizer,
         })
+    }
+
+    /// The anchors for this server's chain: the only ones, or its trust domain's.
+    fn anchor_for(&self, end_entity: &CertificateDer<'_>) -> Result<&ServerAnchor, Error> {
+        match &self.trust {
+            ServerTrust::Single(anchor) => Ok(anchor),
+            ServerTrust::ByTrustDomain { bundles, anchors } => {
+                let peer = PeerIdentity::from_der(end_entity)?;
+                let td = bundles.trust_domain_of(&peer)?;
+                anchors.get(td).ok_or_else(|| Error::UntrustedTrustDomain {
+                    trust_domain: td.to_owned(),
+                    reason: "no bundle for it in the bundle set".into(),
+                })
+            }
+        }
     }
 }
 
@@ -641,14 +804,21 @@ impl ServerCertVerifier for ServerVerifier {
             tracing::warn!(server = ?server_name, reason = %e, "server certificate refused");
             return Err(other(e));
         }
-        let result = match &self.hostname {
+        let anchor = match self.anchor_for(end_entity) {
+            Ok(anchor) => anchor,
+            Err(e) => {
+                tracing::warn!(server = ?server_name, reason = %e, "server certificate refused");
+                return Err(other(e));
+            }
+        };
+        let result = match &anchor.hostname {
             Some(inner) => inner
                 .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
                 .map(|_| ()),
             None => ParsedCertificate::try_from(end_entity).and_then(|parsed| {
                 rustls::client::verify_server_cert_signed_by_trust_anchor(
                     &parsed,
-                    &self.roots,
+                    &anchor.roots,
                     intermediates,
                     now,
                     self.algs.all,

@@ -39,9 +39,12 @@
 //!   own trust domain) into a `TlsMaterial` and hands it to the holders. A holder that
 //!   refuses keeps its last good material; the source records the refusal in its status
 //!   and keeps its previous SVID as the one new holders start from.
-//! - **Trust: the local trust domain only.** The CA bundle given to the holders is the one
-//!   of the SVID's own trust domain; federated bundles in the update are ignored (the safe
-//!   default of issue 9's trust-domain policy; the other policies are a later slice).
+//! - **Trust: a bundle per trust domain.** Each update's bundles become the holders' bundle
+//!   set: the SVID's own trust domain's as the CA bundle, the others as federated bundles
+//!   (`TlsMaterial::federated_bundle`). Holders built by the source verify a peer against
+//!   the bundle of the peer's own trust domain, never a union, under mtls-verify's
+//!   [`TrustDomainPolicy`](mtls_verify::TrustDomainPolicy), local only unless `configure`
+//!   sets another (`docs/spiffe.md`, "Trust domains and federation").
 //! - **Startup.** `connect` retries, with the reconnection backoff, until the first-SVID
 //!   timeout, then says why nothing came: no socket at the path, nothing accepting on it,
 //!   no identity for this workload, refused material, or an agent that answered nothing.
@@ -56,8 +59,8 @@
 //! - **Expiry.** An SVID not renewed within its warning window (a quarter of its lifetime
 //!   by default, [`SvidSourceBuilder::expiry_warning`]) is reported once, and once more when
 //!   it expires ([`Error::NotRenewed`], logged at `warn` and in the status), also while the
-//!   agent is unreachable. Holders keep the expired SVID (there is no "withdraw" in the
-//!   rotation seam); peers refuse it in their handshakes.
+//!   agent is unreachable. Holders built by the source refuse new handshakes once their SVID
+//!   expired (`refuse_handshakes_after_expiry`): fail closed until the next SVID arrives.
 //! - **Ownership.** The task is owned by a `zt_rotate::TaskHandle` inside the source:
 //!   dropping the source stops it.
 //! - **Dependencies.** `spiffe` with `workload-api-x509` only (its client and X.509 types);
@@ -80,20 +83,19 @@
 //! Done: `SvidSource` (address from the environment or given, first-SVID timeout with
 //! distinguishable errors, stream following with reconnection, SVID selection by hint,
 //! expired/malformed/mismatched updates refused with the last SVID kept, a warning before
-//! an SVID expires without renewal and at expiry), rotation into `ServerTls`/`ClientTls`
-//! (built by the source or fed), local-trust-domain bundles, status, the authorizer names,
-//! the test server's X.509 RPCs (checked with the `spiffe` crate's own client) and its
-//! `FetchJWTSVID` / `FetchJWTBundles` (tokens and JWKS given by the test; checked with a
-//! bare gRPC client). Tested through real TLS handshakes (`tests/source.rs`); design and
-//! mapping to go-spiffe in `docs/spiffe.md`.
+//! an SVID expires without renewal and at expiry, new handshakes refused once it expired),
+//! rotation into `ServerTls`/`ClientTls` (built by the source or fed), federated bundles
+//! with per-peer-trust-domain verification and the trust-domain policies (bundles updated
+//! live), static bundle files (PEM or SPIFFE bundle JSON, in mtls-verify), status, the
+//! authorizer names, the test server's X.509 RPCs (checked with the `spiffe` crate's own
+//! client) and its `FetchJWTSVID` / `FetchJWTBundles`. Tested through real TLS handshakes
+//! (`tests/source.rs`, `tests/federation.rs`); design and mapping to go-spiffe in
+//! `docs/spiffe.md`.
 //!
-//! Left: federation (bundle per peer trust domain, the trust-domain policies, federation
-//! over the network); JWT-SVIDs on the client side (fetch, validate, `JwtAuthLayer`
-//! integration) and the test server's `ValidateJWTSVID` and JWT issuing; tonic/axum
-//! helpers; refusing new handshakes on our side once the SVID expired without renewal
-//! (needs a way to withdraw material from the holders); static bundle files; `ztkit
-//! dev-agent`; the rotation-under-load and interop-with-Python tests; benchmarks;
-//! `examples/tonic_svid.rs` and the demo.
+//! Left: federation over the network (bundle endpoints); JWT-SVIDs on the client side and
+//! the test server's `ValidateJWTSVID`; tonic/axum helpers; `ztkit dev-agent`; the
+//! rotation-under-load and interop-with-Python tests; benchmarks; `examples/tonic_svid.rs`
+//! and the demo.
 
 pub use error::Error;
 pub use source::{

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use futures_util::{Stream, StreamExt};
 use mtls_verify::{
     ClientTls, ClientTlsBuilder, MaterialHolder, PeerIdentity, RotationStatus, ServerTls,
-    ServerTlsBuilder, TlsMaterial,
+    ServerTlsBuilder, TlsMaterial, TrustDomainPolicy,
 };
 use spiffe::transport::Endpoint;
 use spiffe::{WorkloadApiClient, WorkloadApiError, X509Context};
@@ -211,25 +211,36 @@ impl SvidSource {
         SvidSourceBuilder::default()
     }
 
-    /// A [`ServerTls`] serving the current SVID and trusting the bundle of the SVID's own
-    /// trust domain (federated bundles are not used yet), kept up to date by this source.
-    /// `configure` sets the rest (authorizer, ALPN…); CRLs set there are dropped by the
-    /// first rotation (SVIDs are short-lived and carry none).
+    /// A [`ServerTls`] serving the current SVID, kept up to date by this source. Its bundle
+    /// set is the update's: the SVID's own trust domain's bundle and the federated ones. It
+    /// is built with SPIFFE trust under the local-only [`TrustDomainPolicy`] (override it in
+    /// `configure` with `trust_domain_policy`) and refuses new handshakes once its SVID
+    /// expired without renewal. `configure` sets the rest (authorizer, ALPN…); CRLs set there
+    /// are dropped by the first rotation (SVIDs are short-lived and carry none).
     ///
     /// # Errors
-    /// [`Error::Tls`] when mtls-verify refuses the material or the configuration.
+    /// [`Error::Tls`] when mtls-verify refuses the material or the configuration (for
+    /// instance a policy that allows no bundle of the set).
     pub fn server_tls(
         &self,
         configure: impl FnOnce(ServerTlsBuilder) -> ServerTlsBuilder,
     ) -> Result<ServerTls, Error> {
         self.build_holder(|pem| {
-            configure(ServerTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()
+            let mut builder = ServerTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)
+                .trust_domain_policy(TrustDomainPolicy::local_only())
+                .refuse_handshakes_after_expiry();
+            for (td, bundle) in &pem.federated {
+                builder = builder.federated_bundle(td, bundle);
+            }
+            configure(builder).build()
         })
     }
 
-    /// A [`ClientTls`] presenting the current SVID and trusting the bundle of its own trust
-    /// domain, kept up to date by this source. `configure` sets the server check (for
-    /// SPIFFE: `server_authorizer` with SPIFFE IDs and `allow_any_hostname`).
+    /// A [`ClientTls`] presenting the current SVID, kept up to date by this source, with the
+    /// same bundle set, policy and expiry behaviour as [`server_tls`](Self::server_tls): the
+    /// server's chain is verified against the bundle of the server's own trust domain.
+    /// `configure` sets the server check (for SPIFFE: `server_authorizer` with SPIFFE IDs
+    /// and `allow_any_hostname`).
     ///
     /// # Errors
     /// [`Error::Tls`] when mtls-verify refuses the material or the configuration.
@@ -238,7 +249,13 @@ impl SvidSource {
         configure: impl FnOnce(ClientTlsBuilder) -> ClientTlsBuilder,
     ) -> Result<ClientTls, Error> {
         self.build_holder(|pem| {
-            configure(ClientTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)).build()
+            let mut builder = ClientTlsBuilder::from_pem(&pem.chain, &pem.key, &pem.ca)
+                .trust_domain_policy(TrustDomainPolicy::local_only())
+                .refuse_handshakes_after_expiry();
+            for (td, bundle) in &pem.federated {
+                builder = builder.federated_bundle(td, bundle);
+            }
+            configure(builder).build()
         })
     }
 
@@ -321,12 +338,19 @@ struct Svid {
 struct Pem {
     chain: Vec<u8>,
     key: Vec<u8>,
+    /// The bundle of the SVID's own (the local) trust domain.
     ca: Vec<u8>,
+    /// The other trust domains' bundles of the update, by trust domain name (sorted).
+    federated: Vec<(String, Vec<u8>)>,
 }
 
 impl Pem {
     fn material(&self) -> TlsMaterial {
-        TlsMaterial::from_pem(&self.chain, &self.key, &self.ca)
+        let mut material = TlsMaterial::from_pem(&self.chain, &self.key, &self.ca);
+        for (td, bundle) in &self.federated {
+            material = material.federated_bundle(td, bundle);
+        }
+        material
     }
 }
 
@@ -396,8 +420,8 @@ impl Shared {
     }
 
     /// Reports (once each) an SVID not renewed within its warning window, then expired.
-    /// Holders keep it: peers refuse an expired certificate themselves, and the next SVID
-    /// replaces it as soon as it arrives.
+    /// Holders built by the source stop presenting it once expired (their resolver checks
+    /// notAfter at each handshake); the next SVID replaces it as soon as it arrives.
     fn check_expiry(&self) {
         let mut current = self.lock();
         let (warn_at, not_after) = self.warning_times(&current.svid.identity);
@@ -599,6 +623,21 @@ fn svid_from(context: &X509Context, hint: Option<&str>) -> Result<Svid, Error> {
             "no bundle for the SVID's own trust domain {trust_domain}"
         ))
     })?;
+    let mut federated: Vec<(String, Vec<u8>)> = context
+        .bundle_set()
+        .iter()
+        .filter(|(td, bundle)| *td != trust_domain && !bundle.authorities().is_empty())
+        .map(|(td, bundle)| {
+            (
+                td.to_string(),
+                pem_blocks(
+                    "CERTIFICATE",
+                    bundle.authorities().iter().map(|cert| cert.as_bytes()),
+                ),
+            )
+        })
+        .collect();
+    federated.sort();
     let identity = PeerIdentity::from_der(svid.leaf().as_bytes())?;
     let now = SystemTime::now();
     if identity.not_after() < now || identity.not_before() > now {
@@ -618,6 +657,7 @@ fn svid_from(context: &X509Context, hint: Option<&str>) -> Result<Svid, Error> {
             "CERTIFICATE",
             bundle.authorities().iter().map(|cert| cert.as_bytes()),
         ),
+        federated,
     };
     Ok(Svid { identity, pem })
 }

@@ -199,19 +199,31 @@ impl TestWorkloadApi {
             .send_modify(|state| state.identity = Identity::Svids(response));
     }
 
-    /// Adds (or with an empty list removes) a federated trust domain's CA certificates; sent
-    /// with the next [`set_svids`](Self::set_svids) and by `FetchX509Bundles`.
+    /// Adds (or with an empty list removes) a federated trust domain's CA certificates. Open
+    /// streams serving SVIDs receive the new bundle set at once (with the same SVIDs), as
+    /// an agent sends a federation change; later [`set_svids`](Self::set_svids) carry it.
     pub fn set_federated_bundle(&self, trust_domain: &str, ca_der: Vec<Vec<u8>>) {
         let key = format!("spiffe://{}", trust_domain.trim_start_matches("spiffe://"));
-        let mut federated = self
-            .federated
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ca_der.is_empty() {
-            federated.remove(&key);
-        } else {
-            federated.insert(key, ca_der.concat());
-        }
+        let bundles = {
+            let mut federated = self
+                .federated
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if ca_der.is_empty() {
+                federated.remove(&key);
+            } else {
+                federated.insert(key, ca_der.concat());
+            }
+            federated.clone()
+        };
+        self.state
+            .send_if_modified(|state| match &mut state.identity {
+                Identity::Svids(response) => {
+                    response.federated_bundles = bundles;
+                    true
+                }
+                Identity::Pending | Identity::Denied => false,
+            });
     }
 
     /// Serves these JWT-SVIDs from `FetchJWTSVID`: `(SPIFFE ID, token, hint)` each, the
