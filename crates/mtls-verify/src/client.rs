@@ -15,7 +15,7 @@ use crate::pem::Source;
 use crate::reload::{self, Build, ReloadHandle, Reloadable, Snapshot};
 use crate::server::{CommonSettings, MaterialStatus};
 use crate::verifier::{ChainPolicy, ServerVerifier};
-use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, TrustDomainPolicy};
+use crate::{AuthorizeIdentity, Error, IdentityAuthorizer};
 
 /// Builds a [`ClientTls`] for outbound mTLS (tonic `Channel`, hyper client): our certificate
 /// and key, the CA bundle that server certificates must chain to, and an optional authorizer
@@ -107,37 +107,6 @@ impl ClientTlsBuilder {
         self
     }
 
-    /// Turns on SPIFFE trust with this policy: the server's chain is verified against the
-    /// bundle of the server's own trust domain, if the policy allows it; see
-    /// [`ServerTlsBuilder::trust_domain_policy`](crate::ServerTlsBuilder::trust_domain_policy).
-    pub fn trust_domain_policy(mut self, policy: TrustDomainPolicy) -> Self {
-        self.common.trust_domain_policy = Some(policy);
-        self
-    }
-
-    /// Adds the bundle file of a federated trust domain (PEM, DER, or SPIFFE bundle JSON),
-    /// reloaded with the rest.
-    pub fn federated_bundle_file(mut self, trust_domain: &str, path: impl Into<PathBuf>) -> Self {
-        self.federated
-            .push((trust_domain.to_owned(), Source::File(path.into())));
-        self
-    }
-
-    /// Adds the bundle of a federated trust domain given as bytes.
-    pub fn federated_bundle(mut self, trust_domain: &str, bundle: &[u8]) -> Self {
-        self.federated
-            .push((trust_domain.to_owned(), Source::Memory(Arc::from(bundle))));
-        self
-    }
-
-    /// Stops presenting our certificate once it has expired (we then send none, and the
-    /// server refuses us); see
-    /// [`ServerTlsBuilder::refuse_handshakes_after_expiry`](crate::ServerTlsBuilder::refuse_handshakes_after_expiry).
-    pub fn refuse_handshakes_after_expiry(mut self) -> Self {
-        self.common.refuse_after_expiry = true;
-        self
-    }
-
     /// Skips the hostname check and relies on the server authorizer alone. `build` refuses
     /// this unless the authorizer is SPIFFE-based (exact IDs or a trust domain).
     pub fn allow_any_hostname(mut self) -> Self {
@@ -226,6 +195,8 @@ impl ClientTlsBuilder {
         Ok(ClientTls { shared })
     }
 }
+
+crate::trust_domains::impl_spiffe_trust_options!(ClientTlsBuilder);
 
 /// A cheap, cloneable handle to the client's current TLS configuration.
 #[derive(Clone)]

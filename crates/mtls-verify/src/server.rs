@@ -264,44 +264,6 @@ impl ServerTlsBuilder {
         self
     }
 
-    /// Turns on SPIFFE trust with this policy: our certificate must be an X509-SVID, the CA
-    /// bundle is the bundle of its (the local) trust domain, federated bundles
-    /// ([`federated_bundle_file`](Self::federated_bundle_file)) add other trust domains, and
-    /// each client chain is verified against the bundle of the client's own trust domain
-    /// (from its leaf's single SPIFFE URI SAN), if the policy allows it, never against a
-    /// union of bundles. Without a policy (the default) every client chain is verified
-    /// against the one CA bundle. `build` fails if the policy allows no bundle of the set.
-    /// See [`TrustDomainPolicy`].
-    pub fn trust_domain_policy(mut self, policy: TrustDomainPolicy) -> Self {
-        self.common.trust_domain_policy = Some(policy);
-        self
-    }
-
-    /// Adds the bundle file of a federated trust domain (PEM, DER, or SPIFFE bundle JSON),
-    /// reloaded with the rest; used with a [trust-domain policy](Self::trust_domain_policy).
-    pub fn federated_bundle_file(mut self, trust_domain: &str, path: impl Into<PathBuf>) -> Self {
-        self.federated
-            .push((trust_domain.to_owned(), Source::File(path.into())));
-        self
-    }
-
-    /// Adds the bundle of a federated trust domain given as bytes; see
-    /// [`federated_bundle_file`](Self::federated_bundle_file).
-    pub fn federated_bundle(mut self, trust_domain: &str, bundle: &[u8]) -> Self {
-        self.federated
-            .push((trust_domain.to_owned(), Source::Memory(Arc::from(bundle))));
-        self
-    }
-
-    /// Stops presenting our certificate once it has expired, so new handshakes fail on our
-    /// side (fail closed) until a renewed one is swapped in. Default: the expired certificate
-    /// is still presented and peers refuse it. Sources of short-lived certificates (SPIFFE)
-    /// turn this on.
-    pub fn refuse_handshakes_after_expiry(mut self) -> Self {
-        self.common.refuse_after_expiry = true;
-        self
-    }
-
     /// Sets who may connect once the chain verified (default: [`IdentityAuthorizer::any`](crate::IdentityAuthorizer::any)).
     pub fn authorizer(mut self, authorizer: impl AuthorizeIdentity) -> Self {
         self.verifier.authorizer = Arc::new(authorizer);
@@ -420,6 +382,8 @@ impl ServerTlsBuilder {
         })
     }
 }
+
+crate::trust_domains::impl_spiffe_trust_options!(ServerTlsBuilder);
 
 // === ServerTls ===
 

@@ -225,3 +225,62 @@ impl TrustDomainBundles {
         })
     }
 }
+
+/// The SPIFFE trust options of a TLS builder (`ServerTlsBuilder`, `ClientTlsBuilder`): both
+/// have a `common: CommonSettings` and a `federated: Vec<(String, Source)>`.
+macro_rules! impl_spiffe_trust_options {
+    ($builder:ty) => {
+        /// SPIFFE trust: a bundle per trust domain, federation, fail-closed expiry.
+        impl $builder {
+            /// Turns on SPIFFE trust with this policy: our certificate must be an X509-SVID,
+            /// the CA bundle is the bundle of its (the local) trust domain, federated bundles
+            /// ([`federated_bundle_file`](Self::federated_bundle_file)) add other trust
+            /// domains, and each peer chain is verified against the bundle of the peer's own
+            /// trust domain (from its leaf's single SPIFFE URI SAN), if the policy allows it,
+            /// never against a union of bundles. Without a policy (the default) every peer
+            /// chain is verified against the one CA bundle. `build` fails if the policy
+            /// allows no bundle of the set. See [`TrustDomainPolicy`](crate::TrustDomainPolicy).
+            pub fn trust_domain_policy(mut self, policy: crate::TrustDomainPolicy) -> Self {
+                self.common.trust_domain_policy = Some(policy);
+                self
+            }
+
+            /// Adds the bundle file of a federated trust domain (PEM, DER, or SPIFFE bundle
+            /// JSON), reloaded with the rest; used with a
+            /// [trust-domain policy](Self::trust_domain_policy). A file holding no
+            /// certificate (`{"keys": []}`) means no bundle for that trust domain.
+            pub fn federated_bundle_file(
+                mut self,
+                trust_domain: &str,
+                path: impl Into<std::path::PathBuf>,
+            ) -> Self {
+                self.federated.push((
+                    trust_domain.to_owned(),
+                    crate::pem::Source::File(path.into()),
+                ));
+                self
+            }
+
+            /// Adds the bundle of a federated trust domain given as bytes; see
+            /// [`federated_bundle_file`](Self::federated_bundle_file).
+            pub fn federated_bundle(mut self, trust_domain: &str, bundle: &[u8]) -> Self {
+                self.federated.push((
+                    trust_domain.to_owned(),
+                    crate::pem::Source::Memory(std::sync::Arc::from(bundle)),
+                ));
+                self
+            }
+
+            /// Stops presenting our certificate once it has expired, so new handshakes fail
+            /// on our side (fail closed: a server has no certificate to send, a client sends
+            /// none) until a renewed one is swapped in. Default: the expired certificate is
+            /// still presented and peers refuse it. Sources of short-lived certificates
+            /// (SPIFFE) turn this on.
+            pub fn refuse_handshakes_after_expiry(mut self) -> Self {
+                self.common.refuse_after_expiry = true;
+                self
+            }
+        }
+    };
+}
+pub(crate) use impl_spiffe_trust_options;

@@ -7,11 +7,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use mtls_verify::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
-use mtls_verify::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use mtls_verify::rustls::{self, ClientConfig, DigitallySignedStruct, SignatureScheme};
+use mtls_verify::rustls::pki_types::ServerName;
+use mtls_verify::rustls::{self, ClientConfig};
 use mtls_verify::{ClientTlsBuilder, IdentityAuthorizer, ServerTls, TrustDomainPolicy};
 use svid_client::testing::{TestSvid, TestWorkloadApi};
 use svid_client::{Error, SvidSource, authorize};
@@ -83,20 +80,19 @@ async fn handshake(server: &ServerTls, client: Arc<ClientConfig>) -> Result<(), 
     accept.await.unwrap()
 }
 
-/// A client of trust domain B: its SVID, trusting A's CA for the server.
-fn client_b(ca_a: &TestCa, ca_b: &TestCa) -> Arc<ClientConfig> {
-    let cert = issue(ca_b, "spiffe://b.example/client");
-    let mut config = (*ClientTlsBuilder::from_pem(
+/// A client presenting `cert`, trusting `server_ca` for the server (expected to be
+/// `SERVER_ID`), full handshakes only.
+fn client_presenting(cert: &TestCert, server_ca: &TestCa) -> Arc<ClientConfig> {
+    let tls = ClientTlsBuilder::from_pem(
         cert.chain_pem.as_bytes(),
         cert.key_pem.as_bytes(),
-        ca_a.cert_pem.as_bytes(),
+        server_ca.cert_pem.as_bytes(),
     )
     .server_authorizer(authorize::exact(SERVER_ID).unwrap())
     .allow_any_hostname()
     .build()
-    .unwrap()
-    .config())
-    .clone();
+    .unwrap();
+    let mut config = (*tls.config()).clone();
     config.resumption = rustls::client::Resumption::disabled();
     Arc::new(config)
 }
@@ -135,7 +131,7 @@ fn a_client_of_b_is_accepted_only_with_bs_bundle_and_an_authorizer_allowing_b_an
             .unwrap();
         // The default policy of a source's holders: the local trust domain only.
         let local = source.server_tls(|tls| tls.authorizer(a_or_b())).unwrap();
-        let client = client_b(&ca_a, &ca_b);
+        let client = client_presenting(&issue(&ca_b, "spiffe://b.example/client"), &ca_a);
 
         assert_eq!(handshake(&federated, client.clone()).await, Ok(()));
         let refused = handshake(&a_only, client.clone()).await.unwrap_err();
@@ -180,21 +176,7 @@ fn wrong_id_untrusted_ca_and_two_uri_sans_are_refused_with_the_reason_logged() {
     let dir = tempfile::tempdir().unwrap();
     let ca_a = TestCa::new("CA of a.example");
     let server_cert = issue(&ca_a, SERVER_ID);
-    let presenting = |cert: &TestCert| {
-        let mut config = (*ClientTlsBuilder::from_pem(
-            cert.chain_pem.as_bytes(),
-            cert.key_pem.as_bytes(),
-            ca_a.cert_pem.as_bytes(),
-        )
-        .server_authorizer(authorize::exact(SERVER_ID).unwrap())
-        .allow_any_hostname()
-        .build()
-        .unwrap()
-        .config())
-        .clone();
-        config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
-    };
+    let presenting = |cert: &TestCert| client_presenting(cert, &ca_a);
     let wrong_id = issue(&ca_a, "spiffe://a.example/intruder");
     let untrusted = issue(&TestCa::new("stranger"), "spiffe://a.example/client");
     let two_uris = ca_a
@@ -233,56 +215,6 @@ fn wrong_id_untrusted_ca_and_two_uri_sans_are_refused_with_the_reason_logged() {
     assert!(logs.contains("not an X509-SVID: 2 URI SANs"), "{logs}");
 }
 
-/// A peer that accepts any server certificate, so that a failed handshake can only be our
-/// server's doing.
-#[derive(Debug)]
-struct AcceptsAnything(Arc<rustls::crypto::CryptoProvider>);
-
-impl ServerCertVerifier for AcceptsAnything {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 #[test]
 fn an_svid_that_expires_without_renewal_refuses_new_handshakes_on_our_side() {
     let dir = tempfile::tempdir().unwrap();
@@ -292,23 +224,9 @@ fn an_svid_that_expires_without_renewal_refuses_new_handshakes_on_our_side() {
         .spiffe_id(SERVER_ID)
         .valid_for(Duration::from_secs(3))
         .issue();
-    let client_cert = issue(&ca_a, "spiffe://a.example/client");
-    let provider = mtls_verify::crypto_provider();
-    let lenient_client = {
-        let key = provider
-            .key_provider
-            .load_private_key(client_cert.private_key())
-            .unwrap();
-        let certified = rustls::sign::CertifiedKey::new(client_cert.chain_der.clone(), key);
-        let mut config = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptsAnything(provider.clone())))
-            .with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
-        config.resumption = rustls::client::Resumption::disabled();
-        Arc::new(config)
-    };
+    // A strict peer: after the expiry it would refuse the certificate itself (an alert from
+    // the client), but the server must fail first, resolving no certificate to present.
+    let client = client_presenting(&issue(&ca_a, "spiffe://a.example/client"), &ca_a);
     let not_after = mtls_verify::PeerIdentity::from_der(&short.cert_der)
         .unwrap()
         .not_after();
@@ -317,7 +235,7 @@ fn an_svid_that_expires_without_renewal_refuses_new_handshakes_on_our_side() {
         agent.set_svids(vec![svid_of(&ca_a, &short, SERVER_ID)]);
         let source = connect(&agent).await.unwrap();
         let server = source.server_tls(|tls| tls).unwrap();
-        assert_eq!(handshake(&server, lenient_client.clone()).await, Ok(()));
+        assert_eq!(handshake(&server, client.clone()).await, Ok(()));
         // No renewal comes; the source reports the expiry when it happens.
         wait_until(|| {
             matches!(
@@ -326,9 +244,7 @@ fn an_svid_that_expires_without_renewal_refuses_new_handshakes_on_our_side() {
             ) && SystemTime::now() > not_after
         })
         .await;
-        let refused = handshake(&server, lenient_client.clone())
-            .await
-            .unwrap_err();
+        let refused = handshake(&server, client.clone()).await.unwrap_err();
         assert!(refused.contains("no server certificate"), "{refused}");
     });
     assert!(logs.contains("was not renewed"), "{logs}");
