@@ -107,4 +107,7 @@ pub enum FilterError {
         /// The limit ([`MAX_RULES`](crate::MAX_RULES)).
         max: usize,
     },
+    /// Watching a rule file failed (a file over the size limit, the thread could not start).
+    #[error("watching the rule file: {0}")]
+    Watch(zt_rotate::Error),
 }

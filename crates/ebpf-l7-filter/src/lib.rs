@@ -10,6 +10,8 @@
 //! * the userspace twin: [`RuleSet::classify_segment`] decides a TCP payload exactly as the
 //!   kernel program does (used by the differential test against the kernel), and
 //!   [`RuleSet::decide`] decides a parsed request for the in-process layer;
+//! * [`holder`]: [`RulesHolder`], the rule set in force, rotated like other material with
+//!   `zt-rotate` (a watched file, or your own source through [`MaterialHolder`]);
 //! * `testing` (feature `testing`): the shared corpus of request lines with path tricks and
 //!   generated rule sets.
 //!
@@ -55,6 +57,7 @@
 
 mod classify;
 mod error;
+pub mod holder;
 mod path;
 pub mod rules;
 #[cfg(feature = "testing")]
@@ -63,8 +66,10 @@ mod verdict;
 
 pub use classify::{Classification, SegmentRequest};
 pub use error::FilterError;
+pub use holder::RulesHolder;
 pub use rules::{MethodSet, PathMatch, Rule, RuleSet};
 pub use verdict::{
     Decision, EVENT_PATH_MAX, FLOOR_ANY, MAX_METHOD, MAX_PATH, MAX_RULE_ID, MAX_RULES, Method,
     Reason, Verdict,
 };
+pub use zt_rotate::MaterialHolder;

@@ -245,6 +245,18 @@ pub struct RuleSet {
     inner: Arc<Inner>,
 }
 
+/// Two rule sets are equal when their files say the same (default, mode, rules in order).
+impl PartialEq for RuleSet {
+    fn eq(&self, other: &RuleSet) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+            || (self.inner.default == other.inner.default
+                && self.inner.strict_paths == other.inner.strict_paths
+                && self.inner.rules == other.inner.rules)
+    }
+}
+
+impl Eq for RuleSet {}
+
 #[derive(Debug)]
 struct Inner {
     default: Verdict,

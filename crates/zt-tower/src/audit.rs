@@ -39,6 +39,10 @@
 //! no answer to hold back: its record is written at once, before the error is passed on
 //! or the panic resumed, and fsynced in the background.
 //!
+//! **L7 rules.** With `L7RulesLayer` (feature `l7`) under it, the record also says what the
+//! rules decided, whoever had the last word: `l7_verdict` (`allow`, `deny`, `audit`),
+//! `l7_reason` (`rule`, `default`, `non_canonical`, …) and `l7_rule` (the rule id or `null`).
+//!
 //! **Who.** The subject is the token subject when `JwtAuthLayer` sent the verified claims
 //! back on the response, else the SPIFFE ID, else the certificate subject, else
 //! `anonymous`. The token subject and the policy decision (`decision_id`,
@@ -183,6 +187,8 @@ struct Outcome<'a> {
     token_sub: Option<&'a str>,
     /// Decision id and policy revision.
     policy: Option<(&'a str, &'a str)>,
+    /// What the l7 rules decided: verdict, reason, rule id.
+    l7: Option<(&'static str, &'static str, Option<&'a str>)>,
 }
 
 impl Outcome<'static> {
@@ -197,6 +203,7 @@ impl Outcome<'static> {
             grpc_status: None,
             token_sub: None,
             policy: None,
+            l7: None,
         }
     }
 }
@@ -215,6 +222,11 @@ impl<'a> Outcome<'a> {
             .map(|d| (d.decision_id.as_str(), d.revision.as_str()));
         #[cfg(not(feature = "policy"))]
         let policy = None;
+        #[cfg(feature = "l7")]
+        let l7 = crate::l7_decision(extensions)
+            .map(|d| (d.verdict().as_str(), d.reason().as_str(), d.rule_id()));
+        #[cfg(not(feature = "l7"))]
+        let l7 = None;
         Outcome {
             outcome: match verdict {
                 Some(v) if !v.is_allow() => "refused",
@@ -233,6 +245,7 @@ impl<'a> Outcome<'a> {
                 .and_then(|v| v.parse().ok()),
             token_sub,
             policy,
+            l7,
         }
     }
 }
@@ -285,6 +298,12 @@ impl Seen {
             record = record
                 .field("decision_id", decision_id)
                 .field("policy_revision", revision);
+        }
+        if let Some((verdict, reason, rule)) = o.l7 {
+            record = record
+                .field("l7_verdict", verdict)
+                .field("l7_reason", reason)
+                .field("l7_rule", rule);
         }
         record
     }

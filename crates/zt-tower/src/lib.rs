@@ -11,6 +11,9 @@
 //! * [`verdict`] — who decided a request, carried back up on its response for the audit.
 //!
 //! * `PolicyLayer` (feature `policy`) — Rego decisions with `policy-rego`.
+//! * `L7RulesLayer` (feature `l7`) — the kernel filter's HTTP method/path rules
+//!   ([`ebpf_l7_filter`](https://docs.rs/ebpf-l7-filter)) enforced in the process, for TLS,
+//!   HTTP/2 and gRPC.
 //! * `AuditLayer` (feature `audit`) — exactly one hash-chained audit record per request with
 //!   `zt-audit`, whatever became of it: completed, refused, failed, panicked or aborted.
 //!
@@ -19,7 +22,7 @@
 //!
 //! Features: `axum` (the `VerifiedPeer` extractor and `axum::serve` support), `tonic`
 //! (tonic's `Connected` for [`TlsStream`] and `RequestIdentityExt`), `jwt` (the bearer-token
-//! layers), `policy`, `audit`.
+//! layers), `policy`, `audit`, `l7`.
 
 mod acceptor;
 #[cfg(feature = "audit")]
@@ -28,6 +31,8 @@ mod future;
 mod identity;
 #[cfg(feature = "jwt")]
 pub mod jwt;
+#[cfg(feature = "l7")]
+pub mod l7;
 #[cfg(feature = "policy")]
 pub mod policy;
 pub mod rejection;
@@ -56,6 +61,8 @@ pub use jwt::{
     CheckClaims, JwtAuth, JwtAuthLayer, JwtResponseFuture, RequireClaims, RequireClaimsLayer,
     request_claims,
 };
+#[cfg(feature = "l7")]
+pub use l7::{L7Decision, L7Rules, L7RulesLayer, decide_request, l7_decision};
 #[cfg(all(feature = "policy", feature = "axum"))]
 pub use policy::Decision;
 #[cfg(feature = "policy")]

@@ -14,6 +14,7 @@
 //! | `jwt` | `JwtAuthLayer` (feature `jwt`) |
 //! | `scope` | `RequireClaimsLayer` (feature `jwt`) |
 //! | `policy` | `PolicyLayer` (feature `policy`) |
+//! | `l7` | `L7RulesLayer` (feature `l7`) |
 //! | `VerifiedPeer`, `TokenClaims`, `Decision` | the axum extractors of those names, when they refuse |
 //!
 //! Your own layers and extractors attach verdicts the same way:
@@ -127,6 +128,9 @@ pub(crate) struct Passed {
     /// The policy decision that allowed the request, for the audit record.
     #[cfg(feature = "policy")]
     decision: Option<std::sync::Arc<policy_rego::PolicyDecision>>,
+    /// What the l7 rules decided, for the audit record.
+    #[cfg(feature = "l7")]
+    l7: Option<crate::l7::L7Decision>,
 }
 
 impl Passed {
@@ -135,6 +139,8 @@ impl Passed {
             verdict,
             #[cfg(feature = "policy")]
             decision: None,
+            #[cfg(feature = "l7")]
+            l7: None,
         }
     }
 
@@ -147,10 +153,20 @@ impl Passed {
         self
     }
 
+    #[cfg(feature = "l7")]
+    pub(crate) fn with_l7(mut self, decision: crate::l7::L7Decision) -> Self {
+        self.l7 = Some(decision);
+        self
+    }
+
     pub(crate) fn stamp<B>(self, response: &mut Response<B>) {
         self.verdict.attach_if_absent(response);
         #[cfg(feature = "policy")]
         if let Some(decision) = self.decision {
+            response.extensions_mut().get_or_insert(decision);
+        }
+        #[cfg(feature = "l7")]
+        if let Some(decision) = self.l7 {
             response.extensions_mut().get_or_insert(decision);
         }
     }
