@@ -1,4 +1,4 @@
-//! The `ztkit` command: check certificates, tokens, policies and audit logs exactly as
+//! The `ztkit` command: check certificates, tokens, policies, audit logs and L7 rule files exactly as
 //! the libraries do at run time.
 //!
 //! Exit codes: 0 success, 1 the thing checked was refused (the reason is printed),
@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod cert;
+mod ebpf;
 mod jwt;
 mod logging;
 mod policy;
@@ -47,6 +48,9 @@ enum Command {
     /// Audit logs: verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// The kernel L7 filter: check a rule file.
+    #[command(subcommand)]
+    Ebpf(ebpf::EbpfCommand),
 }
 
 /// How a command ended.
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
         Command::Jwt(cmd) => jwt::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Ebpf(cmd) => ebpf::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
