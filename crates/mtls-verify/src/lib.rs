@@ -73,7 +73,7 @@ pub use spiffe::SpiffeId;
 pub use trust_domains::TrustDomainPolicy;
 pub use verifier::{
     ChainVerifyOptions, DEFAULT_MAX_CHAIN_DEPTH, DEFAULT_MIN_RSA_BITS, human_reason,
-    verify_client_chain,
+    server_certificate_verifier, verify_client_chain,
 };
 /// The rotation seam shared by every ztkit holder (from `zt-rotate`): [`ServerTls`] and
 /// [`ClientTls`] implement it, so any source can feed them [`TlsMaterial`].

@@ -125,66 +125,10 @@ pub(crate) fn ca_certificates_at(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, Error> {
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-        spiffe_bundle_certificates(bytes, path)
+        crate::pem::spiffe_bundle_at(bytes, path).map(|bundle| bundle.x509_authorities)
     } else {
         certificates_at(bytes, path)
     }
-}
-
-/// A SPIFFE bundle as the SPIFFE Trust Domain and Bundle specification writes it: a JWKS
-/// whose X.509 authorities are keys with `use: "x509-svid"` and exactly one `x5c` entry
-/// (standard base64 DER). Keys of other uses (`jwt-svid`) are skipped; a bundle without
-/// X.509 authorities gives an empty list (an empty CA bundle for the local trust domain, no
-/// bundle at all for a federated one).
-#[derive(serde::Deserialize)]
-struct SpiffeBundleJson {
-    keys: Vec<SpiffeBundleKey>,
-}
-
-#[derive(serde::Deserialize)]
-struct SpiffeBundleKey {
-    #[serde(rename = "use")]
-    key_use: Option<String>,
-    #[serde(default)]
-    x5c: Vec<String>,
-}
-
-/// The X.509 authorities of a SPIFFE bundle (JSON).
-pub(crate) fn spiffe_bundle_certificates(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, Error> {
-    use base64::Engine as _;
-    let fail = |reason: String| Error::SpiffeBundle {
-        path: path.to_owned(),
-        reason,
-    };
-    let doc: SpiffeBundleJson =
-        serde_json::from_slice(bytes).map_err(|e| fail(format!("not a JWKS document: {e}")))?;
-    let mut out = Vec::new();
-    for (i, key) in doc.keys.iter().enumerate() {
-        if key.key_use.as_deref() != Some("x509-svid") {
-            continue;
-        }
-        let [x5c] = key.x5c.as_slice() else {
-            return Err(fail(format!(
-                "key #{} (use x509-svid) has {} x5c entries, exactly one is required",
-                i + 1,
-                key.x5c.len()
-            )));
-        };
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(x5c)
-            .map_err(|_| fail(format!("key #{}: x5c is not base64", i + 1)))?;
-        if der.len() > crate::identity::MAX_CERTIFICATE_SIZE {
-            return Err(fail(format!("key #{}: certificate over 64 KiB", i + 1)));
-        }
-        if out.len() == crate::pem::MAX_CERTIFICATES_PER_FILE {
-            return Err(fail("too many x509-svid keys".into()));
-        }
-        out.push(CertificateDer::from(der));
-    }
-    Ok(out)
 }
 
 /// How the reason of an [`Error::Crl`] for a CRL past its nextUpdate begins (the reloader

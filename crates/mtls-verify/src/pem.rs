@@ -222,6 +222,94 @@ pub(crate) fn crls_at(
         .collect()
 }
 
+/// A SPIFFE bundle (JSON) as the SPIFFE Trust Domain and Bundle specification writes it:
+/// what bundle endpoints serve and `spire-server bundle show -format spiffe` prints.
+#[non_exhaustive]
+#[derive(Clone, Debug, Default)]
+pub struct SpiffeBundle {
+    /// The X.509 authorities: the `x5c` certificate of every key with `use: "x509-svid"`.
+    pub x509_authorities: Vec<CertificateDer<'static>>,
+    /// `spiffe_refresh_hint`: how often the publisher suggests fetching it again.
+    pub refresh_hint: Option<std::time::Duration>,
+    /// `spiffe_sequence`: the publisher's version number of the bundle.
+    pub sequence: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct SpiffeBundleJson {
+    keys: Vec<SpiffeBundleKey>,
+    spiffe_refresh_hint: Option<u64>,
+    spiffe_sequence: Option<u64>,
+}
+
+#[derive(serde::Deserialize)]
+struct SpiffeBundleKey {
+    #[serde(rename = "use")]
+    key_use: Option<String>,
+    #[serde(default)]
+    x5c: Vec<String>,
+}
+
+/// Parses a SPIFFE bundle (JSON): a JWKS whose X.509 authorities are keys with
+/// `use: "x509-svid"` and exactly one `x5c` entry (standard base64 DER). Keys of other uses
+/// (`jwt-svid`) are skipped; a bundle without X.509 authorities is not an error (it is an
+/// empty bundle).
+///
+/// ```
+/// let bundle = mtls_verify::pem::spiffe_bundle(
+///     br#"{"keys": [], "spiffe_refresh_hint": 300, "spiffe_sequence": 7}"#,
+/// )?;
+/// assert!(bundle.x509_authorities.is_empty());
+/// assert_eq!(bundle.refresh_hint, Some(std::time::Duration::from_secs(300)));
+/// assert!(mtls_verify::pem::spiffe_bundle(b"not json").is_err());
+/// # Ok::<(), mtls_verify::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::SpiffeBundle`] for a document that is not a JWKS, or an `x509-svid` key without
+/// exactly one valid `x5c` certificate.
+pub fn spiffe_bundle(bytes: &[u8]) -> Result<SpiffeBundle, Error> {
+    spiffe_bundle_at(bytes, Path::new(MEMORY))
+}
+
+pub(crate) fn spiffe_bundle_at(bytes: &[u8], path: &Path) -> Result<SpiffeBundle, Error> {
+    use base64::Engine as _;
+    let fail = |reason: String| Error::SpiffeBundle {
+        path: path.to_owned(),
+        reason,
+    };
+    let doc: SpiffeBundleJson =
+        serde_json::from_slice(bytes).map_err(|e| fail(format!("not a JWKS document: {e}")))?;
+    let mut x509_authorities = Vec::new();
+    for (i, key) in doc.keys.iter().enumerate() {
+        if key.key_use.as_deref() != Some("x509-svid") {
+            continue;
+        }
+        let [x5c] = key.x5c.as_slice() else {
+            return Err(fail(format!(
+                "key #{} (use x509-svid) has {} x5c entries, exactly one is required",
+                i + 1,
+                key.x5c.len()
+            )));
+        };
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(x5c)
+            .map_err(|_| fail(format!("key #{}: x5c is not base64", i + 1)))?;
+        if der.len() > MAX_CERTIFICATE_SIZE {
+            return Err(fail(format!("key #{}: certificate over 64 KiB", i + 1)));
+        }
+        if x509_authorities.len() == MAX_CERTIFICATES_PER_FILE {
+            return Err(fail("too many x509-svid keys".into()));
+        }
+        x509_authorities.push(CertificateDer::from(der));
+    }
+    Ok(SpiffeBundle {
+        x509_authorities,
+        refresh_hint: doc.spiffe_refresh_hint.map(std::time::Duration::from_secs),
+        sequence: doc.spiffe_sequence,
+    })
+}
+
 /// Where a piece of material came from: a file, or bytes given in memory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Source {

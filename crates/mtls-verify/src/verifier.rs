@@ -689,6 +689,50 @@ pub fn verify_client_chain(
         .map_err(into_error)
 }
 
+/// A verifier of server certificates for connections that present no certificate of their
+/// own (a SPIFFE bundle endpoint's client): the client side's checks (chain policy, webpki
+/// with CRL-free roots `ca_certs`, the authorizer). With an authorizer that decides by SPIFFE
+/// ID alone the hostname is not checked (an SVID names no host: the bundle endpoint profile
+/// `https_spiffe`); otherwise, or without an authorizer, the hostname is checked as any TLS
+/// client does (`https_web`).
+///
+/// ```
+/// use mtls_verify::{IdentityAuthorizer, server_certificate_verifier};
+/// use ztkit_test_support::TestCa;
+///
+/// let ca = TestCa::new("partner.org");
+/// let verifier = server_certificate_verifier(
+///     &[ca.cert_der.clone()],
+///     Some(IdentityAuthorizer::spiffe_ids(["spiffe://partner.org/bundle-endpoint"])?),
+/// )?;
+/// let config = rustls::ClientConfig::builder_with_provider(mtls_verify::crypto_provider())
+///     .with_safe_default_protocol_versions()?
+///     .dangerous()
+///     .with_custom_certificate_verifier(verifier)
+///     .with_no_client_auth();
+/// # let _ = config;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+/// [`Error::EmptyCaBundle`] / [`Error::InvalidCaCertificate`] for unusable CA certificates.
+pub fn server_certificate_verifier(
+    ca_certs: &[CertificateDer<'static>],
+    authorizer: Option<IdentityAuthorizer>,
+) -> Result<Arc<dyn ServerCertVerifier>, Error> {
+    let roots = crate::material::root_store(ca_certs, std::path::Path::new(crate::error::MEMORY))?;
+    let check_hostname = !authorizer
+        .as_ref()
+        .is_some_and(IdentityAuthorizer::is_spiffe_based);
+    let authorizer = authorizer.map(|a| Arc::new(a) as Arc<dyn AuthorizeIdentity>);
+    Ok(Arc::new(ServerVerifier::new(
+        Anchors::Single(roots),
+        ChainPolicy::default(),
+        authorizer,
+        check_hostname,
+    )?))
+}
+
 // === ServerVerifier (client side) ===
 
 /// One trust anchor set of the client side: its roots, and the hostname-checking webpki

@@ -91,6 +91,11 @@ pub enum Error {
         expired: bool,
     },
 
+    /// A bundle endpoint could not be served, reached, authenticated, or returned an unusable
+    /// bundle (federation over the network).
+    #[error("bundle endpoint: {0}")]
+    Federation(String),
+
     /// mtls-verify refused the material (or a holder could not be built from it).
     #[error(transparent)]
     Tls(#[from] mtls_verify::Error),

@@ -92,7 +92,10 @@
 //! (`tests/source.rs`, `tests/federation.rs`); design and mapping to go-spiffe in
 //! `docs/spiffe.md`.
 //!
-//! Left: federation over the network (bundle endpoints); JWT-SVIDs on the client side and
+//! Federation over the network ([`bundle_endpoint`]): serving this trust domain's bundle,
+//! fetching a foreign one (`https_web`, `https_spiffe`) into a file refreshed by its hint.
+//!
+//! Left: `ztkit spiffe bundle-endpoint`; JWT-SVIDs on the client side and
 //! the test server's `ValidateJWTSVID`; tonic/axum helpers; `ztkit dev-agent`; the
 //! rotation-under-load and interop-with-Python tests; benchmarks; `examples/tonic_svid.rs`
 //! and the demo.
@@ -106,6 +109,7 @@ pub use source::{
 pub use zt_rotate::{MaterialHolder, RotationStatus};
 
 pub mod authorize;
+pub mod bundle_endpoint;
 mod error;
 mod source;
 #[cfg(feature = "testing")]
