@@ -197,7 +197,11 @@ async fn federate() {
     )
     .await
     .unwrap_err();
-    assert!(err.to_string().contains("connect"), "{err}");
+    // Refused at connect, or reset while the aborted endpoint task lets go of its socket.
+    assert!(
+        matches!(err, svid_client::Error::Federation(ref m) if m.contains(&format!(":{b_port}/bundle"))),
+        "{err}"
+    );
     assert_eq!(handshake(&a_server, &b2_client).await, Ok(()));
 }
 
