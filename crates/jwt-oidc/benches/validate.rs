@@ -179,6 +179,13 @@ fn single_thread(c: &mut Criterion) {
         g.bench_function("jwt_oidc_cache_off", |b| {
             b.iter(|| ready(auth.validate(black_box(&case.token), &ctx)).unwrap())
         });
+        // The miss path under a policy layer: the whole claims set is read too (`raw()`).
+        g.bench_function("jwt_oidc_cache_off_with_raw", |b| {
+            b.iter(|| {
+                let claims = ready(auth.validate(black_box(&case.token), &ctx)).unwrap();
+                black_box(claims.raw().as_object().map(serde_json::Map::len))
+            })
+        });
         let (dk, v) = jsonwebtoken_parts(&case);
         g.bench_function("jsonwebtoken_decode", |b| {
             b.iter(|| jsonwebtoken::decode::<Value>(black_box(&case.token), &dk, &v).unwrap())

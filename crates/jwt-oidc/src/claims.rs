@@ -8,8 +8,10 @@ use crate::Algorithm;
 /// The claims of a verified access token.
 ///
 /// The claims set is read once during validation, by the crate's strict reader, into the
-/// registered claims (mostly spans of the signed JSON text) and a [`serde_json::Value`]
-/// ([`Claims::raw`]). Roles are read lazily from that value, at the configured claim path.
+/// registered claims (mostly spans of the signed JSON text); every other claim is checked
+/// and skipped. The whole set as a [`serde_json::Value`] ([`Claims::raw`]) is built from the
+/// kept text on first use, by the same reader, so a server that never reads it pays nothing
+/// for it. Roles are read lazily from that value, at the configured claim path.
 pub struct Claims {
     pub(crate) issuer: Text,
     pub(crate) subject: Option<Text>,
@@ -27,8 +29,8 @@ pub struct Claims {
     /// The signed claims set; most strings above are spans into it (no copies).
     pub(crate) payload: String,
     pub(crate) roles_path: Option<Arc<[Box<str>]>>,
-    /// The whole claims set, read in the same pass as the registered claims.
-    pub(crate) raw: serde_json::Value,
+    /// The whole claims set, built from `payload` on first use.
+    pub(crate) raw: OnceLock<serde_json::Value>,
     pub(crate) roles: OnceLock<Box<[Box<str>]>>,
 }
 
@@ -205,11 +207,14 @@ impl Claims {
         &self.payload
     }
 
-    /// The whole claims set as JSON (an object). It was read during validation, in the same
-    /// pass as the registered claims, by the same strict reader: no second parse.
+    /// The whole claims set as JSON (an object), built on first use from the verified text by
+    /// the same strict reader that validated it (no second parser: duplicate registered
+    /// claims, nesting deeper than 32 and numbers serde_json cannot read were refused during
+    /// validation; of duplicate other claims the last counts, as in serde_json).
     #[must_use]
     pub fn raw(&self) -> &serde_json::Value {
-        &self.raw
+        self.raw
+            .get_or_init(|| crate::json::claims_value(&self.payload))
     }
 
     /// One top-level claim from [`Claims::raw`].
@@ -276,7 +281,7 @@ impl Claims {
             algorithm: Algorithm::Es256,
             payload: "{}".to_owned(),
             roles_path: None,
-            raw: serde_json::Value::Object(serde_json::Map::new()),
+            raw: OnceLock::new(),
             roles: OnceLock::new(),
         }
     }

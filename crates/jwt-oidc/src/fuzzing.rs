@@ -177,7 +177,7 @@ fn expected_claims(tree: &Tree) -> Result<ClaimsView, ()> {
 }
 
 fn actual_claims(text: &str) -> Option<ClaimsView> {
-    let c = token::parse_claims(text).ok()?;
+    let c = token::parse_claims(text, false).ok()?;
     let owned = |s: Cow<'_, str>| s.into_owned();
     let list = |l: StrList<'_>| l.iter().map(str::to_owned).collect();
     Some(ClaimsView {
@@ -257,23 +257,46 @@ pub fn check_json_against_serde(input: &[u8]) {
         (Err(e), Ok(())) => panic!("the reader accepts, serde_json refuses ({e}): {text:?}"),
         (Err(_), Err(_)) => return,
     };
-    // The value the reader builds (`Claims::raw`) is serde_json's.
+    // The value the reader builds is serde_json's.
     let expected_value = serde_json::from_str::<serde_json::Value>(text);
     let actual_value = Reader::new(text).value();
     match (&expected_value, &actual_value) {
         (Ok(e), Ok(a)) => assert!(same_value(e, a), "values differ: {e} vs {a}: {text:?}"),
         (e, a) => panic!("value: serde_json says {e:?}, the reader {a:?}: {text:?}"),
     }
-    if let (Ok(expected), Ok(claims)) = (&expected_value, token::parse_claims(text)) {
-        let members = serde_json::Value::Object(claims.members);
+    // A claims set the validation pass accepts: `Claims::raw` (built later, on first use) is
+    // serde_json's value of it, and the member names the required-claim check sees are
+    // serde_json's non-null members (the last of duplicates counts).
+    let accepted = token::parse_claims(text, true);
+    assert_eq!(
+        accepted.is_ok(),
+        token::parse_claims(text, false).is_ok(),
+        "collecting names changed the verdict: {text:?}"
+    );
+    if let (Ok(serde_json::Value::Object(expected)), Ok(claims)) = (&expected_value, &accepted) {
+        let raw = crate::json::claims_value(text);
+        let expected_object = serde_json::Value::Object(expected.clone());
         assert!(
-            same_value(expected, &members),
-            "claims members differ: {expected} vs {members}: {text:?}"
+            same_value(&expected_object, &raw),
+            "Claims::raw differs: {expected_object} vs {raw}: {text:?}"
+        );
+        for (name, _) in &claims.names {
+            assert_eq!(
+                claims.has_non_null(name),
+                expected.get(&**name).is_some_and(|v| !v.is_null()),
+                "required claim {name:?}: {text:?}"
+            );
+        }
+        assert!(
+            expected
+                .keys()
+                .all(|k| claims.names.iter().any(|(n, _)| n == k)),
+            "a member name was not collected: {text:?}"
         );
     }
     if !matches!(tree, Tree::Obj(_)) {
         assert!(
-            token::parse_claims(text).is_err(),
+            token::parse_claims(text, false).is_err(),
             "non-object claims: {text:?}"
         );
         assert!(
@@ -353,6 +376,7 @@ mod tests {
         r#"{"exp":"soon","sub":5,"aud":[1]}"#,
         r#"[{"iss":"a"}]"#,
         r#""\ud83d\ude00""#,
+        r#"{"x":1,"x":null,"y":null,"y":{"x":[1,1.5,-0]},"iss":null,"sub":"s"}"#,
     ];
 
     #[test]

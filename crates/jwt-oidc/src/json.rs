@@ -7,8 +7,16 @@
 //! it goes, so the separate depth scan is gone too.
 //!
 //! It accepts exactly the JSON serde_json accepts, minus nesting deeper than [`MAX_DEPTH`]
-//! (serde_json allows 128): `Claims::raw` later hands the same text to serde_json. The
-//! differential check in [`crate::fuzzing`] and the `jwt_json` fuzz target hold it to that.
+//! (serde_json allows 128), and [`Reader::value`] builds the [`serde_json::Value`] serde_json
+//! would. The differential check in [`crate::fuzzing`] and the `jwt_json` fuzz target hold it
+//! to both.
+//!
+//! Validation reads a claims set once, acting on the registered claims and checking and
+//! skipping the rest ([`crate::token::parse_claims`]); `Claims::raw` builds the whole value
+//! only when first asked ([`claims_value`]), from the same text with this same reader. A
+//! server that never reads `raw()` pays nothing for it; one that does (the policy layer)
+//! pays one extra walk over text that is known to be valid, never a second parser with its
+//! own rules.
 
 use std::borrow::Cow;
 
@@ -409,15 +417,9 @@ impl<'a> Reader<'a> {
         }
     }
 
-    /// Where the reader is in its text (a byte offset).
-    pub(crate) fn position(&self) -> usize {
-        self.pos
-    }
-
     /// Reads any value into a [`serde_json::Value`], as `serde_json::from_str` would: objects
     /// keep the last of duplicate members, integers that fit are `u64`/`i64`, everything else
-    /// (and `-0`) is `f64`. This is how a claims set is read once for both the validator and
-    /// [`crate::Claims::raw`].
+    /// (and `-0`) is `f64`. [`crate::Claims::raw`] is built with it ([`claims_value`]).
     pub(crate) fn value(&mut self) -> Result<serde_json::Value, JsonError> {
         use serde_json::Value;
         Ok(match self.peek()? {
@@ -478,6 +480,19 @@ impl<'a> Reader<'a> {
             b'-' | b'0'..=b'9' => self.number().map(drop),
             _ => Err(JsonError::Syntax),
         }
+    }
+}
+
+/// The whole claims set as a [`serde_json::Value`], for [`crate::Claims::raw`]: the text that
+/// [`crate::token::parse_claims`] accepted, read again by the same reader, so the same rules
+/// (syntax, nesting limit, numbers) hold for everything the value exposes. A text that
+/// `parse_claims` accepted always reads (both walks apply the same checks); should that ever
+/// fail, the value is an empty object (fail closed: no claim is exposed).
+pub(crate) fn claims_value(text: &str) -> serde_json::Value {
+    let mut r = Reader::new(text);
+    match r.value() {
+        Ok(value @ serde_json::Value::Object(_)) if r.finish().is_ok() => value,
+        _ => serde_json::Value::Object(serde_json::Map::new()),
     }
 }
 

@@ -240,15 +240,31 @@ pub(crate) struct RawClaims<'a> {
     pub(crate) scp: Option<StrList<'a>>,
     pub(crate) cnf: Option<RawCnf<'a>>,
     pub(crate) client_id: Option<Cow<'a, str>>,
-    /// Every member (registered ones included, `null`s kept), as serde_json reads them: what
-    /// `Claims::raw` returns, built in the same pass.
-    pub(crate) members: serde_json::Map<String, serde_json::Value>,
+    /// Every top-level member name, in order, and whether its value is `null`: collected only
+    /// when asked for (required-claim checks), so the common path allocates nothing for it.
+    pub(crate) names: Vec<(Cow<'a, str>, bool)>,
 }
 
-/// Parses the claims set in one pass, into the registered claims the validator acts on and
-/// the whole set as a JSON object. `null` counts as absent for registered claims; one that
-/// appears twice, or has the wrong type, refuses the token.
-pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
+impl RawClaims<'_> {
+    /// True when the claims set has member `name` with a non-null value. Of duplicate members
+    /// (allowed for claims the validator does not read) the last counts, as in
+    /// [`crate::Claims::raw`]. Needs the names ([`parse_claims`] with `collect_names`).
+    pub(crate) fn has_non_null(&self, name: &str) -> bool {
+        self.names
+            .iter()
+            .rev()
+            .find(|(n, _)| n == name)
+            .is_some_and(|(_, null)| !null)
+    }
+}
+
+/// Parses the claims set in one pass. `null` counts as absent; a claim read here that
+/// appears twice, or has the wrong type, refuses the token. Every other member is checked
+/// (syntax, nesting, numbers serde_json can read) and skipped without building a value:
+/// [`crate::Claims::raw`] builds the whole set later, from the same text with the same
+/// reader, only when something asks for it. With `collect_names`, the member names are kept
+/// too ([`RawClaims::has_non_null`]).
+pub(crate) fn parse_claims(json: &str, collect_names: bool) -> Result<RawClaims<'_>, AuthError> {
     let mut r = Reader::new(json);
     if r.peek() != Ok(b'{') {
         return Err(AuthError::Malformed("claims set is not a JSON object"));
@@ -267,16 +283,22 @@ pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
             "scp" => 7,
             "cnf" => 8,
             "client_id" => 9,
-            _ => {
-                let value = r.value()?;
-                c.members.insert(name.into_owned(), value);
+            _ if collect_names => {
+                let null = r.null()?;
+                if !null {
+                    r.skip_value()?;
+                }
+                c.names.push((name, null));
                 return Ok(());
             }
+            _ => return r.skip_value(),
         };
         first_sighting(&mut seen, bit)?;
-        let start = r.position();
-        if r.null()? {
-            c.members.insert(name.into_owned(), serde_json::Value::Null);
+        let null = r.null()?;
+        if collect_names {
+            c.names.push((name, null));
+        }
+        if null {
             return Ok(());
         }
         match bit {
@@ -291,10 +313,6 @@ pub(crate) fn parse_claims(json: &str) -> Result<RawClaims<'_>, AuthError> {
             8 => c.cnf = Some(RawCnf::read(r)?),
             _ => c.client_id = Some(r.string()?),
         }
-        // The few bytes of a registered claim, already checked, as a JSON value too.
-        let text = json.get(start..r.position()).ok_or(JsonError::Syntax)?;
-        c.members
-            .insert(name.into_owned(), Reader::new(text).value()?);
         Ok(())
     })
     .and_then(|()| r.finish())
@@ -333,11 +351,11 @@ mod tests {
 
     #[test]
     fn arrays_and_duplicates_are_not_claims_sets() {
-        assert!(parse_claims(r#"["x", null, 5]"#).is_err());
-        assert!(parse_claims(r#"{"iss":"a","iss":"b"}"#).is_err());
-        assert!(parse_claims(r#"{"exp":-1}"#).is_err());
-        assert!(parse_claims(r#"{"exp":"tomorrow"}"#).is_err());
-        let c = parse_claims(r#"{"exp":1.9e9,"aud":["a","b"],"x":[[[]]]}"#).unwrap();
+        assert!(parse_claims(r#"["x", null, 5]"#, false).is_err());
+        assert!(parse_claims(r#"{"iss":"a","iss":"b"}"#, false).is_err());
+        assert!(parse_claims(r#"{"exp":-1}"#, false).is_err());
+        assert!(parse_claims(r#"{"exp":"tomorrow"}"#, false).is_err());
+        let c = parse_claims(r#"{"exp":1.9e9,"aud":["a","b"],"x":[[[]]]}"#, false).unwrap();
         assert_eq!(c.exp.map(|d| d.0), Some(1_900_000_000));
         assert_eq!(c.aud.unwrap().iter().collect::<Vec<_>>(), ["a", "b"]);
     }
@@ -346,7 +364,7 @@ mod tests {
     fn depth_is_limited_while_parsing() {
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(40), "]".repeat(40));
         assert!(matches!(
-            parse_claims(&deep),
+            parse_claims(&deep, false),
             Err(AuthError::Malformed("JSON is nested too deeply"))
         ));
         assert!(parse_header(deep.as_bytes()).is_err());
@@ -381,8 +399,34 @@ mod tests {
     }
 
     #[test]
+    fn member_names_are_collected_only_when_asked_and_the_last_duplicate_counts() {
+        let text = r#"{"x":1,"x":null,"y":null,"y":[],"iss":null,"sub":"s","z":{"w":1}}"#;
+        assert!(parse_claims(text, false).unwrap().names.is_empty());
+        let c = parse_claims(text, true).unwrap();
+        let names: Vec<_> = c.names.iter().map(|(n, null)| (&**n, *null)).collect();
+        assert_eq!(
+            names,
+            [
+                ("x", false),
+                ("x", true),
+                ("y", true),
+                ("y", false),
+                ("iss", true),
+                ("sub", false),
+                ("z", false)
+            ]
+        );
+        assert!(!c.has_non_null("x") && c.has_non_null("y") && !c.has_non_null("iss"));
+        assert!(c.has_non_null("sub") && c.has_non_null("z") && !c.has_non_null("w"));
+        // The same verdicts either way, and a duplicate registered claim is still refused.
+        for bad in [r#"{"sub":"a","x":1,"sub":null}"#, r#"{"x":1,"y":[1,]}"#] {
+            assert!(parse_claims(bad, true).is_err() && parse_claims(bad, false).is_err());
+        }
+    }
+
+    #[test]
     fn cnf_reports_other_methods() {
-        let c = parse_claims(r#"{"cnf":{"jkt":"abc"}}"#).unwrap();
+        let c = parse_claims(r#"{"cnf":{"jkt":"abc"}}"#, false).unwrap();
         let cnf = c.cnf.unwrap();
         assert!(cnf.other_methods && cnf.x5t_s256.is_none());
     }

@@ -548,3 +548,237 @@ async fn tampered_tokens_of_every_algorithm_are_refused() {
         );
     }
 }
+
+/// Deterministic generator of claims-set texts: valid registered claims, then extra members
+/// of every JSON shape (escapes, surrogate pairs, `-0`, integers past `u64`, exponents,
+/// nesting, whitespace) under a few names, so duplicates and an escaped `roles` happen too.
+struct ClaimsText {
+    state: u64,
+}
+
+impl ClaimsText {
+    fn next(&mut self) -> u64 {
+        self.state ^= self.state << 13;
+        self.state ^= self.state >> 7;
+        self.state ^= self.state << 17;
+        self.state
+    }
+
+    fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+        from[(self.next() % from.len() as u64) as usize]
+    }
+
+    fn space(&mut self) -> &'static str {
+        self.pick(&["", "", "", " ", "\n\t "])
+    }
+
+    fn value(&mut self, depth: u32) -> String {
+        let scalar = |g: &mut Self| {
+            g.pick(&[
+                "null",
+                "true",
+                "false",
+                "0",
+                "-0",
+                "42",
+                "-17",
+                "18446744073709551615",
+                "18446744073709551616",
+                "-9223372036854775808",
+                "-9223372036854775809",
+                "1.5",
+                "1e5",
+                "1E+2",
+                "-1.25e-3",
+                "0.1",
+                "123456789.123456789e-5",
+                "1e300",
+                r#""plain""#,
+                r#""caf\u00e9 \"q\" \\ \/ \n""#,
+                r#""\ud83d\ude00""#,
+                "\"é ü\"",
+                r#""admin""#,
+                r#""a b  c""#,
+                r#""""#,
+            ])
+            .to_owned()
+        };
+        match self.next() % if depth >= 4 { 1 } else { 4 } {
+            0 => scalar(self),
+            1 => {
+                let n = self.next() % 4;
+                let items: Vec<String> = (0..n).map(|_| self.value(depth + 1)).collect();
+                format!("[{}]", items.join(","))
+            }
+            _ => {
+                let n = self.next() % 4;
+                let members: Vec<String> = (0..n)
+                    .map(|_| {
+                        let name = self.pick(&["roles", "r\\u006fles", "k", "k", "v\\n"]);
+                        let (s1, s2) = (self.space(), self.space());
+                        format!("\"{name}\"{s1}:{s2}{}", self.value(depth + 1))
+                    })
+                    .collect();
+                format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+
+    fn claims_set(&mut self) -> String {
+        let exp = now_unix() + 600;
+        let mut members = vec![
+            format!("\"iss\":\"{ISS}\""),
+            format!(
+                "\"aud\":{}",
+                self.pick(&[r#""orders-api""#, r#"["x","orders-api"]"#])
+            ),
+            format!("\"exp\":{exp}"),
+        ];
+        // A registered claim appears at most once (a duplicate one refuses the token).
+        match self.next() % 3 {
+            0 => members.push(r#""sub":"alice""#.to_owned()),
+            1 => members.push(r#""sub":null"#.to_owned()),
+            _ => {}
+        }
+        for extra in [
+            r#""scope":"orders:read""#,
+            r#""scp":["a","b"]"#,
+            r#""client_id":"w\u00e9b""#,
+            &format!("\"iat\":{}", now_unix()),
+            &format!("\"nbf\":{}.5", now_unix() - 10),
+        ] {
+            if self.next().is_multiple_of(3) {
+                members.push(extra.to_owned());
+            }
+        }
+        for _ in 0..self.next() % 8 {
+            let name = self.pick(&[
+                "jti",
+                "jti",
+                "x",
+                "realm_access",
+                "roles",
+                "r\\u006fles",
+                "\\u00e9",
+            ]);
+            let value = if name == "realm_access" && self.next().is_multiple_of(2) {
+                format!("{{\"roles\":{}}}", self.value(2))
+            } else {
+                self.value(1)
+            };
+            members.push(format!("\"{name}\":{value}"));
+        }
+        // Shuffle, keeping the generated pieces intact.
+        for i in (1..members.len()).rev() {
+            members.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+        let s = self.space();
+        format!("{s}{{{s}{}{s}}}{s}", members.join(&format!("{s},{s}")))
+    }
+}
+
+/// Equal JSON values; floats may differ in the last bits (serde_json's default float parser
+/// is not always correctly rounded, the crate's reader uses Rust's).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) if x.is_f64() && y.is_f64() => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            x == y || (x - y).abs() <= x.abs().max(y.abs()) * 4.0 * f64::EPSILON
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .zip(y)
+                    .all(|((kx, vx), (ky, vy))| kx == ky && same_json(vx, vy))
+        }
+        _ => a == b,
+    }
+}
+
+/// `Claims::raw` is built on first use, from the verified text, by the crate's own reader:
+/// for a few hundred generated claims sets it must be exactly what serde_json reads from
+/// `Claims::json()` (what it was when it was built eagerly, and before that by serde_json
+/// itself); roles, `get`, the registered accessors and required-claim verdicts follow from it.
+#[tokio::test]
+async fn raw_is_serde_jsons_value_of_the_verified_claims_set() {
+    let key = TestKey::generate(Algorithm::Es256, "k1");
+    let build = |require_jti: bool| {
+        let b = JwtAuthenticator::builder()
+            .issuer(IssuerConfig::static_jwks(ISS, jwks(&[&key])))
+            .audience(AUD)
+            .roles_claim("realm_access.roles")
+            .token_cache_capacity(0);
+        if require_jti {
+            b.require_claim("jti")
+        } else {
+            b
+        }
+        .build()
+        .unwrap()
+    };
+    let (plain, needs_jti) = (build(false), build(true));
+    let header = b64url(br#"{"alg":"ES256","kid":"k1"}"#);
+    let mut generator = ClaimsText {
+        state: 0x9e37_79b9_7f4a_7c15,
+    };
+    let (mut compared, mut missing_jti) = (0, 0);
+    for _ in 0..400 {
+        let text = generator.claims_set();
+        let token = jwt_oidc::testing::sign_parts(&key, &header, &b64url(text.as_bytes()));
+        let expected: Value = serde_json::from_str(&text).unwrap();
+        let claims = check(&plain, &token)
+            .await
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(claims.json(), text);
+        // Read the value twice: built once, then the same.
+        assert!(
+            same_json(claims.raw(), &expected),
+            "{} vs {expected}: {text}",
+            claims.raw()
+        );
+        assert!(std::ptr::eq(claims.raw(), claims.raw()));
+        for name in ["jti", "x", "roles", "\u{e9}", "realm_access", "sub"] {
+            assert_eq!(
+                claims.get(name).is_some(),
+                expected.get(name).is_some(),
+                "{name}: {text}"
+            );
+        }
+        assert_eq!(claims.raw()["iss"], claims.issuer());
+        assert_eq!(claims.raw()["exp"], claims.expires_at_unix());
+        assert_eq!(claims.raw()["sub"].as_str(), claims.subject());
+        assert_eq!(claims.raw()["client_id"].as_str(), claims.client_id());
+        let expected_roles: Vec<&str> = match &expected["realm_access"]["roles"] {
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            Value::String(s) => s.split(' ').filter(|r| !r.is_empty()).collect(),
+            _ => Vec::new(),
+        };
+        let roles: Vec<&str> = claims.roles().iter().map(AsRef::as_ref).collect();
+        assert_eq!(roles, expected_roles, "{text}");
+        // Required claims: present with a non-null value, the last of duplicates counting.
+        let jti_present = expected.get("jti").is_some_and(|v| !v.is_null());
+        match check(&needs_jti, &token).await {
+            Ok(c) => {
+                assert!(jti_present, "{text}");
+                assert!(same_json(c.raw(), &expected));
+            }
+            Err(e) => {
+                assert!(!jti_present, "{e}: {text}");
+                assert_eq!(
+                    e,
+                    AuthError::MissingClaim {
+                        claim: "jti".into()
+                    }
+                );
+                missing_jti += 1;
+            }
+        }
+        compared += 1;
+    }
+    assert_eq!(compared, 400);
+    // Both required-claim verdicts were exercised.
+    assert!(missing_jti > 20 && missing_jti < 380, "{missing_jti}");
+}

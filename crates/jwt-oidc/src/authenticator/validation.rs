@@ -123,8 +123,10 @@ impl JwtAuthenticator {
             String::from_utf8(payload_bytes)
                 .map_err(|_| AuthError::Malformed("claims set is not UTF-8"))
         );
-        let mut raw = tri!(token::parse_claims(&payload_json));
-        let members = std::mem::take(&mut raw.members);
+        let raw = tri!(token::parse_claims(
+            &payload_json,
+            !cfg.required_claims.is_empty()
+        ));
         let Some(iss) = raw.iss.as_deref() else {
             return AuthError::UnknownIssuer { iss: "".into() }.into();
         };
@@ -225,10 +227,9 @@ impl JwtAuthenticator {
         tri!(key.verify(seg.signing_input, sig));
 
         // Claims.
-        let mut claims = tri!(self.build_claims(&raw, &members, &payload_json, key));
+        let mut claims = tri!(self.build_claims(&raw, &payload_json, key));
         drop(raw);
         claims.payload = payload_json;
-        claims.raw = serde_json::Value::Object(members);
         tri!(self.check_request(&claims, ctx, now));
         let claims = Arc::new(claims);
         if let (Some(cache), Some(hash)) = (&inner.cache, hash)
@@ -280,7 +281,6 @@ impl JwtAuthenticator {
     fn build_claims(
         &self,
         raw: &RawClaims<'_>,
-        members: &serde_json::Map<String, serde_json::Value>,
         payload_json: &str,
         key: &VerifyingKey,
     ) -> Result<Claims, AuthError> {
@@ -316,10 +316,7 @@ impl JwtAuthenticator {
         };
         if !cfg.required_claims.is_empty() {
             for required in &cfg.required_claims {
-                if members
-                    .get(&**required)
-                    .is_none_or(serde_json::Value::is_null)
-                {
+                if !raw.has_non_null(required) {
                     return Err(AuthError::MissingClaim {
                         claim: required.clone(),
                     });
@@ -372,7 +369,7 @@ impl JwtAuthenticator {
             algorithm: key.algorithm(),
             payload: String::new(),
             roles_path: cfg.roles_path.clone(),
-            raw: serde_json::Value::Null,
+            raw: std::sync::OnceLock::new(),
             roles: std::sync::OnceLock::new(),
         })
     }
@@ -547,7 +544,7 @@ mod tests {
         assert_eq!(c.audiences().collect::<Vec<_>>(), ["x", "api"]);
         assert!(c.has_scope("b"));
         assert_eq!(c.client_id(), Some("c\u{e9}"));
-        // The claims set was read once, into the registered claims and the whole value.
+        // The claims set was read once for validation; the whole value is built on first use.
         let reparsed: Value = serde_json::from_str(c.json()).unwrap();
         assert_eq!(c.raw(), &reparsed);
         assert_eq!(c.get("scp"), Some(&json!(["a", "b"])));
