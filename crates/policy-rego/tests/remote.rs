@@ -305,9 +305,19 @@ async fn signed_bundles_from_nginx_are_verified_before_activation() {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
     let signer =
         || BundleSigner::from_private_key_pem("ES256", key.serialize_pem().as_bytes()).unwrap();
-    let options = PolicyOptions::new().verification_key(
-        SignatureVerifier::from_public_key_pem("ES256", key.public_key_pem().as_bytes()).unwrap(),
-    );
+    // A key set (OPA's `keys` + `signing.keyid`): `key` is the default, `previous` is chosen
+    // by the signature's key id.
+    let previous = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let keys = SignatureVerifier::from_public_key_pem("ES256", key.public_key_pem().as_bytes())
+        .unwrap()
+        .key_id("current")
+        .also_trust(
+            SignatureVerifier::from_public_key_pem("ES256", previous.public_key_pem().as_bytes())
+                .unwrap()
+                .key_id("previous"),
+        )
+        .unwrap();
+    let options = PolicyOptions::new().verification_key(keys);
     let signed = |rev: &str| writer(rev, TEST_ALICE).sign(signer()).to_tar_gz().unwrap();
     let engine = engine_with(options, &signed("s0"));
     let downloader = BundleDownloader::builder(&nginx.service(), BUNDLE)
@@ -370,6 +380,21 @@ async fn signed_bundles_from_nginx_are_verified_before_activation() {
         "the tampered allow-all never served"
     );
 
+    // Signed with the previous key, naming it.
+    let by_previous = writer("s4-previous", TEST_ALICE)
+        .sign(
+            BundleSigner::from_private_key_pem("ES256", previous.serialize_pem().as_bytes())
+                .unwrap()
+                .key_id("previous"),
+        )
+        .to_tar_gz()
+        .unwrap();
+    nginx.publish(&by_previous, 40);
+    assert!(matches!(
+        downloader.poll_once().await.unwrap(),
+        DownloadOutcome::Activated { revision } if revision == "s4-previous"
+    ));
+
     nginx.publish(&signed("s5"), 5);
     assert!(matches!(
         downloader.poll_once().await.unwrap(),
@@ -378,7 +403,7 @@ async fn signed_bundles_from_nginx_are_verified_before_activation() {
     let status = downloader.status();
     assert_eq!(
         (status.rotation.generation, status.rotation.failures),
-        (2, 3)
+        (3, 3)
     );
     assert!(status.rotation.last_error.is_none());
 }

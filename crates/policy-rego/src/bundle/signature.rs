@@ -40,12 +40,17 @@ pub const SIGNATURES_FILE: &str = ".signatures.json";
 ///
 /// Built from a PEM public key (RSA, EC or Ed25519) or an HMAC secret, with the JWT algorithm
 /// the signer used. The verifier accepts exactly that one algorithm.
+///
+/// Several keys, chosen by key id as OPA's `keys` map and `signing.keyid` are, come from
+/// [`also_trust`](Self::also_trust).
 #[derive(Clone)]
 pub struct SignatureVerifier {
     key: DecodingKey,
     algorithm: Algorithm,
     key_id: Option<String>,
     scope: String,
+    /// Further keys, each with an id (see [`also_trust`](Self::also_trust)).
+    others: Vec<SignatureVerifier>,
 }
 
 impl fmt::Debug for SignatureVerifier {
@@ -55,6 +60,7 @@ impl fmt::Debug for SignatureVerifier {
             .field("algorithm", &self.algorithm)
             .field("key_id", &self.key_id)
             .field("scope", &self.scope)
+            .field("others", &self.others)
             .finish_non_exhaustive()
     }
 }
@@ -90,6 +96,7 @@ impl SignatureVerifier {
             algorithm: alg,
             key_id: None,
             scope: String::new(),
+            others: Vec::new(),
         })
     }
 
@@ -113,6 +120,7 @@ impl SignatureVerifier {
             algorithm: alg,
             key_id: None,
             scope: String::new(),
+            others: Vec::new(),
         })
     }
 
@@ -130,6 +138,87 @@ impl SignatureVerifier {
     pub fn scope(mut self, scope: impl Into<String>) -> Self {
         self.scope = scope.into();
         self
+    }
+
+    /// Trusts `other` too (OPA's `keys` with several entries). Every key of a set needs an
+    /// id ([`key_id`](Self::key_id)); a bundle's signature names its key with the JWT header's
+    /// `kid` or the payload's `keyid` (read before verification only to choose the key, as
+    /// OPA does; the signature must then verify with that configured key and its configured
+    /// algorithm), and one that names none is checked with this verifier's own key, the
+    /// default (OPA's `signing.keyid`). The scope is this verifier's.
+    ///
+    /// ```
+    /// use policy_rego::{BundleLoader, BundleSigner, BundleWriter, SignatureVerifier};
+    ///
+    /// let old = SignatureVerifier::hmac("HS256", b"2025 secret")?.key_id("2025");
+    /// let new = SignatureVerifier::hmac("HS512", b"2026 secret")?.key_id("2026");
+    /// let loader = BundleLoader::new().verification_key(new.also_trust(old)?);
+    ///
+    /// let signed_by = |id: &str, alg: &str, secret: &[u8]| {
+    ///     BundleWriter::new()
+    ///         .file("p.rego", "package p")
+    ///         .sign(BundleSigner::hmac(alg, secret).unwrap().key_id(id))
+    ///         .to_tar_gz()
+    ///         .unwrap()
+    /// };
+    /// assert!(loader.load_tar_gz("b", &signed_by("2025", "HS256", b"2025 secret")).is_ok());
+    /// assert!(loader.load_tar_gz("b", &signed_by("2026", "HS512", b"2026 secret")).is_ok());
+    /// assert!(loader.load_tar_gz("b", &signed_by("2027", "HS256", b"2025 secret")).is_err());
+    /// assert!(loader.load_tar_gz("b", &signed_by("2026", "HS256", b"2025 secret")).is_err());
+    /// # Ok::<(), policy_rego::PolicyError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`PolicyError::Config`] when either key has no id, or the id is taken.
+    pub fn also_trust(mut self, other: SignatureVerifier) -> Result<Self> {
+        let mut added = vec![SignatureVerifier {
+            others: Vec::new(),
+            ..other.clone()
+        }];
+        added.extend(other.others);
+        let no_id = || {
+            PolicyError::Config("every key of a bundle verification key set needs a key id".into())
+        };
+        if self.key_id.is_none() {
+            return Err(no_id());
+        }
+        for key in &added {
+            let id = key.key_id.as_ref().ok_or_else(no_id)?;
+            if self.key_for(id).is_some() {
+                return Err(PolicyError::Config(format!(
+                    "bundle verification key id {id:?} is configured twice"
+                )));
+            }
+            self.others.push(key.clone());
+        }
+        Ok(self)
+    }
+
+    /// The configured key with this id.
+    fn key_for(&self, id: &str) -> Option<&SignatureVerifier> {
+        std::iter::once(self)
+            .chain(&self.others)
+            .find(|k| k.key_id.as_deref() == Some(id))
+    }
+
+    /// The key a token names: its header's `kid`, else its payload's `keyid` (unverified,
+    /// only to choose), else the default. Only for key sets; one key keeps its own rules.
+    fn choose_key(&self, token: &str) -> Result<&SignatureVerifier> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|e| PolicyError::Signature(format!("JWT header: {e}")))?;
+        let named = match header.kid {
+            Some(kid) => Some(kid),
+            None => unverified_key_id(token),
+        };
+        match named {
+            None => Ok(self),
+            Some(id) => self.key_for(&id).ok_or_else(|| {
+                PolicyError::Signature(format!(
+                    "signed with key id {id:?}, which is not configured"
+                ))
+            }),
+        }
     }
 
     /// Verifies `files` (bundle-relative path → content, including `.signatures.json`).
@@ -153,16 +242,21 @@ impl SignatureVerifier {
             }
         };
 
-        let mut validation = Validation::new(self.algorithm);
+        let key = if self.others.is_empty() {
+            self
+        } else {
+            self.choose_key(token)?
+        };
+        let mut validation = Validation::new(key.algorithm);
         validation.required_spec_claims.clear();
         validation.validate_exp = false;
         validation.validate_nbf = false;
         validation.validate_aud = false;
-        let payload = jsonwebtoken::decode::<SignedPayload>(token, &self.key, &validation)
+        let payload = jsonwebtoken::decode::<SignedPayload>(token, &key.key, &validation)
             .map_err(|e| PolicyError::Signature(format!("JWT does not verify: {e}")))?
             .claims;
 
-        if let (Some(want), Some(got)) = (&self.key_id, &payload.keyid)
+        if let (Some(want), Some(got)) = (&key.key_id, &payload.keyid)
             && want != got
         {
             return Err(PolicyError::Signature(format!(
@@ -224,6 +318,21 @@ impl SignatureVerifier {
         }
         Ok(())
     }
+}
+
+/// The `keyid` of a JWT's payload, read without verifying it (to choose the key that will);
+/// `None` when the payload is not base64url JSON with a string `keyid`.
+fn unverified_key_id(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct KeyIdOnly {
+        keyid: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<KeyIdOnly>(&bytes).ok()?.keyid
 }
 
 fn digest_mismatch(path: &str) -> PolicyError {
@@ -340,5 +449,66 @@ mod tests {
         assert_ne!(hex::encode(raw), want);
         assert!(file_digest("x.rego", b"", "MD5").is_err());
         assert!(file_digest("x.rego", b"", "").is_err());
+    }
+
+    fn signed_with(kid: Option<&str>, secret: &[u8]) -> BTreeMap<String, Vec<u8>> {
+        let content = b"package p".to_vec();
+        let payload = serde_json::json!({"files": [{
+            "name": "p.rego",
+            "hash": hex::encode(digest::digest(&digest::SHA256, &content)),
+            "algorithm": "SHA-256",
+        }]});
+        let mut header = jsonwebtoken::Header::new(Algorithm::HS256);
+        header.kid = kid.map(str::to_owned);
+        let jwt = jsonwebtoken::encode(
+            &header,
+            &payload,
+            &jsonwebtoken::EncodingKey::from_secret(secret),
+        )
+        .unwrap();
+        BTreeMap::from([
+            ("p.rego".to_owned(), content),
+            (
+                SIGNATURES_FILE.to_owned(),
+                serde_json::to_vec(&serde_json::json!({"signatures": [jwt]})).unwrap(),
+            ),
+        ])
+    }
+
+    #[test]
+    fn a_key_set_chooses_by_the_header_kid_and_defaults_to_its_own_key() {
+        let key = |id: &str| {
+            SignatureVerifier::hmac("HS256", format!("{id}-secret").as_bytes())
+                .unwrap()
+                .key_id(id)
+        };
+        let set = key("a")
+            .also_trust(key("b"))
+            .unwrap()
+            .also_trust(key("c"))
+            .unwrap();
+        assert!(set.verify(&signed_with(Some("b"), b"b-secret")).is_ok());
+        assert!(set.verify(&signed_with(Some("c"), b"c-secret")).is_ok());
+        // No kid: the default key (the verifier's own).
+        assert!(set.verify(&signed_with(None, b"a-secret")).is_ok());
+        for (kid, secret, why) in [
+            (Some("a"), &b"b-secret"[..], "does not verify"),
+            (None, b"b-secret", "does not verify"),
+            (Some("z"), b"z-secret", "not configured"),
+        ] {
+            let err = set.verify(&signed_with(kid, secret)).unwrap_err();
+            assert!(err.to_string().contains(why), "{kid:?}: {err}");
+        }
+        // One key keeps its rules: a header kid does not choose anything.
+        assert!(
+            key("a")
+                .verify(&signed_with(Some("other"), b"a-secret"))
+                .is_ok()
+        );
+
+        let unnamed = SignatureVerifier::hmac("HS256", b"x").unwrap();
+        assert!(key("a").also_trust(unnamed.clone()).is_err());
+        assert!(unnamed.also_trust(key("a")).is_err());
+        assert!(key("a").also_trust(key("a")).is_err(), "an id taken twice");
     }
 }
