@@ -81,6 +81,11 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Nginx {
+        Nginx::start_with(None)
+    }
+
+    /// With `tls`, nginx serves HTTPS with that certificate and key.
+    fn start_with(tls: Option<&ztkit_test_support::TestCert>) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         for sub in ["www/bundles", "tmp", "logs"] {
@@ -92,6 +97,17 @@ impl Nginx {
             .unwrap()
             .port();
         let p = root.display();
+        let listen = match tls {
+            Some(cert) => {
+                let (crt, key) = cert.write_to(root, "server");
+                format!(
+                    "listen 127.0.0.1:{port} ssl; ssl_certificate {}; ssl_certificate_key {};",
+                    crt.display(),
+                    key.display()
+                )
+            }
+            None => format!("listen 127.0.0.1:{port};"),
+        };
         let conf = format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
              error_log {p}/logs/error.log info;\nevents {{ worker_connections 64; }}\n\
@@ -100,7 +116,7 @@ impl Nginx {
              proxy_temp_path {p}/tmp/proxy;\n  fastcgi_temp_path {p}/tmp/fastcgi;\n\
              uwsgi_temp_path {p}/tmp/uwsgi;\n  scgi_temp_path {p}/tmp/scgi;\n\
              types {{ application/gzip gz; }}\n\
-             server {{ listen 127.0.0.1:{port}; root {p}/www; }}\n}}\n"
+             server {{ {listen} root {p}/www; }}\n}}\n"
         );
         std::fs::write(root.join("nginx.conf"), conf).unwrap();
         let child = Command::new("nginx")
@@ -296,6 +312,57 @@ async fn bundles_from_nginx_are_polled_with_etags_and_replaced_under_load() {
         log.len(),
         decided.load(Ordering::Relaxed)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs nginx"]
+async fn bundles_download_over_https_and_an_untrusted_server_is_refused() {
+    let ca = ztkit_test_support::TestCa::new("bundle CA");
+    let cert = ca
+        .leaf("bundles")
+        .ip("127.0.0.1".parse().unwrap())
+        .server_auth()
+        .issue();
+    let nginx = Nginx::start_with(Some(&cert));
+    nginx.publish(&bundle("tls-1"), 1);
+    let engine = engine_with(PolicyOptions::new(), &bundle("bootstrap"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert_der.clone()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let https = format!("https://127.0.0.1:{}", nginx.port);
+    let trusted = Service::builder(&https)
+        .tls_config(Arc::new(tls))
+        .build()
+        .unwrap();
+    let downloader = BundleDownloader::builder(&trusted, BUNDLE)
+        .build(engine.clone())
+        .unwrap();
+    assert!(matches!(
+        downloader.poll_once().await.unwrap(),
+        DownloadOutcome::Activated { revision } if revision == "tls-1"
+    ));
+    assert!(matches!(
+        downloader.poll_once().await.unwrap(),
+        DownloadOutcome::NotModified
+    ));
+
+    // The default roots (Mozilla's) do not know this CA: fail closed.
+    let default_roots = Service::builder(&https).build().unwrap();
+    let err = BundleDownloader::builder(&default_roots, BUNDLE)
+        .build(engine.clone())
+        .unwrap()
+        .poll_once()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("TLS"), "{err}");
+    assert_eq!(engine.revision(), "tls-1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
