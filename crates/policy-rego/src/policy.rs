@@ -14,6 +14,7 @@ mod evaluate;
 mod opa_semantics;
 mod opa_tools;
 mod options;
+mod scalar_iteration;
 mod test_inputs;
 mod thread_slots;
 
@@ -52,6 +53,8 @@ pub(super) struct SetInner {
     template: Engine,
     program: Option<Arc<Program>>,
     bytecode_source: Option<BytecodeSource>,
+    /// The set's `some … in` collections, to recognise the interpreter's one known error.
+    iteration_sites: scalar_iteration::IterationSites,
     vm_disabled: AtomicBool,
     decisions: AtomicU64,
     data: Value,

@@ -333,6 +333,41 @@ fn a_test_input_on_which_the_evaluators_disagree_keeps_the_set_off_the_bytecode(
     );
 }
 
+/// OPA iterates nothing over a string (or a number, a boolean, `null`): `r` is its default,
+/// `false`. regorus's interpreter stops with an error there; the compiled form iterates
+/// nothing. Under default options the set is on the compiled form, and the interpreter's
+/// cross-checks of the first decisions must not turn that error into a disagreement that
+/// switches the set to the interpreter (which would then deny every such input).
+#[test]
+fn iterating_a_string_is_decided_as_opa_on_the_compiled_form() {
+    let set = compile(STRING_ITERATION, "data.t.r", PolicyOptions::new()).unwrap();
+    assert!(set.is_compiled());
+    let listed = PolicyInput::from_json_str(r#"{"xs": ["b", "a"]}"#).unwrap();
+    for _ in 0..100 {
+        for scalar in [r#""abc""#, "5", "true", "null"] {
+            let input = PolicyInput::from_json_str(&format!(r#"{{"xs": {scalar}}}"#)).unwrap();
+            assert_eq!(
+                set.evaluate(&input).unwrap(),
+                Some(serde_json::json!(false)),
+                "{scalar}"
+            );
+        }
+        assert!(set.decide(&listed).allow);
+    }
+    assert!(set.is_compiled(), "no disagreement was found");
+    // The interpreter alone still stops with its error: the decision denies (fails closed).
+    let interpreter = compile(
+        STRING_ITERATION,
+        "data.t.r",
+        PolicyOptions::new().evaluator(Evaluator::Interpreter),
+    )
+    .unwrap();
+    let string = PolicyInput::from_json_str(r#"{"xs": "abc"}"#).unwrap();
+    assert!(interpreter.evaluate(&string).is_err());
+    assert!(!interpreter.decide(&string).allow);
+    assert!(interpreter.decide(&listed).allow);
+}
+
 #[test]
 fn a_test_whose_input_is_computed_keeps_the_set_off_the_bytecode() {
     let with_test = format!(

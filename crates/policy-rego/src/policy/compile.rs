@@ -14,7 +14,7 @@ use regorus::{Engine, Value};
 use super::options::normalize_rule;
 use super::{
     Evaluator, NEXT_SET_ID, PolicyOptions, PolicySet, SetInner, bytecode_scope, opa_semantics,
-    test_inputs, timer,
+    scalar_iteration, test_inputs, timer,
 };
 use crate::bundle::{Bundle, under_roots};
 use crate::error::{PolicyError, Result};
@@ -160,6 +160,7 @@ impl PolicySet {
             .strip_prefix("data.")
             .unwrap_or(&rule)
             .replace('.', "/");
+        let iteration_sites = scalar_iteration::IterationSites::of(engine.get_modules());
         let set = Self {
             inner: Arc::new(SetInner {
                 id: NEXT_SET_ID.fetch_add(1, Ordering::Relaxed),
@@ -171,6 +172,7 @@ impl PolicySet {
                 data: engine.get_data(),
                 modules: bundle.modules.clone(),
                 template: engine,
+                iteration_sites,
                 program,
                 bytecode_source,
                 vm_disabled: AtomicBool::new(false),

@@ -30,7 +30,11 @@ pub enum Evaluator {
     /// further guard the first 16 decisions of each set and every 1024th after that are also
     /// evaluated by the interpreter; if the two ever disagree, the interpreter's answer is
     /// used, the disagreement is logged as an error and the set switches to the interpreter
-    /// for good.
+    /// for good. One interpreter error is not a disagreement: `some … in` over a value that
+    /// is not a collection (`some x in input.xs` with `xs` a string), where regorus's
+    /// interpreter stops with an error but OPA and the compiled form iterate nothing; there
+    /// the compiled form's value (OPA's) stands. A set on the interpreter denies such an
+    /// input instead (failing closed). See `docs/policy.md`.
     #[default]
     Auto,
     /// The compiled form only, without the run-time cross-checks of [`Evaluator::Auto`]; a set
