@@ -93,9 +93,10 @@
 //! `docs/spiffe.md`.
 //!
 //! Federation over the network ([`bundle_endpoint`]): serving this trust domain's bundle,
-//! fetching a foreign one (`https_web`, `https_spiffe`) into a file refreshed by its hint.
+//! fetching a foreign one (`https_web`, `https_spiffe`) into a file refreshed by its hint;
+//! `ztkit spiffe bundle-endpoint` serves one from the command line.
 //!
-//! Left: `ztkit spiffe bundle-endpoint`; JWT-SVIDs on the client side and
+//! Left: JWT-SVIDs on the client side and
 //! the test server's `ValidateJWTSVID`; tonic/axum helpers; `ztkit dev-agent`; the
 //! rotation-under-load and interop-with-Python tests; benchmarks; `examples/tonic_svid.rs`
 //! and the demo.

@@ -18,6 +18,7 @@ mod ebpf;
 mod jwt;
 mod logging;
 mod policy;
+mod spiffe;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -48,6 +49,9 @@ enum Command {
     /// Audit logs: verify the hash chain.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// SPIFFE federation: serve this trust domain's bundle endpoint.
+    #[command(subcommand)]
+    Spiffe(spiffe::SpiffeCommand),
     /// The kernel L7 filter: check a rule file.
     #[command(subcommand)]
     Ebpf(ebpf::EbpfCommand),
@@ -71,6 +75,7 @@ fn main() -> ExitCode {
         Command::Jwt(cmd) => jwt::run(cmd),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Audit(cmd) => audit::run(cmd),
+        Command::Spiffe(cmd) => spiffe::run(cmd),
         Command::Ebpf(cmd) => ebpf::run(cmd),
     };
     match result {
