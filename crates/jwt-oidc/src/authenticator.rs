@@ -26,7 +26,7 @@ use validation::Step;
 /// Owns the background refresh of an authenticator's remote keys
 /// ([`JwtAuthenticator::spawn_refresher`]): the task stops when the handle is dropped.
 pub type RefreshHandle = zt_rotate::TaskHandle;
-pub use validation::{CustomCheck, RequestContext};
+pub use validation::{CustomCheck, RequestContext, ValidateToken};
 
 /// Source of [`Inner::id`].
 static NEXT_AUTHENTICATOR_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -46,6 +46,8 @@ pub(crate) struct Config {
     roles_path: Option<Arc<[Box<str>]>>,
     accepted_crit: Vec<Box<str>>,
     allow_no_kid: bool,
+    /// Issuers are SPIFFE trust domains chosen by the `sub` (JWT-SVIDs), not by `iss`.
+    spiffe_issuers: bool,
 }
 
 pub(crate) struct Inner {

@@ -235,6 +235,9 @@ fn parse_key(
     let jwk: Jwk = serde_json::from_value(value).map_err(|_| "unrecognised JWK")?;
     match &jwk.common.public_key_use {
         None | Some(PublicKeyUse::Signature) => {}
+        // SPIFFE bundles mark JWT-SVID signing keys `use: jwt-svid` (and X.509 CA keys
+        // `x509-svid`, which stay refused).
+        Some(PublicKeyUse::Other(other)) if other == "jwt-svid" => {}
         Some(_) => return Err("use is not sig"),
     }
     if let Some(ops) = &jwk.common.key_operations

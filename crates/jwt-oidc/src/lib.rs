@@ -86,7 +86,7 @@ pub mod fuzzing;
 pub use algorithm::Algorithm;
 pub use authenticator::{
     CustomCheck, IssuerConfig, IssuerKeys, JwtAuthenticator, JwtAuthenticatorBuilder,
-    RefreshHandle, RequestContext,
+    RefreshHandle, RequestContext, ValidateToken,
 };
 pub use claims::Claims;
 pub use error::{AuthError, BearerError};

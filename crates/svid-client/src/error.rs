@@ -64,6 +64,24 @@ pub enum Error {
         waited: Duration,
     },
 
+    /// Connected, but no JWT bundle set with keys arrived within the first-bundles timeout.
+    #[error("no JWT bundles from the Workload API at {endpoint} within {waited:?}")]
+    FirstBundlesTimeout {
+        /// The address.
+        endpoint: String,
+        /// The timeout.
+        waited: Duration,
+    },
+
+    /// The Workload API refused a JWT-SVID it was asked to validate (`ValidateJWTSVID`).
+    #[error("JWT-SVID refused by the Workload API: {0}")]
+    InvalidJwtSvid(String),
+
+    /// jwt-oidc refused a JWT-SVID validator's configuration or a JWT bundle set.
+    #[cfg(feature = "jwt")]
+    #[error(transparent)]
+    Jwt(#[from] jwt_oidc::AuthError),
+
     /// The Workload API failed while following its stream (after the first SVID).
     #[error("Workload API at {endpoint}: {reason}")]
     WorkloadApi {

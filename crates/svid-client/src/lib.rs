@@ -73,6 +73,16 @@
 //! for servers (`ServerTlsBuilder::authorizer`) and clients
 //! (`ClientTlsBuilder::server_authorizer`).
 //!
+//! ## JWT-SVIDs (feature `jwt`)
+//!
+//! `jwt::JwtSvidSource` fetches JWT-SVIDs for an audience (also
+//! `SvidSource::fetch_jwt_svid`), validates incoming ones through the agent
+//! (`ValidateJWTSVID`) or offline against the JWT bundles it follows (`FetchJWTBundles`),
+//! with a `JwtSvidValidator` that is a jwt-oidc authenticator with one issuer per trust
+//! domain, chosen by the `sub`'s trust domain. It implements jwt-oidc's `ValidateToken`, so
+//! zt-tower's `JwtAuthLayer::new(validator)` takes JWT-SVIDs as bearer tokens (the
+//! principal, `Claims::subject()`, is the SPIFFE ID). Design in the module docs.
+//!
 //! ## Testing
 //!
 //! The `testing` feature adds `testing::TestWorkloadApi`, a Workload API server faithful
@@ -88,20 +98,23 @@
 //! with per-peer-trust-domain verification and the trust-domain policies (bundles updated
 //! live), static bundle files (PEM or SPIFFE bundle JSON, in mtls-verify), status, the
 //! authorizer names, the test server's X.509 RPCs (checked with the `spiffe` crate's own
-//! client) and its `FetchJWTSVID` / `FetchJWTBundles`. Tested through real TLS handshakes
-//! (`tests/source.rs`, `tests/federation.rs`); design and mapping to go-spiffe in
-//! `docs/spiffe.md`.
+//! client) and its JWT RPCs (issuing ES256 JWT-SVIDs with keys rotated on demand,
+//! `FetchJWTBundles`, `ValidateJWTSVID`); JWT-SVIDs on the client side (fetch, offline and
+//! agent validation, `JwtAuthLayer` through jwt-oidc's `ValidateToken`, `tests/jwt.rs`).
+//! Tested through real TLS handshakes (`tests/source.rs`, `tests/federation.rs`); design and
+//! mapping to go-spiffe in `docs/spiffe.md`.
 //!
 //! Federation over the network ([`bundle_endpoint`]): serving this trust domain's bundle,
 //! fetching a foreign one (`https_web`, `https_spiffe`) into a file refreshed by its hint;
 //! `ztkit spiffe bundle-endpoint` serves one from the command line.
 //!
-//! Left: JWT-SVIDs on the client side and
-//! the test server's `ValidateJWTSVID`; tonic/axum helpers; `ztkit dev-agent`; the
+//! Left: tonic/axum helpers; `ztkit dev-agent`; the
 //! rotation-under-load and interop-with-Python tests; benchmarks; `examples/tonic_svid.rs`
 //! and the demo.
 
 pub use error::Error;
+#[cfg(feature = "jwt")]
+pub use jwt::{JwtSvid, JwtSvidSource, JwtSvidValidator};
 pub use source::{
     DEFAULT_FIRST_SVID_TIMEOUT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, ENDPOINT_ENV,
     SvidSource, SvidSourceBuilder, SvidStatus,
@@ -112,6 +125,8 @@ pub use zt_rotate::{MaterialHolder, RotationStatus};
 pub mod authorize;
 pub mod bundle_endpoint;
 mod error;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 mod source;
 #[cfg(feature = "testing")]
 pub mod testing;

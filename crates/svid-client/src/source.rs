@@ -103,44 +103,18 @@ impl SvidSourceBuilder {
     /// [`Error::NoIdentity`], an [`Error::InvalidUpdate`] / [`Error::Tls`] for refused
     /// material, or [`Error::FirstSvidTimeout`] when the agent answered nothing at all.
     pub async fn connect(self) -> Result<SvidSource, Error> {
-        let address = match self.address {
-            Some(address) => address,
-            None => std::env::var(ENDPOINT_ENV).map_err(|_| Error::NoEndpoint)?,
-        };
-        let endpoint = Endpoint::parse(&address).map_err(|e| Error::InvalidEndpoint {
-            address: address.clone(),
-            reason: error_chain(&e),
-        })?;
+        let (address, endpoint) = resolve(self.address.clone())?;
         let hint = self.hint.as_deref();
-        let deadline = Instant::now() + self.first_svid_timeout;
-        let mut delay = self.reconnect.0;
-        let mut last_error: Option<Error> = None;
-        let (stream, first) = loop {
-            let attempt = tokio::time::timeout_at(
-                deadline,
-                first_svid(&endpoint, &address, hint, &mut last_error),
-            )
-            .await;
-            match attempt {
-                Ok(Ok(found)) => break found,
-                Ok(Err(e)) => last_error = Some(e),
-                Err(_elapsed) => {
-                    return Err(last_error.unwrap_or(Error::FirstSvidTimeout {
-                        endpoint: address,
-                        waited: self.first_svid_timeout,
-                    }));
-                }
-            }
-            if Instant::now() + delay >= deadline {
-                tokio::time::sleep_until(deadline).await;
-                return Err(last_error.unwrap_or(Error::FirstSvidTimeout {
-                    endpoint: address,
-                    waited: self.first_svid_timeout,
-                }));
-            }
-            tokio::time::sleep(jittered(delay)).await;
-            delay = (delay * 2).min(self.reconnect.1);
-        };
+        let (stream, first) = first_within(
+            self.first_svid_timeout,
+            self.reconnect,
+            || Error::FirstSvidTimeout {
+                endpoint: address.clone(),
+                waited: self.first_svid_timeout,
+            },
+            async |last_error| first_svid(&endpoint, &address, hint, last_error).await,
+        )
+        .await?;
         let shared = Arc::new(Shared {
             address,
             hint: self.hint,
@@ -159,6 +133,32 @@ impl SvidSourceBuilder {
             self.reconnect,
         )));
         Ok(SvidSource { shared, task })
+    }
+}
+
+/// The address given, else `SPIFFE_ENDPOINT_SOCKET`, and its parsed form.
+pub(crate) fn resolve(address: Option<String>) -> Result<(String, Endpoint), Error> {
+    let address = match address {
+        Some(address) => address,
+        None => std::env::var(ENDPOINT_ENV).map_err(|_| Error::NoEndpoint)?,
+    };
+    let endpoint = Endpoint::parse(&address).map_err(|e| Error::InvalidEndpoint {
+        address: address.clone(),
+        reason: error_chain(&e),
+    })?;
+    Ok((address, endpoint))
+}
+
+#[cfg(feature = "jwt")]
+impl SvidSourceBuilder {
+    /// The address (unresolved), the first-material timeout and the reconnection backoff,
+    /// for the JWT source.
+    pub(crate) fn settings(&self) -> (Option<String>, Duration, (Duration, Duration)) {
+        (
+            self.address.clone(),
+            self.first_svid_timeout,
+            self.reconnect,
+        )
     }
 }
 
@@ -527,6 +527,33 @@ async fn next_event(
     }
 }
 
+/// Runs `attempt` until it succeeds or `timeout` passes, with capped, jittered backoff
+/// between attempts; then returns the last attempt's error, or `timed_out()` when the last
+/// attempt cleared it (connected, nothing came).
+pub(crate) async fn first_within<T>(
+    timeout: Duration,
+    (min, max): (Duration, Duration),
+    timed_out: impl Fn() -> Error,
+    mut attempt: impl AsyncFnMut(&mut Option<Error>) -> Result<T, Error>,
+) -> Result<T, Error> {
+    let deadline = Instant::now() + timeout;
+    let mut delay = min;
+    let mut last_error: Option<Error> = None;
+    loop {
+        match tokio::time::timeout_at(deadline, attempt(&mut last_error)).await {
+            Ok(Ok(found)) => return Ok(found),
+            Ok(Err(e)) => last_error = Some(e),
+            Err(_elapsed) => return Err(last_error.unwrap_or_else(timed_out)),
+        }
+        if Instant::now() + delay >= deadline {
+            tokio::time::sleep_until(deadline).await;
+            return Err(last_error.unwrap_or_else(timed_out));
+        }
+        tokio::time::sleep(jittered(delay)).await;
+        delay = (delay * 2).min(max);
+    }
+}
+
 /// One attempt at the first SVID: connect, open the stream, read until a usable SVID.
 /// Once connected, `last_error` is cleared, so a timeout while waiting on a connected
 /// stream reports [`Error::FirstSvidTimeout`] rather than an older failure.
@@ -556,19 +583,24 @@ async fn first_svid(
     }
 }
 
-async fn open_stream(endpoint: &Endpoint, address: &str) -> Result<ContextStream, Error> {
+/// A Workload API client: no socket at the path and a refused connection told apart.
+pub(crate) async fn client(endpoint: &Endpoint, address: &str) -> Result<WorkloadApiClient, Error> {
     if let Endpoint::Unix(path) = endpoint
         && !path.exists()
     {
         return Err(Error::NoAgentSocket { path: path.clone() });
     }
-    let client = WorkloadApiClient::connect(endpoint.clone())
+    WorkloadApiClient::connect(endpoint.clone())
         .await
         .map_err(|e| Error::AgentUnreachable {
             endpoint: address.to_owned(),
             reason: error_chain(&e),
-        })?;
-    let stream = client
+        })
+}
+
+async fn open_stream(endpoint: &Endpoint, address: &str) -> Result<ContextStream, Error> {
+    let stream = client(endpoint, address)
+        .await?
         .stream_x509_contexts()
         .await
         .map_err(|e| stream_error(address, e))?;
@@ -576,7 +608,7 @@ async fn open_stream(endpoint: &Endpoint, address: &str) -> Result<ContextStream
 }
 
 /// Errors after which the stream is over (a gRPC status), as opposed to one bad message.
-fn ends_stream(e: &WorkloadApiError) -> bool {
+pub(crate) fn ends_stream(e: &WorkloadApiError) -> bool {
     matches!(
         e,
         WorkloadApiError::Transport(_)
@@ -585,7 +617,7 @@ fn ends_stream(e: &WorkloadApiError) -> bool {
     )
 }
 
-fn stream_error(address: &str, e: WorkloadApiError) -> Error {
+pub(crate) fn stream_error(address: &str, e: WorkloadApiError) -> Error {
     match e {
         WorkloadApiError::NoIdentityIssued => Error::NoIdentity {
             endpoint: address.to_owned(),
@@ -681,7 +713,7 @@ fn pem_blocks<'a>(label: &str, ders: impl IntoIterator<Item = &'a [u8]>) -> Vec<
 }
 
 /// The error and its sources, joined (tonic's transport errors say little at the top).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
@@ -696,7 +728,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `delay` minus up to half of it, so that many workloads do not reconnect in step.
-fn jittered(delay: Duration) -> Duration {
+pub(crate) fn jittered(delay: Duration) -> Duration {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())

@@ -9,12 +9,16 @@
 //! every open stream ([`TestWorkloadApi::close_streams`]). It issues nothing itself: the
 //! certificates come from the test (for instance from `ztkit-test-support`).
 //!
-//! Implemented: `FetchX509SVID` and `FetchX509Bundles` (streams), `FetchJWTSVID` (returns
-//! the JWT-SVIDs the test set with [`TestWorkloadApi::set_jwt_svids`], as given: it signs
-//! nothing and does not look at the audience beyond requiring one, as the protocol does) and
-//! `FetchJWTBundles` (a stream of the JWKS documents set with
-//! [`TestWorkloadApi::set_jwt_bundles`]). Not yet: `ValidateJWTSVID` (answers
-//! `Unimplemented`).
+//! Implemented: `FetchX509SVID` and `FetchX509Bundles` (streams); `FetchJWTSVID`, which
+//! either issues JWT-SVIDs itself ([`TestWorkloadApi::issue_jwt_svids`]: ES256 from a key per
+//! trust domain that the server generates, `sub` the SPIFFE ID, the requested `aud`, `iat`,
+//! `exp`, `kid`; keys rotated on demand with [`TestWorkloadApi::rotate_jwt_key`]) or returns
+//! the tokens the test set with [`TestWorkloadApi::set_jwt_svids`]; `FetchJWTBundles` (a
+//! stream of the issuing keys' JWKS and those set with
+//! [`TestWorkloadApi::set_jwt_bundles`]); and `ValidateJWTSVID` (audience and token required;
+//! checked against those bundles with jwt-oidc, as `svid_client::jwt`'s offline validator
+//! does; a refused token is `InvalidArgument`, as SPIRE answers). Every call needs the
+//! security header.
 //!
 //! ```no_run
 //! use svid_client::testing::{TestSvid, TestWorkloadApi};
@@ -36,6 +40,7 @@ use tokio::sync::{oneshot, watch};
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::{Request, Response, Status};
 
+mod jwt;
 pub mod proto;
 
 #[allow(
@@ -125,6 +130,12 @@ struct State {
     jwt_svids: Vec<proto::JwtSvid>,
     /// Trust domain (`spiffe://td`) → JWKS; `None` until set (streams stay silent).
     jwt_bundles: Option<HashMap<String, Vec<u8>>>,
+    /// The SPIFFE IDs `FetchJWTSVID` issues JWT-SVIDs to (when set, instead of `jwt_svids`).
+    jwt_identities: Vec<String>,
+    /// Lifetime of issued JWT-SVIDs.
+    jwt_ttl: std::time::Duration,
+    /// This server's JWT signing keys, per trust domain (served in the JWT bundles).
+    jwt_keys: jwt::SigningKeys,
     /// Bumped by `close_streams`: streams opened before end with `Unavailable`.
     close_epoch: u64,
 }
@@ -254,6 +265,62 @@ impl TestWorkloadApi {
             .collect();
         self.state
             .send_modify(|state| state.jwt_bundles = Some(bundles));
+    }
+
+    /// Issues JWT-SVIDs from now on: `FetchJWTSVID` signs a fresh token (ES256, `sub` the
+    /// SPIFFE ID, `aud` the requested audience, `iat`, `exp` = now + `ttl`, `kid`) for each
+    /// of `spiffe_ids` (the default first), with a key of the ID's trust domain that this
+    /// server generates; `FetchJWTBundles` serves those keys (beside any bundles set with
+    /// [`set_jwt_bundles`](Self::set_jwt_bundles)) and `ValidateJWTSVID` checks against them.
+    pub fn issue_jwt_svids<I, S>(&self, spiffe_ids: I, ttl: std::time::Duration)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let ids: Vec<String> = spiffe_ids.into_iter().map(Into::into).collect();
+        self.state.send_modify(|state| {
+            for id in &ids {
+                if let Some(td) = trust_domain_of(id) {
+                    let td = format!("spiffe://{td}");
+                    if !state.jwt_keys.contains_key(&td)
+                        && let Ok(key) = jwt::SigningKey::generate()
+                    {
+                        state.jwt_keys.insert(td, vec![Arc::new(key)]);
+                    }
+                }
+            }
+            state.jwt_identities = ids;
+            state.jwt_ttl = ttl;
+        });
+    }
+
+    /// Rotates the JWT signing key of `trust_domain`: a new key signs from now on; the
+    /// previous one stays in the bundle (tokens it signed stay valid until they expire)
+    /// until the next rotation drops it. Open `FetchJWTBundles` streams receive the new
+    /// bundle at once. Returns the new `kid`.
+    pub fn rotate_jwt_key(&self, trust_domain: &str) -> String {
+        let td = format!("spiffe://{}", trust_domain.trim_start_matches("spiffe://"));
+        let mut kid = String::new();
+        self.state.send_modify(|state| {
+            if let Ok(key) = jwt::SigningKey::generate() {
+                kid = key.kid().to_owned();
+                let keys = state.jwt_keys.entry(td).or_default();
+                keys.push(Arc::new(key));
+                if keys.len() > 2 {
+                    keys.remove(0);
+                }
+            }
+        });
+        kid
+    }
+
+    /// Signs `claims` as they are with the current JWT key of `trust_domain` (`None` before
+    /// [`issue_jwt_svids`](Self::issue_jwt_svids) made one): for tests that need a token the
+    /// agent would not issue (expired, another audience, …).
+    pub fn sign_jwt(&self, trust_domain: &str, claims: &serde_json::Value) -> Option<String> {
+        let td = format!("spiffe://{}", trust_domain.trim_start_matches("spiffe://"));
+        let key = self.state.borrow().jwt_keys.get(&td)?.last()?.clone();
+        key.sign(claims).ok()
     }
 
     /// From now on, X.509 calls fail with `PermissionDenied: no identity issued` (what SPIRE
@@ -399,11 +466,24 @@ impl SpiffeWorkloadApi for Service {
         if matches!(state.identity, Identity::Denied) {
             return Err(Status::permission_denied("no identity issued"));
         }
-        let svids: Vec<_> = state
-            .jwt_svids
-            .into_iter()
-            .filter(|svid| request.spiffe_id.is_empty() || svid.spiffe_id == request.spiffe_id)
-            .collect();
+        let wanted = |id: &str| request.spiffe_id.is_empty() || id == request.spiffe_id;
+        let svids: Vec<_> = if state.jwt_identities.is_empty() {
+            state
+                .jwt_svids
+                .into_iter()
+                .filter(|svid| wanted(&svid.spiffe_id))
+                .collect()
+        } else {
+            let mut issued = Vec::new();
+            for id in state.jwt_identities.iter().filter(|id| wanted(id)) {
+                issued.push(proto::JwtSvid {
+                    spiffe_id: id.clone(),
+                    svid: jwt::issue(&state.jwt_keys, id, &request.audience, state.jwt_ttl)?,
+                    hint: String::new(),
+                });
+            }
+            issued
+        };
         if svids.is_empty() {
             return Err(Status::permission_denied("no identity issued"));
         }
@@ -415,21 +495,33 @@ impl SpiffeWorkloadApi for Service {
         _request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         Ok(Response::new(follow(&self.state, |state| {
-            state
-                .jwt_bundles
-                .clone()
-                .map(|bundles| JwtBundlesResponse { bundles })
+            jwt_bundles(state).map(|bundles| JwtBundlesResponse { bundles })
         })))
     }
 
     async fn validate_jwt_svid(
         &self,
-        _request: Request<ValidateJwtSvidRequest>,
+        request: Request<ValidateJwtSvidRequest>,
     ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
-        Err(Status::unimplemented(
-            "JWT-SVIDs are not validated by this test server yet",
-        ))
+        let request = request.into_inner();
+        let bundles = jwt_bundles(&self.state.borrow()).unwrap_or_default();
+        let (spiffe_id, claims) = jwt::validate(&bundles, &request.audience, &request.svid).await?;
+        Ok(Response::new(ValidateJwtSvidResponse {
+            spiffe_id,
+            claims: Some(claims),
+        }))
     }
+}
+
+/// The JWT bundles served: those set by the test and this server's own signing keys.
+fn jwt_bundles(state: &State) -> Option<HashMap<String, Vec<u8>>> {
+    let mut bundles = state.jwt_bundles.clone();
+    if !state.jwt_keys.is_empty() {
+        bundles
+            .get_or_insert_default()
+            .extend(jwt::issued_bundles(&state.jwt_keys));
+    }
+    bundles
 }
 
 fn trust_domain_of(spiffe_id: &str) -> Option<&str> {

@@ -58,7 +58,7 @@ use std::task::{Context, Poll};
 
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, Request, Response};
-use jwt_oidc::{AuthError, BearerError, Claims, JwtAuthenticator, RequestContext};
+use jwt_oidc::{AuthError, BearerError, Claims, JwtAuthenticator, RequestContext, ValidateToken};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -68,15 +68,19 @@ use crate::{Rejection, ResponseFuture, Verdict, peer_identity};
 // === impl JwtAuthLayer ===
 
 /// Layer that applies [`JwtAuth`]; see the module docs.
+///
+/// The validator is any [`ValidateToken`]: a [`JwtAuthenticator`] (the default), or for
+/// example `svid-client`'s JWT-SVID validator, whose key sets follow the SPIFFE Workload
+/// API's JWT bundles (the principal is then the SPIFFE ID in `sub`).
 #[derive(Clone)]
-pub struct JwtAuthLayer {
-    auth: JwtAuthenticator,
+pub struct JwtAuthLayer<V = JwtAuthenticator> {
+    auth: V,
     allow_anonymous: bool,
 }
 
-impl JwtAuthLayer {
+impl<V: ValidateToken + Clone> JwtAuthLayer<V> {
     /// Requires a valid bearer token on every request.
-    pub fn new(auth: JwtAuthenticator) -> Self {
+    pub fn new(auth: V) -> Self {
         JwtAuthLayer {
             auth,
             allow_anonymous: false,
@@ -91,7 +95,7 @@ impl JwtAuthLayer {
     }
 }
 
-impl fmt::Debug for JwtAuthLayer {
+impl<V: fmt::Debug> fmt::Debug for JwtAuthLayer<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuthLayer")
             .field("auth", &self.auth)
@@ -100,8 +104,8 @@ impl fmt::Debug for JwtAuthLayer {
     }
 }
 
-impl<S> Layer<S> for JwtAuthLayer {
-    type Service = JwtAuth<S>;
+impl<S, V: Clone> Layer<S> for JwtAuthLayer<V> {
+    type Service = JwtAuth<S, V>;
 
     fn layer(&self, inner: S) -> Self::Service {
         JwtAuth {
@@ -116,13 +120,13 @@ impl<S> Layer<S> for JwtAuthLayer {
 
 /// Middleware that authenticates requests by bearer token; see the module docs.
 #[derive(Clone)]
-pub struct JwtAuth<S> {
+pub struct JwtAuth<S, V = JwtAuthenticator> {
     inner: S,
-    auth: JwtAuthenticator,
+    auth: V,
     allow_anonymous: bool,
 }
 
-impl<S> JwtAuth<S> {
+impl<S, V> JwtAuth<S, V> {
     /// The wrapped service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -139,7 +143,7 @@ impl<S> JwtAuth<S> {
     }
 }
 
-impl<S: fmt::Debug> fmt::Debug for JwtAuth<S> {
+impl<S: fmt::Debug, V> fmt::Debug for JwtAuth<S, V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("JwtAuth")
             .field("inner", &self.inner)
@@ -196,8 +200,9 @@ fn rejection_for(err: &AuthError) -> Rejection {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S>
+impl<S, V, ReqBody, ResBody> Service<Request<ReqBody>> for JwtAuth<S, V>
 where
+    V: ValidateToken + Clone,
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     ReqBody: Send + 'static,
@@ -250,7 +255,7 @@ where
         }
         let auth = self.auth.clone();
         JwtResponseFuture::new(async move {
-            match auth.validate(&token, &ctx).await {
+            match auth.validate_token(&token, &ctx).await {
                 Ok(claims) => {
                     req.extensions_mut().insert(Arc::clone(&claims));
                     let mut res = inner.call(req).await?;

@@ -53,6 +53,7 @@ pub struct JwtAuthenticatorBuilder {
     roles_claim: Option<String>,
     accepted_crit: Vec<Box<str>>,
     allow_no_kid: bool,
+    spiffe_issuers: bool,
     cache_capacity: usize,
     settings: KeyCacheSettings,
     http_timeout: Duration,
@@ -80,6 +81,7 @@ impl Default for JwtAuthenticatorBuilder {
             roles_claim: Some("roles".to_owned()),
             accepted_crit: Vec::new(),
             allow_no_kid: false,
+            spiffe_issuers: false,
             cache_capacity: 4096,
             settings: KeyCacheSettings::default(),
             http_timeout: Duration::from_secs(5),
@@ -203,6 +205,42 @@ impl JwtAuthenticatorBuilder {
     #[must_use]
     pub fn allow_critical_header(mut self, name: impl Into<String>) -> Self {
         self.accepted_crit.push(name.into().into());
+        self
+    }
+
+    /// Validates JWT-SVIDs (SPIFFE): the keys that verify a token are those of the trust
+    /// domain of its `sub`, which must be a SPIFFE ID; configure one issuer per trust
+    /// domain, named `spiffe://<trust domain>`, with that trust domain's JWT bundle as its
+    /// JWKS. `iss` is neither required nor used to choose keys, and
+    /// [`Claims::issuer`](crate::Claims::issuer) is then the trust domain
+    /// (`spiffe://<trust domain>`) whose key verified the token. Everything else (audience,
+    /// `exp`, algorithms, `kid`) is checked as for any token.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), jwt_oidc::AuthError> {
+    /// use jwt_oidc::testing::{TestKey, jwks, now_unix};
+    /// use jwt_oidc::{Algorithm, AuthError, IssuerConfig, JwtAuthenticator, RequestContext};
+    /// use serde_json::json;
+    ///
+    /// let (ours, theirs) = (TestKey::generate(Algorithm::Es256, "a"), TestKey::generate(Algorithm::Es256, "b"));
+    /// let auth = JwtAuthenticator::builder()
+    ///     .issuer(IssuerConfig::static_jwks("spiffe://example.org", jwks(&[&ours])))
+    ///     .issuer(IssuerConfig::static_jwks("spiffe://other.org", jwks(&[&theirs])))
+    ///     .issuers_are_spiffe_trust_domains()
+    ///     .audience("orders")
+    ///     .build()?;
+    /// let ctx = RequestContext::new();
+    /// let claims = json!({"sub": "spiffe://example.org/web", "aud": "orders", "exp": now_unix() + 60});
+    /// let verified = auth.validate(&ours.token(&claims), &ctx).await?;
+    /// assert_eq!(verified.issuer(), "spiffe://example.org");
+    /// // Signed by the other trust domain's key: not a key of example.org.
+    /// assert!(matches!(auth.validate(&theirs.token(&claims), &ctx).await, Err(AuthError::UnknownKey { .. })));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn issuers_are_spiffe_trust_domains(mut self) -> Self {
+        self.spiffe_issuers = true;
         self
     }
 
@@ -407,6 +445,7 @@ impl JwtAuthenticatorBuilder {
             roles_path,
             accepted_crit: self.accepted_crit,
             allow_no_kid: self.allow_no_kid,
+            spiffe_issuers: self.spiffe_issuers,
         };
         let cache = (self.cache_capacity > 0).then(|| TokenCache::new(self.cache_capacity));
         let inner = Arc::new(Inner {

@@ -68,6 +68,55 @@ impl RequestContext {
     }
 }
 
+/// Turns a bearer token into verified [`Claims`]: what a resource server's authentication
+/// layer (zt-tower's `JwtAuthLayer`) needs from a validator. [`JwtAuthenticator`] is one;
+/// `svid-client`'s JWT-SVID validator, whose key sets follow the SPIFFE Workload API, is
+/// another. Implementations fail closed: a token that cannot be checked is an `Err`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), jwt_oidc::AuthError> {
+/// use jwt_oidc::testing::{TestKey, jwks, now_unix};
+/// use jwt_oidc::{Algorithm, IssuerConfig, JwtAuthenticator, RequestContext, ValidateToken};
+///
+/// async fn subject_of(v: &impl ValidateToken, token: &str) -> Option<String> {
+///     let claims = v.validate_token(token, &RequestContext::new()).await.ok()?;
+///     claims.subject().map(str::to_owned)
+/// }
+/// let key = TestKey::generate(Algorithm::Es256, "k1");
+/// let auth = JwtAuthenticator::builder()
+///     .issuer(IssuerConfig::static_jwks("https://idp", jwks(&[&key])))
+///     .audience("api")
+///     .build()?;
+/// let token = key.token(&serde_json::json!({
+///     "iss": "https://idp", "aud": "api", "sub": "alice", "exp": now_unix() + 60,
+/// }));
+/// assert_eq!(subject_of(&auth, &token).await.as_deref(), Some("alice"));
+/// assert_eq!(subject_of(&auth, "not.a.token").await, None);
+/// # Ok(()) }
+/// ```
+pub trait ValidateToken: Send + Sync + 'static {
+    /// Validates `token` (without `Bearer `) for a request.
+    ///
+    /// # Errors
+    /// Why the token is refused (map it to a response with [`AuthError::bearer_error`]).
+    fn validate_token<'a>(
+        &'a self,
+        token: &'a str,
+        ctx: &'a RequestContext,
+    ) -> impl Future<Output = Result<Arc<Claims>, AuthError>> + Send + 'a;
+}
+
+impl ValidateToken for JwtAuthenticator {
+    fn validate_token<'a>(
+        &'a self,
+        token: &'a str,
+        ctx: &'a RequestContext,
+    ) -> impl Future<Output = Result<Arc<Claims>, AuthError>> + Send + 'a {
+        self.validate(token, ctx)
+    }
+}
+
 pub(super) enum Step {
     Done(Result<Arc<Claims>, AuthError>),
     /// Keys missing for `issuer`: refresh (subject to the cooldown) and retry once.
@@ -127,8 +176,23 @@ impl JwtAuthenticator {
             &payload_json,
             !cfg.required_claims.is_empty()
         ));
-        let Some(iss) = raw.iss.as_deref() else {
-            return AuthError::UnknownIssuer { iss: "".into() }.into();
+        let iss = if cfg.spiffe_issuers {
+            // JWT-SVIDs: the keys are those of the `sub`'s trust domain; `iss` plays no part.
+            let Some(sub) = raw.sub.as_deref() else {
+                return AuthError::MissingClaim {
+                    claim: "sub".into(),
+                }
+                .into();
+            };
+            tri!(spiffe_trust_domain(sub).ok_or(AuthError::InvalidClaim {
+                claim: "sub",
+                reason: "not a SPIFFE ID",
+            }))
+        } else {
+            let Some(iss) = raw.iss.as_deref() else {
+                return AuthError::UnknownIssuer { iss: "".into() }.into();
+            };
+            iss
         };
         let found = if inner.issuers.len() <= 8 {
             inner.issuers.iter().position(|i| *i.issuer == *iss)
@@ -228,6 +292,9 @@ impl JwtAuthenticator {
 
         // Claims.
         let mut claims = tri!(self.build_claims(&raw, &payload_json, key));
+        if cfg.spiffe_issuers {
+            claims.issuer = Text::Owned(issuer.issuer.clone());
+        }
         drop(raw);
         claims.payload = payload_json;
         tri!(self.check_request(&claims, ctx, now));
@@ -421,8 +488,35 @@ impl JwtAuthenticator {
     }
 }
 
+/// `spiffe://<trust domain>` of a SPIFFE ID (the prefix of `id`), or `None` when `id` is not
+/// a valid SPIFFE ID: lowercase trust domain of `[a-z0-9._-]`, a path of non-empty segments
+/// of `[A-Za-z0-9._-]` other than `.` and `..`, no query, fragment, port or user info.
+pub(crate) fn spiffe_trust_domain(id: &str) -> Option<&str> {
+    const SCHEME: &str = "spiffe://";
+    let rest = id.strip_prefix(SCHEME)?;
+    let (domain, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let domain_ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c);
+    if domain.is_empty() || !domain.chars().all(domain_ok) {
+        return None;
+    }
+    if !path.is_empty() {
+        let segment_ok = |c: char| c.is_ascii_alphanumeric() || ".-_".contains(c);
+        for segment in path.get(1..)?.split('/') {
+            if segment.is_empty()
+                || segment == "."
+                || segment == ".."
+                || !segment.chars().all(segment_ok)
+            {
+                return None;
+            }
+        }
+    }
+    id.get(..SCHEME.len() + domain.len())
+}
+
 #[cfg(test)]
 mod tests {
+    use super::spiffe_trust_domain;
     use std::time::Duration;
 
     use serde_json::{Value, json};
@@ -574,5 +668,27 @@ mod tests {
             .unwrap_err(),
             AuthError::WrongAudience
         );
+    }
+
+    #[test]
+    fn spiffe_ids_give_their_trust_domain_and_anything_else_none() {
+        let cases = [
+            ("spiffe://example.org/ns/web", Some("spiffe://example.org")),
+            ("spiffe://example.org", Some("spiffe://example.org")),
+            ("spiffe://a-b_c.9/x.y/Z", Some("spiffe://a-b_c.9")),
+            ("spiffe://Example.org/web", None),
+            ("spiffe://example.org/", None),
+            ("spiffe://example.org//web", None),
+            ("spiffe://example.org/../web", None),
+            ("spiffe://example.org/web?x=1", None),
+            ("spiffe://example.org:443/web", None),
+            ("spiffe://user@example.org/web", None),
+            ("spiffe:///web", None),
+            ("https://example.org/web", None),
+            ("", None),
+        ];
+        for (id, want) in cases {
+            assert_eq!(spiffe_trust_domain(id), want, "{id}");
+        }
     }
 }

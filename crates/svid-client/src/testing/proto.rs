@@ -1,6 +1,6 @@
 //! The messages of SPIFFE's public `workload.proto`, written as prost structs (no protoc).
-//! Field numbers and types are the proto's; `ValidateJWTSVIDResponse.claims` (a
-//! `google.protobuf.Struct`) is left out because the test server does not validate JWT-SVIDs.
+//! Field numbers and types are the proto's; `ValidateJWTSVIDResponse.claims` is a
+//! `google.protobuf.Struct` from `prost-types`.
 
 use std::collections::HashMap;
 
@@ -113,10 +113,13 @@ pub struct ValidateJwtSvidRequest {
     pub svid: String,
 }
 
-/// `ValidateJWTSVIDResponse` (without `claims`, see the module docs).
+/// `ValidateJWTSVIDResponse`.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct ValidateJwtSvidResponse {
     /// The token's SPIFFE ID.
     #[prost(string, tag = "1")]
     pub spiffe_id: String,
+    /// The token's claims.
+    #[prost(message, optional, tag = "2")]
+    pub claims: Option<prost_types::Struct>,
 }
