@@ -8,6 +8,13 @@
 //! * `cargo xtask deps` — only the install step.
 //! * `cargo xtask fuzz-smoke [SECONDS]` — builds every fuzz target and runs each briefly.
 //! * `cargo xtask bench-smoke` — runs every criterion bench once in test mode.
+//! * `cargo xtask ebpf-build` — rebuilds `crates/ebpf-l7-filter/bpf/l7_filter.o` from its C
+//!   source with Debian's clang against libbpf-dev's headers.
+//! * `cargo xtask ebpf-check` — fails when the committed object is not what `ebpf-build`
+//!   produces from the committed source (run by `cargo xtask test`). clang's output is
+//!   byte-for-byte deterministic for the same clang version, source and flags; the build
+//!   maps the crate directory to `.` in the debug info (`-fdebug-prefix-map`), so the
+//!   checkout's location does not matter.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -24,7 +31,19 @@ const DEBIAN_TOOLS: &[(&str, &str)] = &[
     ("npm", "npm"),
     // policy-rego's remote bundles: a real static server with ETags (tests/remote.rs).
     ("nginx", "nginx"),
+    // The eBPF classifier: clang builds it, bpftool is handy to inspect it, ip/tc set up
+    // the network namespaces of its tests (libbpf-dev's headers: see `ebpf_build`).
+    ("clang", "clang"),
+    ("bpftool", "bpftool"),
+    ("ip", "iproute2"),
 ];
+
+/// The classifier's C source and committed object, relative to the workspace root.
+const EBPF_CRATE: &str = "crates/ebpf-l7-filter";
+const EBPF_SOURCE: &str = "bpf/l7_filter.c";
+const EBPF_OBJECT: &str = "bpf/l7_filter.o";
+/// A header from Debian's libbpf-dev that the program includes.
+const LIBBPF_HEADER: &str = "/usr/include/bpf/bpf_helpers.h";
 
 /// Python packages the gRPC peer test needs (a real gRPC client: grpcio).
 const PIP_REQUIREMENTS: &str = "tests/peers/requirements.txt";
@@ -47,9 +66,11 @@ fn main() -> ExitCode {
         Some("deps") => deps(),
         Some("fuzz-smoke") => fuzz_smoke(args.get(1).map(String::as_str).unwrap_or("10")),
         Some("bench-smoke") => bench_smoke(),
+        Some("ebpf-build") => ebpf_build(&root_dir().join(EBPF_CRATE).join(EBPF_OBJECT)),
+        Some("ebpf-check") => ebpf_check(),
         _ => {
             eprintln!(
-                "usage: cargo xtask <test [-- cargo test args] | deps | fuzz-smoke [SECONDS] | bench-smoke>"
+                "usage: cargo xtask <test [-- cargo test args] | deps | fuzz-smoke [SECONDS] | bench-smoke | ebpf-build | ebpf-check>"
             );
             return ExitCode::from(2);
         }
@@ -102,11 +123,14 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 }
 
 fn deps() -> Result<(), String> {
-    let missing: Vec<&str> = DEBIAN_TOOLS
+    let mut missing: Vec<&str> = DEBIAN_TOOLS
         .iter()
         .filter(|(cmd, _)| !have(cmd))
         .map(|(_, pkg)| *pkg)
         .collect();
+    if !Path::new(LIBBPF_HEADER).exists() {
+        missing.push("libbpf-dev");
+    }
     if !missing.is_empty() {
         if is_root() && have("apt-get") {
             eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
@@ -209,6 +233,7 @@ fn cargo() -> Command {
 
 fn test(extra: &[String]) -> Result<(), String> {
     deps()?;
+    ebpf_check()?;
     let extra: Vec<&String> = extra.iter().filter(|a| a.as_str() != "--").collect();
     // 1. Everything that runs on a Rust-only machine.
     run(cargo()
@@ -308,4 +333,42 @@ fn fuzz_smoke(seconds: &str) -> Result<(), String> {
 
 fn bench_smoke() -> Result<(), String> {
     run(cargo().args(["bench", "--workspace", "--", "--test"]))
+}
+
+/// Compiles the classifier into `out` (see the module docs for why it is reproducible).
+fn ebpf_build(out: &Path) -> Result<(), String> {
+    if !have("clang") || !Path::new(LIBBPF_HEADER).exists() {
+        return Err(format!(
+            "building the eBPF program needs clang and libbpf-dev ({LIBBPF_HEADER}): \
+             apt-get install clang libbpf-dev (or cargo xtask deps as root)"
+        ));
+    }
+    let dir = root_dir().join(EBPF_CRATE);
+    let arch = env::consts::ARCH;
+    run(Command::new("clang")
+        .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror"])
+        .arg(format!("-fdebug-prefix-map={}=.", dir.display()))
+        .arg(format!("-I/usr/include/{arch}-linux-gnu"))
+        .args(["-c", EBPF_SOURCE, "-o"])
+        .arg(out)
+        .current_dir(&dir))
+}
+
+/// Rebuilds the classifier into a temporary file and compares it with the committed one.
+fn ebpf_check() -> Result<(), String> {
+    let committed = root_dir().join(EBPF_CRATE).join(EBPF_OBJECT);
+    let fresh = env::temp_dir().join(format!("l7_filter-{}.o", std::process::id()));
+    ebpf_build(&fresh)?;
+    let same = std::fs::read(&fresh).map_err(|e| format!("{}: {e}", fresh.display()))?
+        == std::fs::read(&committed).map_err(|e| format!("{}: {e}", committed.display()))?;
+    let _ = std::fs::remove_file(&fresh);
+    if same {
+        eprintln!("xtask: {EBPF_CRATE}/{EBPF_OBJECT} is up to date with {EBPF_SOURCE}");
+        Ok(())
+    } else {
+        Err(format!(
+            "{EBPF_CRATE}/{EBPF_OBJECT} is stale: it is not what {EBPF_SOURCE} compiles to; \
+             run `cargo xtask ebpf-build` and commit the object"
+        ))
+    }
 }

@@ -2,11 +2,11 @@
 //
 // ebpf-l7-filter: HTTP/1.x method + path rules enforced at tc ingress.
 //
-// Semantics: /work/notes/ebpf-spec.md, mirrored in docs/ebpf.md; the userspace twin in
+// Semantics: docs/ebpf.md (the spec both enforcement points implement); the userspace twin in
 // src/ is the reference the differential test compares this program with.
 //
 // Build (what `cargo xtask ebpf-build` runs, from the crate directory):
-//   clang -target bpf -O2 -g -fdebug-prefix-map=$PWD=. -I/usr/include/$(uname -m)-linux-gnu \
+//   clang -target bpf -O2 -g -Wall -Werror -fdebug-prefix-map=$PWD=. -I/usr/include/$(uname -m)-linux-gnu \
 //         -c bpf/l7_filter.c -o bpf/l7_filter.o
 //
 // The layouts of every map key/value and of the event are mirrored byte for byte in

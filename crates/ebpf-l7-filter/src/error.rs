@@ -110,4 +110,19 @@ pub enum FilterError {
     /// Watching a rule file failed (a file over the size limit, the thread could not start).
     #[error("watching the rule file: {0}")]
     Watch(zt_rotate::Error),
+    /// The process may not load eBPF programs or attach them (needs root, or `CAP_BPF`
+    /// and `CAP_NET_ADMIN`).
+    #[error(
+        "not permitted to load or attach the eBPF filter (run as root, or with CAP_BPF and CAP_NET_ADMIN): {0}"
+    )]
+    PermissionDenied(String),
+    /// The interface to attach to does not exist in this network namespace.
+    #[error("no network interface named {0:?} in this network namespace")]
+    InterfaceNotFound(String),
+    /// The kernel lacks something the filter needs (bpffs, TCX, a map type, BTF).
+    #[error("the kernel lacks a feature the eBPF filter needs: {0}")]
+    KernelFeature(String),
+    /// The kernel refused an operation (the verifier's log is included for a refused load).
+    #[error("eBPF filter: {0}")]
+    Kernel(String),
 }

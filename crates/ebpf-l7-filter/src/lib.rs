@@ -58,6 +58,8 @@
 mod classify;
 mod error;
 pub mod holder;
+#[cfg(feature = "kernel")]
+pub mod kernel;
 mod path;
 pub mod rules;
 #[cfg(feature = "testing")]
@@ -67,6 +69,8 @@ mod verdict;
 pub use classify::{Classification, SegmentRequest};
 pub use error::FilterError;
 pub use holder::RulesHolder;
+#[cfg(feature = "kernel")]
+pub use kernel::{Counters, KernelEvent, KernelEvents, L7Filter, L7FilterBuilder, TestRunOutcome};
 pub use rules::{MethodSet, PathMatch, Rule, RuleSet};
 pub use verdict::{
     Decision, EVENT_PATH_MAX, FLOOR_ANY, MAX_METHOD, MAX_PATH, MAX_RULE_ID, MAX_RULES, Method,
