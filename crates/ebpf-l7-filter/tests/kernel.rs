@@ -208,3 +208,169 @@ fn root_unprivileged_load_is_a_clear_error() {
         "{stdout}"
     );
 }
+
+/// What one request of a looping client got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Reset,
+    Other,
+}
+
+fn outcome(result: std::io::Result<String>) -> Outcome {
+    match result {
+        Ok(status) if status.contains(" 200 ") => Outcome::Ok,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Outcome::Reset,
+        _ => Outcome::Other,
+    }
+}
+
+/// A client sending `GET path` on a new connection in a loop until stopped; each result with
+/// the instant it started.
+struct Looper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    sent: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Outcome)>>,
+}
+
+impl Looper {
+    fn start(addr: std::net::SocketAddr, path: &'static str) -> Looper {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&sent);
+        let thread = std::thread::spawn(move || {
+            let mut results = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let start = Instant::now();
+                results.push((start, outcome(raw_request(addr, "GET", path))));
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            results
+        });
+        Looper { stop, sent, thread }
+    }
+
+    fn wait_for(&self, n: usize, results_so_far: impl Fn() -> usize) {
+        while results_so_far() < n {
+            std::thread::yield_now();
+        }
+    }
+
+    fn finish(self) -> Vec<(Instant, Outcome)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("client")
+    }
+}
+
+fn served(site: &Site, path: &str) -> usize {
+    site.seen().iter().filter(|l| l.ends_with(path)).count()
+}
+
+#[test]
+#[ignore = "needs root"]
+fn root_live_rule_change_under_a_looping_client() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let site = Site::start(Some(RuleSet::from_yaml(RULES).expect("rules")));
+    let client = Looper::start(site.netns.server_addr(), "/api/orders/7");
+    client.wait_for(50, || served(&site, "/api/orders/7"));
+    // Flip orders-read from allow to deny, live.
+    let flipped = RuleSet::from_yaml(&RULES.replace(
+        "  - id: orders-read\n    action: allow",
+        "  - id: orders-read\n    action: deny",
+    ))
+    .expect("flipped rules");
+    let before = Instant::now();
+    site.with_filter(move |f| f.set_rules(&flipped))
+        .expect("set_rules");
+    let after = Instant::now();
+    // At least 20 more requests, all started after the flip returned.
+    let target = client.sent.load(std::sync::atomic::Ordering::Relaxed) + 21;
+    client.wait_for(target, || {
+        client.sent.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let results = client.finish();
+    let early: Vec<_> = results.iter().filter(|(t, _)| *t < before).collect();
+    let late: Vec<_> = results.iter().filter(|(t, _)| *t > after).collect();
+    assert!(
+        early.len() >= 50 && late.len() >= 10,
+        "{} / {}",
+        early.len(),
+        late.len()
+    );
+    assert!(
+        early.iter().all(|(_, o)| *o == Outcome::Ok),
+        "before the flip: {early:?}"
+    );
+    assert!(
+        late.iter().all(|(_, o)| *o == Outcome::Reset),
+        "after the flip: {late:?}"
+    );
+    assert!(results.iter().all(|(_, o)| *o != Outcome::Other));
+    // The server saw none of the requests sent after the flip.
+    assert_eq!(
+        served(&site, "/api/orders/7"),
+        results.iter().filter(|(_, o)| *o == Outcome::Ok).count()
+    );
+}
+
+#[test]
+#[ignore = "needs root"]
+fn root_program_replacement_under_load_loses_no_request() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let site = Site::start(Some(RuleSet::from_yaml(RULES).expect("rules")));
+    let client = Looper::start(site.netns.server_addr(), "/health");
+    for round in 1..=10 {
+        client.wait_for(round * 20, || served(&site, "/health"));
+        site.with_filter(|f| f.replace_program())
+            .expect("replace_program");
+    }
+    client.wait_for(220, || served(&site, "/health"));
+    let results = client.finish();
+    assert!(results.len() >= 220);
+    assert!(
+        results.iter().all(|(_, o)| *o == Outcome::Ok),
+        "failed: {:?}",
+        results
+            .iter()
+            .filter(|(_, o)| *o != Outcome::Ok)
+            .collect::<Vec<_>>()
+    );
+    // Still filtering, with the same maps, after ten swaps.
+    let err = raw_request(site.netns.server_addr(), "GET", "/admin").expect_err("answered");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset);
+    let hits = site.with_filter(|f| f.counters().expect("counters"));
+    assert!(hits.allowed >= 220 && hits.denied == 1, "{hits:?}");
+}
+
+#[test]
+#[ignore = "needs root and curl"]
+fn root_events_stopped_consumer_keeps_traffic_flowing_and_counts_losses() {
+    if !is_root() {
+        eprintln!("skipped: not root");
+        return;
+    }
+    let site = Site::start_with(Some(RuleSet::from_yaml(RULES).expect("rules")), |b| {
+        b.event_capacity(4)
+    });
+    // Nobody reads the events.
+    let events = site.with_filter(|f| f.events().expect("events"));
+    for _ in 0..12 {
+        let (code, _, took) = curl(&site.url("/admin"), "GET");
+        assert_eq!(code, Some(56));
+        assert!(took < Duration::from_secs(1));
+        let (code, status, _) = curl(&site.url("/health"), "GET");
+        assert_eq!((code, status.as_str()), (Some(0), "200"));
+    }
+    let c = site.with_filter(|f| f.counters().expect("counters"));
+    assert_eq!((c.denied, c.allowed), (12, 12), "{c:?}");
+    // 4 events wait in the channel, the other 8 were counted as dropped.
+    assert_eq!(c.events_dropped + c.events_lost, 8, "{c:?}");
+    drop(events);
+}

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 
-use ebpf_l7_filter::{L7Filter, RuleSet};
+use ebpf_l7_filter::{L7Filter, L7FilterBuilder, RuleSet};
 
 pub const PORT: u16 = 8080;
 
@@ -116,6 +116,14 @@ pub struct Site {
 impl Site {
     /// Starts the server; attaches the filter with `rules` when given.
     pub fn start(rules: Option<RuleSet>) -> Site {
+        Site::start_with(rules, |b| b)
+    }
+
+    /// [`Site::start`] with builder options.
+    pub fn start_with(
+        rules: Option<RuleSet>,
+        options: impl FnOnce(L7FilterBuilder) -> L7FilterBuilder + Send + 'static,
+    ) -> Site {
         let netns = Netns::new();
         let log: AccessLog = Arc::default();
         let (ops, rx) = mpsc::channel::<Op>();
@@ -142,7 +150,7 @@ impl Site {
                 .expect("bind");
             rt.spawn(serve(listener, server_log));
             let mut filter = match rules {
-                Some(rules) => match L7Filter::builder()
+                Some(rules) => match options(L7Filter::builder())
                     .interface(&ns_if)
                     .ports([PORT])
                     .rules(rules)
