@@ -643,6 +643,34 @@ async fn long_polling_is_asked_for_and_followed_only_while_the_server_supports_i
 }
 
 #[tokio::test]
+async fn a_long_polling_server_is_asked_again_at_once_after_a_new_bundle() {
+    let archive = bundle("lp2");
+    let peer = Peer::start(move |seen| {
+        let vnd = ("content-type", "application/vnd.openpolicyagent.bundles");
+        if seen.headers.get("if-none-match").is_some() {
+            respond(304, &[vnd], Vec::new())
+        } else {
+            respond(200, &[vnd, ("etag", "\"lp2\"")], archive.clone())
+        }
+    })
+    .await;
+    let engine = engine_with(PolicyOptions::new(), &bundle("bootstrap"));
+    let downloader = BundleDownloader::builder(&local(peer.addr.port()), "b.tar.gz")
+        // Polling alone would ask again in an hour.
+        .polling(Duration::from_secs(3600), Duration::from_secs(3600))
+        .long_polling(Duration::from_secs(30))
+        .build(engine.clone())
+        .unwrap();
+    let _task = downloader.spawn();
+    eventually("the request after the new bundle", || {
+        peer.seen().len() >= 2
+    })
+    .await;
+    assert_eq!(engine.revision(), "lp2");
+    assert_eq!(peer.seen()[1].headers["if-none-match"], "\"lp2\"");
+}
+
+#[tokio::test]
 async fn download_failures_are_recorded_and_the_last_good_set_keeps_deciding() {
     let peer = Peer::start(|_| respond(503, &[], b"busy".to_vec())).await;
     let engine = engine_with(PolicyOptions::new(), &bundle("good"));
