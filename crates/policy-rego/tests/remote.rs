@@ -797,25 +797,31 @@ async fn a_full_batch_is_uploaded_at_once_without_waiting_for_the_timer() {
         .build()
         .unwrap();
     let engine = logging_engine(&uploader);
-    let _task = uploader.spawn();
     let alice = PolicyInput::from_json(serde_json::json!({"user": "alice"}));
     for _ in 0..12 {
         engine.decide(&alice);
     }
-    // Whatever is left below a full batch waits for the timer; the full ones go now.
-    eventually("full batches", || {
-        peer.accepted_batches().iter().map(Vec::len).sum::<usize>() >= 8
+    let _task = uploader.spawn();
+    // The full batches go now; what is left (at most a batch) waits for the timer.
+    eventually("the full batches", || {
+        let s = uploader.status();
+        let largest = peer.accepted_batches().iter().map(Vec::len).max();
+        s.uploaded_events >= 8 && largest.is_some_and(|n| s.buffered_events <= n)
     })
     .await;
     let seen = peer.seen();
     assert!(seen.len() >= 2, "several batches");
+    let largest = seen.iter().map(|r| batch_of(r).len()).max().unwrap();
     for request in &seen {
         assert!(
             gunzipped_len(request) <= 1200,
             "each batch within the size limit"
         );
-        assert!(batch_of(request).len() >= 2);
+        assert_eq!(batch_of(request).len(), largest, "only full batches");
     }
+    // A batch is known to be full when the next event does not fit: the last one waits.
+    let left = uploader.status().buffered_events;
+    assert!(left > 0 && left <= largest, "{left} left");
 }
 
 #[tokio::test]

@@ -33,8 +33,8 @@ pub struct LogUploaderBuilder {
 
 impl LogUploaderBuilder {
     /// Uploads what is buffered every `min..max` (random; OPA's
-    /// `reporting.min_delay_seconds` / `max_delay_seconds`, default 300 s and 600 s), and as
-    /// soon as a full batch is buffered. Failed uploads are retried with a backoff capped at
+    /// `reporting.min_delay_seconds` / `max_delay_seconds`, default 300 s and 600 s), and the
+    /// full batches as soon as more than a batch is buffered. Failed uploads are retried with a backoff capped at
     /// `max`.
     pub fn reporting(mut self, min: Duration, max: Duration) -> Self {
         self.delays = Delays::new(min, max);
@@ -252,7 +252,7 @@ impl LogUploader {
         queue.held_bytes += event.len();
         queue.queued_bytes += event.len() + 1;
         queue.events.push_back(event);
-        let full = queue.queued_bytes + 1 >= shared.batch_bytes;
+        let full = queue.queued_bytes + 1 > shared.batch_bytes;
         drop(queue);
         if full {
             shared.wake.notify_one();
@@ -293,14 +293,14 @@ impl LogUploader {
     /// The first failed upload; that batch stays buffered for the next attempt.
     pub async fn flush(&self) -> Result<usize> {
         let mut sent = 0;
-        while let Some(events) = self.upload_one().await? {
+        while let Some(events) = self.upload_one(false).await? {
             sent += events;
         }
         Ok(sent)
     }
 
-    /// Uploads in a tokio task until the handle is dropped or stopped: every `min..max`,
-    /// and at once when a full batch is buffered.
+    /// Uploads in a tokio task until the handle is dropped or stopped: everything every
+    /// `min..max`, and the full batches at once when more than a batch is buffered.
     ///
     /// # Panics
     ///
@@ -328,14 +328,20 @@ impl LogUploader {
 
     async fn run(self) {
         let shared = &self.shared;
+        let mut tick = tokio::time::Instant::now() + shared.delays.next();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(shared.delays.next()) => {}
-                () = shared.wake.notified() => {}
+            // The timer uploads everything; a wake-up for a full batch uploads full batches
+            // only, and the rest keeps waiting for the timer.
+            let everything = tokio::select! {
+                () = tokio::time::sleep_until(tick) => true,
+                () = shared.wake.notified() => false,
+            };
+            if everything {
+                tick = tokio::time::Instant::now() + shared.delays.next();
             }
             let mut failures = 0u32;
             loop {
-                match self.upload_one().await {
+                match self.upload_one(!everything).await {
                     Ok(Some(_)) => failures = 0,
                     Ok(None) => break,
                     Err(_) => {
@@ -347,12 +353,19 @@ impl LogUploader {
         }
     }
 
-    /// Uploads the batch waiting for a retry, else cuts the next one from the queue.
-    /// `Ok(None)`: nothing was buffered.
-    async fn upload_one(&self) -> Result<Option<usize>> {
+    /// Uploads the batch waiting for a retry, else cuts the next one from the queue (only
+    /// when a full one is buffered, with `full_only`). `Ok(None)`: nothing to upload.
+    async fn upload_one(&self, full_only: bool) -> Result<Option<usize>> {
         let shared = &self.shared;
         let mut pending = shared.pending.lock().await;
         if pending.is_none() {
+            // `queued_bytes` counts a comma per event: plus the brackets, less one comma, is
+            // the size of a batch of all of them. More than a batch buffered: the first batch
+            // is full (its next event did not fit).
+            let full = shared.queue().queued_bytes + 1 > shared.batch_bytes;
+            if full_only && !full {
+                return Ok(None);
+            }
             *pending = self.cut_batch();
         }
         let Some(batch) = pending.as_ref() else {
