@@ -351,6 +351,24 @@ impl BundleEndpoint {
         Ok((bundle, body))
     }
 
+    /// The first fetch, trusting the profile's own roots or bootstrap bundle.
+    pub(crate) async fn fetch_first(&self) -> Result<(SpiffeBundle, Vec<u8>), Error> {
+        let trusted = match &self.profile {
+            EndpointProfile::HttpsWeb { roots } => roots.clone(),
+            EndpointProfile::HttpsSpiffe { bootstrap, .. } => bootstrap.clone(),
+        };
+        self.fetch(&trusted).await
+    }
+
+    /// What authenticates the endpoint once a bundle was fetched: the web roots, or (for
+    /// `https_spiffe`) the last good bundle itself.
+    fn trusted<'a>(&'a self, last: &'a [CertificateDer<'static>]) -> &'a [CertificateDer<'static>] {
+        match &self.profile {
+            EndpointProfile::HttpsWeb { roots } => roots,
+            EndpointProfile::HttpsSpiffe { .. } => last,
+        }
+    }
+
     fn url(&self) -> String {
         format!("https://{}:{}{}", self.host, self.port, self.path)
     }
@@ -391,26 +409,44 @@ pub fn spawn_bundle_refresher(
     first: SpiffeBundle,
 ) -> TaskHandle {
     let path = path.into();
-    TaskHandle::from_tokio(tokio::spawn(async move {
-        let mut last = first;
-        let mut delay = refresh_interval(&last);
-        let mut backoff = MIN_REFRESH;
-        loop {
-            tokio::time::sleep(delay).await;
-            match fetch_and_write(&endpoint, &path, &last.x509_authorities).await {
-                Ok(bundle) => {
-                    delay = refresh_interval(&bundle);
-                    last = bundle;
-                    backoff = MIN_REFRESH;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, file = %path.display(), "bundle endpoint fetch failed; the last good bundle stays");
-                    delay = backoff.min(refresh_interval(&last));
-                    backoff = (backoff * 2).min(MAX_REFRESH);
-                }
+    TaskHandle::from_tokio(tokio::spawn(follow(
+        endpoint,
+        first,
+        move |bundle, body| write_if_changed(&path, bundle, body).map(|()| true),
+    )))
+}
+
+/// Refetches by the last bundle's refresh hint and hands each good bundle (and its
+/// document) to `sink` until it returns `Ok(false)`; a failed fetch or a sink error is
+/// logged and retried with backoff from 1 s (capped at the refresh interval) while the
+/// last good bundle stays in service.
+pub(crate) async fn follow(
+    endpoint: BundleEndpoint,
+    first: SpiffeBundle,
+    mut sink: impl FnMut(&SpiffeBundle, &[u8]) -> Result<bool, Error>,
+) {
+    let mut last = first;
+    let mut delay = refresh_interval(&last);
+    let mut backoff = MIN_REFRESH;
+    loop {
+        tokio::time::sleep(delay).await;
+        let fetched = endpoint
+            .fetch(endpoint.trusted(&last.x509_authorities))
+            .await;
+        match fetched.and_then(|(bundle, body)| sink(&bundle, &body).map(|go_on| (bundle, go_on))) {
+            Ok((_, false)) => return,
+            Ok((bundle, true)) => {
+                delay = refresh_interval(&bundle);
+                last = bundle;
+                backoff = MIN_REFRESH;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint = %endpoint.url(), "bundle endpoint fetch failed; the last good bundle stays");
+                delay = backoff.min(refresh_interval(&last));
+                backoff = (backoff * 2).min(MAX_REFRESH);
             }
         }
-    }))
+    }
 }
 
 /// Fetches the bundle once with the profile's own trust (its roots, or its bootstrap
@@ -423,32 +459,21 @@ pub async fn fetch_to_file(
     endpoint: &BundleEndpoint,
     path: impl AsRef<Path>,
 ) -> Result<SpiffeBundle, Error> {
-    let trusted = match &endpoint.profile {
-        EndpointProfile::HttpsWeb { roots } => roots.clone(),
-        EndpointProfile::HttpsSpiffe { bootstrap, .. } => bootstrap.clone(),
-    };
-    fetch_and_write(endpoint, path.as_ref(), &trusted).await
+    let (bundle, body) = endpoint.fetch_first().await?;
+    write_if_changed(path.as_ref(), &bundle, &body)?;
+    Ok(bundle)
 }
 
-/// One fetch; `https_spiffe` trusts `last` (the last good bundle).
-async fn fetch_and_write(
-    endpoint: &BundleEndpoint,
-    path: &Path,
-    last: &[CertificateDer<'static>],
-) -> Result<SpiffeBundle, Error> {
-    let trusted = match &endpoint.profile {
-        EndpointProfile::HttpsWeb { roots } => roots.as_slice(),
-        EndpointProfile::HttpsSpiffe { .. } => last,
-    };
-    let (bundle, body) = endpoint.fetch(trusted).await?;
-    if std::fs::read(path).ok().as_deref() != Some(body.as_slice()) {
+/// Writes the document atomically when the file does not already hold it.
+fn write_if_changed(path: &Path, bundle: &SpiffeBundle, body: &[u8]) -> Result<(), Error> {
+    if std::fs::read(path).ok().as_deref() != Some(body) {
         let tmp = path.with_extension("tmp");
         let io = |e: std::io::Error| Error::Federation(format!("{}: {e}", path.display()));
-        std::fs::write(&tmp, &body).map_err(io)?;
+        std::fs::write(&tmp, body).map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
         tracing::info!(file = %path.display(), sequence = ?bundle.sequence, "federated bundle updated from its endpoint");
     }
-    Ok(bundle)
+    Ok(())
 }
 
 fn refresh_interval(bundle: &SpiffeBundle) -> Duration {

@@ -105,7 +105,8 @@
 //! mapping to go-spiffe in `docs/spiffe.md`.
 //!
 //! Federation over the network ([`bundle_endpoint`]): serving this trust domain's bundle,
-//! fetching a foreign one (`https_web`, `https_spiffe`) into a file refreshed by its hint;
+//! fetching a foreign one (`https_web`, `https_spiffe`) into a file refreshed by its hint or
+//! straight into a source's holders (`SvidSource::federate_with`);
 //! `ztkit spiffe bundle-endpoint` serves one from the command line.
 //!
 //! Left: tonic/axum helpers; `ztkit dev-agent`; the

@@ -17,6 +17,9 @@ use tokio::time::Instant;
 use zt_rotate::{StatusRecorder, TaskHandle};
 
 use crate::Error;
+use crate::bundle_endpoint::BundleEndpoint;
+use mtls_verify::pem::SpiffeBundle;
+use std::collections::BTreeMap;
 
 /// How long [`SvidSourceBuilder::connect`] waits for the first X.509-SVID by default.
 pub const DEFAULT_FIRST_SVID_TIMEOUT: Duration = Duration::from_secs(30);
@@ -120,9 +123,11 @@ impl SvidSourceBuilder {
             hint: self.hint,
             expiry_warning: self.expiry_warning,
             current: Mutex::new(Current {
+                published: first.pem.clone(),
                 svid: first,
                 holders: Vec::new(),
                 reported: Expiry::Fresh,
+                endpoint_bundles: BTreeMap::new(),
             }),
             status: StatusRecorder::loaded("X.509-SVID"),
         });
@@ -269,7 +274,7 @@ impl SvidSource {
         H: MaterialHolder<Material = TlsMaterial, Error = mtls_verify::Error> + Clone + 'static,
     {
         let mut current = self.shared.lock();
-        let holder = build(&current.svid.pem)?;
+        let holder = build(&current.published)?;
         current.holders.push(Box::new(holder.clone()));
         Ok(holder)
     }
@@ -284,9 +289,39 @@ impl SvidSource {
         H: MaterialHolder<Material = TlsMaterial, Error = mtls_verify::Error> + 'static,
     {
         let mut current = self.shared.lock();
-        holder.update(current.svid.pem.material())?;
+        holder.update(current.published.material())?;
         current.holders.push(Box::new(holder));
         Ok(())
+    }
+
+    /// Federates with `trust_domain` through its bundle endpoint (SPIFFE Federation): fetches
+    /// its bundle now, gives it to every holder of this source as that trust domain's
+    /// federated bundle (replacing one the Workload API sends), and keeps it fresh by the
+    /// bundle's refresh hint in a task owned by the returned handle (the last good bundle
+    /// stays when a fetch fails). Peers of `trust_domain` are accepted only where the
+    /// holder's trust-domain policy allows it.
+    ///
+    /// # Errors
+    /// The first fetch's error ([`Error::Federation`], [`Error::Tls`]), or a holder refusing
+    /// the bundle; nothing is changed then.
+    pub async fn federate_with(
+        &self,
+        trust_domain: &str,
+        endpoint: BundleEndpoint,
+    ) -> Result<TaskHandle, Error> {
+        let td = trust_domain.trim_start_matches("spiffe://").to_owned();
+        mtls_verify::SpiffeId::parse(&format!("spiffe://{td}"))?;
+        let (first, _) = endpoint.fetch_first().await?;
+        self.shared.apply_endpoint_bundle(&td, &first)?;
+        let shared = Arc::downgrade(&self.shared);
+        Ok(TaskHandle::from_tokio(tokio::spawn(
+            crate::bundle_endpoint::follow(endpoint, first, move |bundle, _| {
+                let Some(shared) = shared.upgrade() else {
+                    return Ok(false);
+                };
+                shared.apply_endpoint_bundle(&td, bundle).map(|()| true)
+            }),
+        )))
     }
 
     /// The current SVID and the rotation status.
@@ -315,6 +350,12 @@ struct Shared {
 
 struct Current {
     svid: Svid,
+    /// What the holders were given: the SVID's material with the bundles fetched from
+    /// bundle endpoints merged in.
+    published: Pem,
+    /// Trust domain → bundle (PEM) fetched from its bundle endpoint
+    /// ([`SvidSource::federate_with`]); replaces the Workload API's bundle of that domain.
+    endpoint_bundles: BTreeMap<String, Vec<u8>>,
     holders: Vec<TlsHolder>,
     /// Whether the current SVID was reported as not renewed in time / expired.
     reported: Expiry,
@@ -342,6 +383,47 @@ struct Pem {
     ca: Vec<u8>,
     /// The other trust domains' bundles of the update, by trust domain name (sorted).
     federated: Vec<(String, Vec<u8>)>,
+}
+
+impl Current {
+    /// Pushes `pem` into every holder; all must take it.
+    fn publish(&mut self, pem: Pem) -> Result<(), Error> {
+        let mut refused = None;
+        for holder in &self.holders {
+            if let Err(e) = holder.update(pem.material()) {
+                refused.get_or_insert(e);
+            }
+        }
+        if let Some(e) = refused {
+            return Err(Error::Tls(e));
+        }
+        self.published = pem;
+        Ok(())
+    }
+}
+
+impl Svid {
+    /// The SVID's material with `endpoint` bundles replacing or adding federated ones (never
+    /// the SVID's own trust domain's).
+    fn with_endpoint_bundles(&self, endpoint: &BTreeMap<String, Vec<u8>>) -> Pem {
+        if endpoint.is_empty() {
+            return self.pem.clone();
+        }
+        let own = self
+            .identity
+            .spiffe_id()
+            .map(|id| id.trust_domain().to_owned());
+        let mut federated: BTreeMap<String, Vec<u8>> = self.pem.federated.iter().cloned().collect();
+        for (td, bundle) in endpoint {
+            if own.as_deref() != Some(td.as_str()) {
+                federated.insert(td.clone(), bundle.clone());
+            }
+        }
+        Pem {
+            federated: federated.into_iter().collect(),
+            ..self.pem.clone()
+        }
+    }
 }
 
 impl Pem {
@@ -378,21 +460,49 @@ impl Shared {
     fn try_apply(&self, context: &X509Context) -> Result<bool, Error> {
         let svid = svid_from(context, self.hint.as_deref())?;
         let mut current = self.lock();
-        if current.svid.pem == svid.pem {
+        let pem = svid.with_endpoint_bundles(&current.endpoint_bundles);
+        if current.published == pem {
             return Ok(false);
         }
-        let mut refused = None;
-        for holder in &current.holders {
-            if let Err(e) = holder.update(svid.pem.material()) {
-                refused.get_or_insert(e);
-            }
-        }
-        if let Some(e) = refused {
-            return Err(Error::Tls(e));
+        current.publish(pem)?;
+        if current.svid.identity != svid.identity {
+            current.reported = Expiry::Fresh;
         }
         current.svid = svid;
-        current.reported = Expiry::Fresh;
         Ok(true)
+    }
+
+    /// Takes a bundle fetched from `trust_domain`'s bundle endpoint into the holders.
+    fn apply_endpoint_bundle(
+        &self,
+        trust_domain: &str,
+        bundle: &SpiffeBundle,
+    ) -> Result<(), Error> {
+        let pem = pem_blocks(
+            "CERTIFICATE",
+            bundle.x509_authorities.iter().map(|cert| cert.as_ref()),
+        );
+        let mut current = self.lock();
+        current
+            .endpoint_bundles
+            .insert(trust_domain.to_owned(), pem);
+        let merged = current
+            .svid
+            .with_endpoint_bundles(&current.endpoint_bundles);
+        if merged == current.published {
+            return Ok(());
+        }
+        let result = current.publish(merged);
+        drop(current);
+        match &result {
+            Ok(()) => {
+                self.status.record_published();
+            }
+            Err(e) => {
+                self.status.record_failure(e.clone());
+            }
+        }
+        result
     }
 
     /// When the current SVID is next worth looking at: the start of its warning window (no

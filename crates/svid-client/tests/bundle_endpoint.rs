@@ -11,11 +11,12 @@ use std::time::Duration;
 use mtls_verify::rustls::pki_types::ServerName;
 use mtls_verify::rustls::{self, ClientConfig, ServerConfig};
 use mtls_verify::{ClientTls, ClientTlsBuilder, ServerTls, ServerTlsBuilder, TrustDomainPolicy};
-use svid_client::authorize;
 use svid_client::bundle_endpoint::{
     BundleEndpoint, BundleEndpointServer, EndpointProfile, fetch_to_file, spawn_bundle_refresher,
     spiffe_bundle_json,
 };
+use svid_client::testing::{TestSvid, TestWorkloadApi};
+use svid_client::{SvidSource, authorize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use ztkit_test_support::{TestCa, TestCert};
@@ -264,4 +265,82 @@ async fn an_endpoint_with_the_wrong_identity_or_an_oversized_bundle_is_refused_a
     let err = fetch_to_file(&web, &out).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
     assert!(!out.exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_svid_source_federates_through_a_bundle_endpoint_and_follows_its_rotation() {
+    tokio::time::timeout(GUARD, source_federates())
+        .await
+        .unwrap();
+}
+
+async fn source_federates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, ca_b) = (
+        TestCa::new("CA of a.example"),
+        TestCa::new("CA of b.example"),
+    );
+    let a_svid = svid(&ca_a, A_SERVER);
+    let agent = TestWorkloadApi::start(dir.path().join("agent.sock")).unwrap();
+    agent.set_svids(vec![TestSvid::new(
+        A_SERVER,
+        a_svid.chain_der.iter().map(|c| c.to_vec()).collect(),
+        a_svid.key_der.clone(),
+        vec![ca_a.cert_der.to_vec()],
+    )]);
+    let source = SvidSource::builder()
+        .endpoint(agent.endpoint())
+        .connect()
+        .await
+        .unwrap();
+    let a_server = source
+        .server_tls(|tls| {
+            tls.trust_domain_policy(
+                TrustDomainPolicy::allow_list(["a.example", "b.example"]).unwrap(),
+            )
+            .authorizer(authorize::member_of("b.example").unwrap())
+        })
+        .unwrap();
+    // B's clients verify A's server with A's CA given to them.
+    let a_pem = dir.path().join("a.pem");
+    std::fs::write(&a_pem, &ca_a.cert_pem).unwrap();
+    let b_client = client_of_b(&svid(&ca_b, "spiffe://b.example/web"), &ca_b, &a_pem);
+    assert!(handshake(&a_server, &b_client).await.is_err());
+
+    let b_endpoint_svid = svid(&ca_b, "spiffe://b.example/bundle-endpoint");
+    let b_json = spiffe_bundle_json(
+        std::slice::from_ref(&ca_b.cert_der),
+        Duration::from_secs(1),
+        1,
+    )
+    .unwrap();
+    let (b_endpoint, b_port) = serve(&b_endpoint_svid, b_json).await;
+    let endpoint = BundleEndpoint::new(
+        &format!("https://localhost:{b_port}"),
+        EndpointProfile::HttpsSpiffe {
+            endpoint_id: "spiffe://b.example/bundle-endpoint".parse().unwrap(),
+            bootstrap: vec![ca_b.cert_der.clone()],
+        },
+    )
+    .unwrap();
+    let _federation = source.federate_with("b.example", endpoint).await.unwrap();
+    assert_eq!(handshake(&a_server, &b_client).await, Ok(()));
+
+    // B rotates to a new CA only: the old one's clients are refused after the refresh.
+    let ca_b2 = TestCa::new("second CA of b.example");
+    let b2_client = client_of_b(&svid(&ca_b2, "spiffe://b.example/new"), &ca_b, &a_pem);
+    let generation = a_server.status().generation;
+    b_endpoint.set_bundle(
+        spiffe_bundle_json(
+            std::slice::from_ref(&ca_b2.cert_der),
+            Duration::from_secs(1),
+            2,
+        )
+        .unwrap(),
+    );
+    while a_server.status().generation == generation {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(handshake(&a_server, &b2_client).await, Ok(()));
+    assert!(handshake(&a_server, &b_client).await.is_err());
 }
