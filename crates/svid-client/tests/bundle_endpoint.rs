@@ -28,6 +28,44 @@ fn svid(ca: &TestCa, id: &str) -> TestCert {
     ca.leaf(id).spiffe_id(id).issue()
 }
 
+/// A SPIFFE bundle document holding `ca`.
+fn bundle_of(ca: &TestCa, refresh_hint_secs: u64, sequence: u64) -> Vec<u8> {
+    spiffe_bundle_json(
+        std::slice::from_ref(&ca.cert_der),
+        Duration::from_secs(refresh_hint_secs),
+        sequence,
+    )
+    .unwrap()
+}
+
+/// B's bundle endpoint on localhost (`https_spiffe`, bootstrapped with B's CA).
+fn b_endpoint_at(port: u16, path: &str, ca_b: &TestCa) -> BundleEndpoint {
+    BundleEndpoint::new(
+        &format!("https://localhost:{port}{path}"),
+        EndpointProfile::HttpsSpiffe {
+            endpoint_id: "spiffe://b.example/bundle-endpoint".parse().unwrap(),
+            bootstrap: vec![ca_b.cert_der.clone()],
+        },
+    )
+    .unwrap()
+}
+
+/// An `https_web` endpoint on localhost whose certificate chains to `web_root`.
+fn web_endpoint_at(port: u16, web_root: &TestCa) -> BundleEndpoint {
+    BundleEndpoint::new(
+        &format!("https://localhost:{port}"),
+        EndpointProfile::HttpsWeb {
+            roots: vec![web_root.cert_der.clone()],
+        },
+    )
+    .unwrap()
+}
+
+/// A web PKI server certificate for `host`.
+fn web_cert(web_root: &TestCa, host: &str) -> TestCert {
+    web_root.leaf(host).dns(host).server_auth().issue()
+}
+
 /// An endpoint's TLS config: `cert`, no client authentication.
 fn endpoint_tls(cert: &TestCert) -> Arc<ServerConfig> {
     let config = ServerConfig::builder_with_provider(mtls_verify::crypto_provider())
@@ -100,51 +138,24 @@ async fn federate() {
     );
     // A's endpoint: https_web, a web PKI certificate for localhost.
     let web_root = TestCa::new("web root");
-    let web_cert = web_root
-        .leaf("localhost")
-        .dns("localhost")
-        .server_auth()
-        .issue();
-    let a_json = spiffe_bundle_json(
-        std::slice::from_ref(&ca_a.cert_der),
-        Duration::from_secs(1),
-        1,
-    )
-    .unwrap();
+    let web_cert = web_cert(&web_root, "localhost");
+    let a_json = bundle_of(&ca_a, 1, 1);
     let (_a_endpoint, a_port) = serve(&web_cert, a_json).await;
     // B's endpoint: https_spiffe, an SVID of B.
     let b_endpoint_svid = svid(&ca_b, "spiffe://b.example/bundle-endpoint");
-    let b_json = spiffe_bundle_json(
-        std::slice::from_ref(&ca_b.cert_der),
-        Duration::from_secs(1),
-        1,
-    )
-    .unwrap();
+    let b_json = bundle_of(&ca_b, 1, 1);
     let (b_endpoint, b_port) = serve(&b_endpoint_svid, b_json).await;
 
     // A fetches B's bundle (https_spiffe, bootstrapped with B's CA)…
     let b_at_a = dir.path().join("b-at-a.json");
-    let from_b = BundleEndpoint::new(
-        &format!("https://localhost:{b_port}/bundle"),
-        EndpointProfile::HttpsSpiffe {
-            endpoint_id: "spiffe://b.example/bundle-endpoint".parse().unwrap(),
-            bootstrap: vec![ca_b.cert_der.clone()],
-        },
-    )
-    .unwrap();
+    let from_b = b_endpoint_at(b_port, "/bundle", &ca_b);
     let first = fetch_to_file(&from_b, &b_at_a).await.unwrap();
     assert_eq!(first.x509_authorities, std::slice::from_ref(&ca_b.cert_der));
     assert_eq!(first.refresh_hint, Some(Duration::from_secs(1)));
     let _refresh_b = spawn_bundle_refresher(from_b, &b_at_a, first);
     // …and B fetches A's (https_web).
     let a_at_b = dir.path().join("a-at-b.json");
-    let from_a = BundleEndpoint::new(
-        &format!("https://localhost:{a_port}"),
-        EndpointProfile::HttpsWeb {
-            roots: vec![web_root.cert_der.clone()],
-        },
-    )
-    .unwrap();
+    let from_a = web_endpoint_at(a_port, &web_root);
     fetch_to_file(&from_a, &a_at_b).await.unwrap();
 
     // A's workload accepts B's clients through the fetched bundle, B's client verifies A's
@@ -186,14 +197,7 @@ async fn federate() {
     // B's endpoint goes away: fetches fail, the last good bundle stays in service.
     drop(b_endpoint);
     let err = fetch_to_file(
-        &BundleEndpoint::new(
-            &format!("https://localhost:{b_port}/bundle"),
-            EndpointProfile::HttpsSpiffe {
-                endpoint_id: "spiffe://b.example/bundle-endpoint".parse().unwrap(),
-                bootstrap: vec![ca_b.cert_der.clone()],
-            },
-        )
-        .unwrap(),
+        &b_endpoint_at(b_port, "/bundle", &ca_b),
         dir.path().join("unused.json"),
     )
     .await
@@ -212,24 +216,10 @@ async fn an_endpoint_with_the_wrong_identity_or_an_oversized_bundle_is_refused_a
     let dir = tempfile::tempdir().unwrap();
     let ca_b = TestCa::new("CA of b.example");
     let impostor = svid(&ca_b, "spiffe://b.example/not-the-endpoint");
-    let json = spiffe_bundle_json(
-        std::slice::from_ref(&ca_b.cert_der),
-        Duration::from_secs(60),
-        1,
-    )
-    .unwrap();
+    let json = bundle_of(&ca_b, 60, 1);
     let (_endpoint, port) = serve(&impostor, json).await;
     let out = dir.path().join("b.json");
-    let endpoint = |port: u16| {
-        BundleEndpoint::new(
-            &format!("https://localhost:{port}"),
-            EndpointProfile::HttpsSpiffe {
-                endpoint_id: "spiffe://b.example/bundle-endpoint".parse().unwrap(),
-                bootstrap: vec![ca_b.cert_der.clone()],
-            },
-        )
-        .unwrap()
-    };
+    let endpoint = |port: u16| b_endpoint_at(port, "", &ca_b);
     let err = fetch_to_file(&endpoint(port), &out).await.unwrap_err();
     assert!(err.to_string().contains("not in the allowed list"), "{err}");
     assert!(!out.exists());
@@ -243,25 +233,10 @@ async fn an_endpoint_with_the_wrong_identity_or_an_oversized_bundle_is_refused_a
 
     // The web profile checks the host name.
     let web_root = TestCa::new("web root");
-    let other_host = web_root
-        .leaf("other")
-        .dns("other.example")
-        .server_auth()
-        .issue();
-    let json = spiffe_bundle_json(
-        std::slice::from_ref(&ca_b.cert_der),
-        Duration::from_secs(60),
-        1,
-    )
-    .unwrap();
+    let other_host = web_cert(&web_root, "other.example");
+    let json = bundle_of(&ca_b, 60, 1);
     let (_web, port) = serve(&other_host, json).await;
-    let web = BundleEndpoint::new(
-        &format!("https://localhost:{port}"),
-        EndpointProfile::HttpsWeb {
-            roots: vec![web_root.cert_der.clone()],
-        },
-    )
-    .unwrap();
+    let web = web_endpoint_at(port, &web_root);
     let err = fetch_to_file(&web, &out).await.unwrap_err();
     assert!(err.to_string().contains("TLS"), "{err}");
     assert!(!out.exists());
@@ -308,21 +283,9 @@ async fn source_federates() {
     assert!(handshake(&a_server, &b_client).await.is_err());
 
     let b_endpoint_svid = svid(&ca_b, "spiffe://b.example/bundle-endpoint");
-    let b_json = spiffe_bundle_json(
-        std::slice::from_ref(&ca_b.cert_der),
-        Duration::from_secs(1),
-        1,
-    )
-    .unwrap();
+    let b_json = bundle_of(&ca_b, 1, 1);
     let (b_endpoint, b_port) = serve(&b_endpoint_svid, b_json).await;
-    let endpoint = BundleEndpoint::new(
-        &format!("https://localhost:{b_port}"),
-        EndpointProfile::HttpsSpiffe {
-            endpoint_id: "spiffe://b.example/bundle-endpoint".parse().unwrap(),
-            bootstrap: vec![ca_b.cert_der.clone()],
-        },
-    )
-    .unwrap();
+    let endpoint = b_endpoint_at(b_port, "", &ca_b);
     let _federation = source.federate_with("b.example", endpoint).await.unwrap();
     assert_eq!(handshake(&a_server, &b_client).await, Ok(()));
 
@@ -330,14 +293,7 @@ async fn source_federates() {
     let ca_b2 = TestCa::new("second CA of b.example");
     let b2_client = client_of_b(&svid(&ca_b2, "spiffe://b.example/new"), &ca_b, &a_pem);
     let generation = a_server.status().generation;
-    b_endpoint.set_bundle(
-        spiffe_bundle_json(
-            std::slice::from_ref(&ca_b2.cert_der),
-            Duration::from_secs(1),
-            2,
-        )
-        .unwrap(),
-    );
+    b_endpoint.set_bundle(bundle_of(&ca_b2, 1, 2));
     while a_server.status().generation == generation {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
