@@ -242,8 +242,8 @@ async fn bundles_from_nginx_are_polled_with_etags_and_replaced_under_load() {
 
     let task = downloader.spawn();
     nginx.publish(&bundle("r2"), 2);
-    eventually("r2 to activate", || engine.revision() == "r2").await;
-    assert_eq!(downloader.status().revision, "r2");
+    eventually("r2 to activate", || downloader.status().revision == "r2").await;
+    assert_eq!(engine.revision(), "r2");
 
     // A bundle whose own tests fail is refused; r2 keeps deciding.
     nginx.publish(&writer("r3-broken", TEST_BOB_FAILS).to_tar_gz().unwrap(), 3);
@@ -273,7 +273,8 @@ async fn bundles_from_nginx_are_polled_with_etags_and_replaced_under_load() {
 
     // Fixed: r4 activates.
     nginx.publish(&bundle("r4"), 4);
-    eventually("r4 to activate", || engine.revision() == "r4").await;
+    eventually("r4 to activate", || downloader.status().revision == "r4").await;
+    assert_eq!(engine.revision(), "r4");
     drop(task);
 
     stop.store(true, Ordering::Relaxed);
@@ -749,7 +750,7 @@ async fn decisions_are_uploaded_as_gzipped_json_arrays_batched_by_time() {
         "nothing is sent on the request path"
     );
     let _task = uploader.spawn();
-    eventually("one upload", || !peer.accepted_batches().is_empty()).await;
+    eventually("one upload", || uploader.status().uploaded_batches > 0).await;
 
     let batches = peer.accepted_batches();
     assert_eq!(
