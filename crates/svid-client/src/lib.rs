@@ -109,7 +109,9 @@
 //! straight into a source's holders (`SvidSource::federate_with`);
 //! `ztkit spiffe bundle-endpoint` serves one from the command line.
 //!
-//! Left: tonic/axum helpers; `ztkit dev-agent`; the
+//! tonic/axum: `TlsListener` and `zt_tower::tls_channel` take the holders (docs/spiffe.md).
+//!
+//! Left: `ztkit dev-agent`; the
 //! rotation-under-load and interop-with-Python tests; benchmarks; `examples/tonic_svid.rs`
 //! and the demo.
 

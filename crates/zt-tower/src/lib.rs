@@ -4,6 +4,9 @@
 //! * [`TlsListener`] — a TLS acceptor for `axum::serve` and tonic's `serve_with_incoming`
 //!   that verifies client certificates with [`mtls_verify`] and attaches a
 //!   [`TlsConnectInfo`] (with the [`PeerIdentity`](mtls_verify::PeerIdentity)) to every request.
+//! * `tls_channel` (feature `tonic`) — the client side: a tonic `Channel` over mutual TLS
+//!   from an mtls-verify `ClientTls` (files or SVIDs), taking the current certificate at
+//!   each connection and checking the server's identity.
 //! * [`RequireIdentityLayer`] — allow or deny by the verified identity.
 //! * `JwtAuthLayer`, `RequireClaimsLayer` (feature `jwt`) — bearer tokens with
 //!   [`jwt_oidc`](https://docs.rs/jwt-oidc), certificate-bound to the mTLS identity.
@@ -27,6 +30,8 @@
 mod acceptor;
 #[cfg(feature = "audit")]
 pub mod audit;
+#[cfg(feature = "tonic")]
+pub mod channel;
 mod future;
 mod identity;
 #[cfg(feature = "jwt")]
@@ -46,6 +51,8 @@ pub use acceptor::{
 pub use audit::decision_log_sink;
 #[cfg(feature = "audit")]
 pub use audit::{Audit, AuditLayer, AuditResponseFuture};
+#[cfg(feature = "tonic")]
+pub use channel::{TlsChannelConnector, tls_channel, tls_channel_lazy};
 pub use future::BoxResponseFuture;
 #[cfg(feature = "tonic")]
 pub use identity::RequestIdentityExt;
