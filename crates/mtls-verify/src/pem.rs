@@ -38,6 +38,25 @@ pub fn certificates(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error>
     certificates_at(bytes, Path::new(MEMORY))
 }
 
+/// Parses a CA bundle: PEM, DER, or a SPIFFE bundle (JSON, told apart by its first
+/// non-blank byte `{`; its X.509 authorities). An input without certificates gives an empty
+/// list.
+///
+/// ```
+/// use ztkit_test_support::TestCa;
+///
+/// let ca = TestCa::new("root");
+/// assert_eq!(mtls_verify::pem::ca_bundle(ca.cert_pem.as_bytes())?, [ca.cert_der.clone()]);
+/// assert!(mtls_verify::pem::ca_bundle(br#"{"keys": []}"#)?.is_empty());
+/// # Ok::<(), mtls_verify::Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::Pem`] or [`Error::SpiffeBundle`] for malformed input.
+pub fn ca_bundle(bytes: &[u8]) -> Result<Vec<CertificateDer<'static>>, Error> {
+    crate::material::ca_certificates_at(bytes, Path::new(MEMORY))
+}
+
 /// Parses the first private key (PKCS#8, PKCS#1 or SEC1) in PEM, or a DER PKCS#8 key.
 ///
 /// # Errors

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
 
-use crate::material::{ca_certificates_at, load_roots, root_store};
+use crate::material::{ca_certificates_at, root_store};
 use crate::spiffe::validate_trust_domain;
 use crate::{Error, PeerIdentity};
 
@@ -122,6 +123,21 @@ impl fmt::Display for TrustDomainPolicy {
 /// (a file, or `<memory>`) and its bytes (PEM, DER, or SPIFFE bundle JSON).
 pub(crate) type FederatedPart = (String, PathBuf, Arc<[u8]>);
 
+/// One bundle as given: bytes to parse (PEM, DER, SPIFFE JSON) or certificates.
+enum BundleInput<'a> {
+    Bytes(&'a [u8]),
+    Certificates(&'a [CertificateDer<'static>]),
+}
+
+impl BundleInput<'_> {
+    fn certificates(&self, path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
+        match self {
+            BundleInput::Bytes(bytes) => ca_certificates_at(bytes, path),
+            BundleInput::Certificates(certs) => Ok(certs.to_vec()),
+        }
+    }
+}
+
 /// The bundles a SPIFFE verifier uses: one root store per allowed trust domain of the set.
 #[derive(Clone, Debug)]
 pub(crate) struct TrustDomainBundles {
@@ -155,32 +171,74 @@ impl TrustDomainBundles {
             })?
             .trust_domain()
             .to_owned();
+        let federated = federated
+            .iter()
+            .map(|(td, path, bytes)| (td.as_str(), path.as_path(), BundleInput::Bytes(bytes)));
+        Self::assemble(
+            policy,
+            local,
+            (BundleInput::Bytes(local_bundle.0), local_bundle.1),
+            federated,
+            initial,
+        )
+    }
+
+    /// [`select`](Self::select) for bundles already parsed, with the local trust domain
+    /// named (the CLI's chain check, which has no certificate of its own).
+    pub(crate) fn from_certificates(
+        policy: &TrustDomainPolicy,
+        local: &str,
+        local_bundle: &[CertificateDer<'static>],
+        federated: &[(String, Vec<CertificateDer<'static>>)],
+    ) -> Result<Self, Error> {
+        validate_trust_domain(local)?;
+        let memory = Path::new(crate::error::MEMORY);
+        let federated = federated
+            .iter()
+            .map(|(td, certs)| (td.as_str(), memory, BundleInput::Certificates(certs)));
+        Self::assemble(
+            policy,
+            local.to_owned(),
+            (BundleInput::Certificates(local_bundle), memory),
+            federated,
+            true,
+        )
+    }
+
+    fn assemble<'a>(
+        policy: &TrustDomainPolicy,
+        local: String,
+        local_bundle: (BundleInput<'a>, &'a Path),
+        federated: impl Iterator<Item = (&'a str, &'a Path, BundleInput<'a>)>,
+        initial: bool,
+    ) -> Result<Self, Error> {
         let mut roots = BTreeMap::new();
         let mut excluded = Vec::new();
         let mut seen = vec![local.clone()];
         if policy.allows(&local, &local) {
-            roots.insert(local.clone(), load_roots(local_bundle.0, local_bundle.1)?);
+            let (input, path) = local_bundle;
+            roots.insert(local.clone(), root_store(&input.certificates(path)?, path)?);
         } else {
             excluded.push(local.clone());
         }
-        for (td, path, bytes) in federated {
+        for (td, path, input) in federated {
             validate_trust_domain(td)?;
-            if seen.contains(td) {
+            if seen.iter().any(|s| s == td) {
                 return Err(Error::Config(format!(
                     "two bundles for trust domain {td} (the local trust domain's bundle is the CA \
                      bundle; federated bundles name other trust domains)"
                 )));
             }
-            seen.push(td.clone());
+            seen.push(td.to_owned());
             if !policy.allows(td, &local) {
-                excluded.push(td.clone());
+                excluded.push(td.to_owned());
                 continue;
             }
             // An empty federated bundle (no X.509 authorities) means no bundle for that
             // trust domain: its peers are refused, as if it were not in the set.
-            let certs = ca_certificates_at(bytes, path)?;
+            let certs = input.certificates(path)?;
             if !certs.is_empty() {
-                roots.insert(td.clone(), root_store(&certs, path)?);
+                roots.insert(td.to_owned(), root_store(&certs, path)?);
             }
         }
         if roots.is_empty() {

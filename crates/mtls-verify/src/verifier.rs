@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use crate::identity::{MAX_CERTIFICATE_SIZE, serial_to_hex};
 use crate::refusal_log::RefusalLogLimit;
 use crate::trust_domains::TrustDomainBundles;
-use crate::{AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, der, refused};
+use crate::{
+    AuthorizeIdentity, Error, IdentityAuthorizer, PeerIdentity, TrustDomainPolicy, der, refused,
+};
 
 /// Default minimum RSA modulus size in bits.
 pub const DEFAULT_MIN_RSA_BITS: u32 = 2048;
@@ -254,6 +256,7 @@ fn webpki_client_verifier(
 }
 
 impl ClientVerifier {
+    #[cfg(test)]
     pub(crate) fn new(
         roots: Arc<RootCertStore>,
         crls: Vec<CertificateRevocationListDer<'static>>,
@@ -586,6 +589,9 @@ pub(crate) fn into_error(e: rustls::Error) -> Error {
 #[derive(Clone)]
 pub struct ChainVerifyOptions {
     ca_certs: Vec<CertificateDer<'static>>,
+    /// SPIFFE trust: the local trust domain and the policy.
+    spiffe: Option<(String, TrustDomainPolicy)>,
+    federated: Vec<(String, Vec<CertificateDer<'static>>)>,
     crls: Vec<CertificateRevocationListDer<'static>>,
     options: ClientVerifierOptions,
     time: Option<SystemTime>,
@@ -606,10 +612,34 @@ impl ChainVerifyOptions {
     pub fn new(ca_certs: Vec<CertificateDer<'static>>) -> Self {
         ChainVerifyOptions {
             ca_certs,
+            spiffe: None,
+            federated: Vec::new(),
             crls: Vec::new(),
             options: ClientVerifierOptions::default(),
             time: None,
         }
+    }
+
+    /// Verifies with SPIFFE trust, as a server built with
+    /// [`trust_domain_policy`](crate::ServerTlsBuilder::trust_domain_policy): the CA
+    /// certificates given to [`new`](Self::new) are the bundle of `local_trust_domain`,
+    /// [`federated_bundle`](Self::federated_bundle)s add other trust domains, and the chain
+    /// is verified against the bundle of its leaf's trust domain if `policy` allows it.
+    pub fn spiffe_trust(mut self, local_trust_domain: &str, policy: TrustDomainPolicy) -> Self {
+        let td = local_trust_domain.trim_start_matches("spiffe://");
+        self.spiffe = Some((td.to_owned(), policy));
+        self
+    }
+
+    /// Adds a federated trust domain's bundle (used with [`spiffe_trust`](Self::spiffe_trust)).
+    pub fn federated_bundle(
+        mut self,
+        trust_domain: &str,
+        ca_certs: Vec<CertificateDer<'static>>,
+    ) -> Self {
+        let td = trust_domain.trim_start_matches("spiffe://");
+        self.federated.push((td.to_owned(), ca_certs));
+        self
     }
 
     /// Adds CRLs (revocation status of every certificate in the chain is then required
@@ -672,11 +702,20 @@ pub fn verify_client_chain(
         return Err(Error::NoPeerCertificate);
     };
     let memory = std::path::Path::new(crate::error::MEMORY);
-    let roots = crate::material::root_store(&options.ca_certs, memory)?;
+    let anchors = match &options.spiffe {
+        None => Anchors::Single(crate::material::root_store(&options.ca_certs, memory)?),
+        Some((local, policy)) => Anchors::ByTrustDomain(TrustDomainBundles::from_certificates(
+            policy,
+            local,
+            &options.ca_certs,
+            &options.federated,
+        )?),
+    };
     for crl in &options.crls {
         crate::material::check_crl(crl, memory, options.options.allow_expired_crls)?;
     }
-    let verifier = ClientVerifier::new(roots, options.crls.clone(), options.options.clone(), None)?;
+    let verifier =
+        ClientVerifier::with_anchors(anchors, options.crls.clone(), options.options.clone(), None)?;
     let now = UnixTime::since_unix_epoch(
         options
             .time

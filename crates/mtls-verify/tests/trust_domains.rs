@@ -10,8 +10,8 @@ use std::path::Path;
 
 use base64::Engine as _;
 use mtls_verify::{
-    ClientTlsBuilder, Error, IdentityAuthorizer, MaterialHolder, ServerTls, ServerTlsBuilder,
-    TrustDomainPolicy,
+    ChainVerifyOptions, ClientTlsBuilder, Error, IdentityAuthorizer, MaterialHolder, ServerTls,
+    ServerTlsBuilder, TrustDomainPolicy, verify_client_chain,
 };
 use support::{TestServer, client_with, connect, connect_named, wait_for};
 use ztkit_test_support::{TestCa, TestCert, capture_warnings};
@@ -393,4 +393,30 @@ fn write_empty_bundle(path: &Path) {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, r#"{"keys":[],"spiffe_sequence":2}"#).unwrap();
     std::fs::rename(&tmp, path).unwrap();
+}
+
+#[test]
+fn verify_client_chain_checks_with_spiffe_trust_as_the_server_does() {
+    let d = domains();
+    let options = |policy: TrustDomainPolicy| {
+        ChainVerifyOptions::new(vec![d.ca_a.cert_der.clone()])
+            .spiffe_trust(A, policy)
+            .federated_bundle(B, vec![d.ca_b.cert_der.clone()])
+    };
+    let any = options(TrustDomainPolicy::any_in_bundle_set());
+    let peer = verify_client_chain(&d.client_b.chain_der, &any).unwrap();
+    assert_eq!(peer.spiffe_id().unwrap().trust_domain(), B);
+    verify_client_chain(&d.client_a.chain_der, &any).unwrap();
+    let forged = svid(&d.ca_b, "spiffe://a.example/admin");
+    let err = verify_client_chain(&forged.chain_der, &any).unwrap_err();
+    assert!(err.to_string().contains("unknown issuer"), "{err}");
+    let local = options(TrustDomainPolicy::local_only());
+    let err = verify_client_chain(&d.client_b.chain_der, &local).unwrap_err();
+    assert!(matches!(err, Error::UntrustedTrustDomain { .. }), "{err}");
+    // Without SPIFFE trust, the same CA list is one bundle: B's CA is not in it.
+    let classic = ChainVerifyOptions::new(vec![d.ca_a.cert_der.clone()]);
+    assert!(verify_client_chain(&d.client_b.chain_der, &classic).is_err());
+    let none = options(TrustDomainPolicy::allow_list(["c.example"]).unwrap());
+    let err = verify_client_chain(&d.client_a.chain_der, &none).unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err}");
 }

@@ -103,13 +103,7 @@ fn read_bundle(path: &Path, hint: Duration, sequence: u64) -> Result<(Vec<u8>, V
     let fail = |e: &dyn std::fmt::Display| Failure::Usage(format!("{}: {e}", path.display()));
     let bytes = std::fs::read(path).map_err(|e| fail(&e))?;
     let cas: Vec<CertificateDer<'static>> =
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
-            mtls_verify::pem::spiffe_bundle(&bytes)
-                .map_err(|e| fail(&e))?
-                .x509_authorities
-        } else {
-            mtls_verify::pem::certificates(&bytes).map_err(|e| fail(&e))?
-        };
+        mtls_verify::pem::ca_bundle(&bytes).map_err(|e| fail(&e))?;
     if cas.is_empty() {
         return Err(fail(&"holds no CA certificate"));
     }

@@ -241,3 +241,54 @@ fn verify_explains_a_version_1_crl() {
     assert!(stderr.contains("crlnumber"), "{stderr}");
     assert!(!stderr.contains("BadDer"), "{stderr}");
 }
+
+#[test]
+fn verify_with_spiffe_trust_picks_the_bundle_of_the_leafs_trust_domain() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_a, ca_b) = (
+        TestCa::new("CA of a.example"),
+        TestCa::new("CA of b.example"),
+    );
+    let ca = write(dir.path(), "a.pem", &ca_a.cert_pem);
+    let b_bundle = format!("b.example={}", write(dir.path(), "b.pem", &ca_b.cert_pem));
+    let client_b = ca_b
+        .leaf("b")
+        .spiffe_id("spiffe://b.example/web")
+        .client_auth()
+        .issue();
+    let forged = ca_b
+        .leaf("forged")
+        .spiffe_id("spiffe://a.example/admin")
+        .client_auth()
+        .issue();
+    let b_path = write(dir.path(), "client-b.pem", &client_b.chain_pem);
+    let forged_path = write(dir.path(), "forged.pem", &forged.chain_pem);
+    let verify = |leaf: &str, extra: &[&str]| {
+        let mut args = vec![
+            "cert",
+            "verify",
+            "--ca",
+            &ca,
+            "--local-trust-domain",
+            "a.example",
+        ];
+        args.extend_from_slice(&["--federated-bundle", &b_bundle]);
+        args.extend_from_slice(extra);
+        args.push(leaf);
+        ztkit(&args)
+    };
+    let out = verify(&b_path, &["--allow-trust-domain", "b.example"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout_json(&out)["spiffe_id"], "spiffe://b.example/web");
+    let out = verify(&b_path, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("excluded by the trust-domain policy"));
+    let out = verify(&forged_path, &["--any-trust-domain"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown issuer"));
+}
