@@ -45,7 +45,8 @@ const EBPF_OBJECT: &str = "bpf/l7_filter.o";
 /// A header from Debian's libbpf-dev that the program includes.
 const LIBBPF_HEADER: &str = "/usr/include/bpf/bpf_helpers.h";
 
-/// Python packages the gRPC peer test needs (a real gRPC client: grpcio).
+/// Python packages the gRPC peer tests need (a real gRPC client: grpcio; grpcio-tools to
+/// generate the Workload API stubs for svid-client's interop test).
 const PIP_REQUIREMENTS: &str = "tests/peers/requirements.txt";
 
 /// Directories with a `package-lock.json` whose packages tests start (`npm ci`).
@@ -149,7 +150,7 @@ fn deps() -> Result<(), String> {
         }
     }
     let have_grpc = Command::new("python3")
-        .args(["-c", "import grpc"])
+        .args(["-c", "import grpc, grpc_tools"])
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false);
