@@ -285,3 +285,42 @@ async fn no_agent_is_the_startup_error_and_empty_audiences_are_refused() {
     // A validator without an audience is refused (jwt-oidc's build).
     assert!(matches!(source.validator(|v| v), Err(Error::Jwt(_))));
 }
+
+#[tokio::test]
+async fn an_agent_restart_keeps_the_last_bundles_and_takes_the_new_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, source) = agent_and_source(&dir).await;
+    let validator = source.validator(|v| v.audience(AUDIENCE)).unwrap();
+    let before = guarded("fetch", source.fetch_svid([AUDIENCE]))
+        .await
+        .unwrap();
+
+    // The agent goes away: the failure is recorded, tokens keep validating on the last
+    // bundles.
+    drop(agent);
+    guarded("the failure to be seen", async {
+        while source.status().last_error.is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(validator.validate(before.token()).await.is_ok());
+
+    // A new agent on the same socket, with new keys: the source reconnects and takes them.
+    let agent = TestWorkloadApi::start(dir.path().join("api.sock")).unwrap();
+    agent.issue_jwt_svids([WEB], Duration::from_secs(300));
+    let after = guarded("fetch", source.fetch_svid([AUDIENCE]))
+        .await
+        .unwrap();
+    guarded("the new bundles", async {
+        while validator.validate(after.token()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // The old agent's keys are gone with its bundle.
+    assert!(matches!(
+        validator.validate(before.token()).await,
+        Err(AuthError::UnknownKey { .. })
+    ));
+}
