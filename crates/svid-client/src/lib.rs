@@ -111,7 +111,7 @@
 //!
 //! tonic/axum: `TlsListener` and `zt_tower::tls_channel` take the holders (docs/spiffe.md).
 //!
-//! Left: `ztkit dev-agent`; benchmarks; the demo.
+//! Left: benchmarks; the demo.
 
 pub use error::Error;
 #[cfg(feature = "jwt")]

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod audit;
 mod cert;
+mod dev_agent;
 mod ebpf;
 mod jwt;
 mod logging;
@@ -52,6 +53,9 @@ enum Command {
     /// SPIFFE federation: serve this trust domain's bundle endpoint.
     #[command(subcommand)]
     Spiffe(spiffe::SpiffeCommand),
+    /// A SPIFFE Workload API for local development: X.509- and JWT-SVIDs for the given IDs
+    /// from a throw-away CA. NOT for production (no workload attestation).
+    DevAgent(dev_agent::DevAgentArgs),
     /// The kernel L7 filter: check a rule file.
     #[command(subcommand)]
     Ebpf(ebpf::EbpfCommand),
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => audit::run(cmd),
         Command::Spiffe(cmd) => spiffe::run(cmd),
         Command::Ebpf(cmd) => ebpf::run(cmd),
+        Command::DevAgent(args) => dev_agent::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
