@@ -86,6 +86,7 @@ pub struct L7FilterBuilder {
     pin_dir: Option<PathBuf>,
     event_capacity: Option<usize>,
     destroy_denied: Option<bool>,
+    batch_wakeups: bool,
 }
 
 impl L7FilterBuilder {
@@ -121,6 +122,14 @@ impl L7FilterBuilder {
     /// counted in [`Counters::events_dropped`]). Default 4096.
     pub fn event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = Some(capacity);
+        self
+    }
+
+    /// Submit events without waking the reader (`BPF_RB_NO_WAKEUP`); it polls every 50 ms
+    /// instead. Cheaper per event under a flood of audit events (see docs/benchmarks.md),
+    /// at the price of up to 50 ms more before a denied connection is reset.
+    pub fn batch_event_wakeups(mut self) -> Self {
+        self.batch_wakeups = true;
         self
     }
 
@@ -169,6 +178,7 @@ impl L7FilterBuilder {
             keep_pins,
             ports: self.ports,
             generation: 0,
+            batch_wakeups: self.batch_wakeups,
             installed: Vec::new(),
             events: None,
             shared: Arc::new(Shared::default()),
@@ -237,6 +247,7 @@ pub struct L7Filter {
     keep_pins: bool,
     ports: Vec<u16>,
     generation: u8,
+    batch_wakeups: bool,
     installed: Vec<RuleEntry>,
     events: Option<tokio::sync::mpsc::Receiver<KernelEvent>>,
     shared: Arc<Shared>,
@@ -280,7 +291,12 @@ impl L7Filter {
                 .insert(&Key::new(entry.prefix_bits, entry.data), entry.value(), 0)
                 .map_err(|e| FilterError::Kernel(format!("writing rule {}: {e}", entry.rule_id)))?;
         }
-        let config = layout::config_value(rules, next, &self.ports);
+        let flags = if self.batch_wakeups {
+            layout::CFG_NO_WAKEUP
+        } else {
+            0
+        };
+        let config = layout::config_value(rules, next, &self.ports, flags);
         maps.config
             .set(0, config, 0)
             .map_err(|e| FilterError::Kernel(format!("writing the config: {e}")))?;
@@ -745,13 +761,21 @@ fn private_pin_dir() -> Result<PathBuf, FilterError> {
 
 fn ensure_bpffs(dir: &Path) -> Result<(), FilterError> {
     let root = Path::new(BPF_FS);
-    let mounted = rustix::fs::statfs(root)
-        .map(|s| s.f_type == BPF_FS_MAGIC)
-        .unwrap_or(false);
-    if !mounted && dir.starts_with(root) {
-        return Err(FilterError::KernelFeature(format!(
-            "no bpffs at {BPF_FS} (mount -t bpf bpf {BPF_FS})"
-        )));
+    let is_bpffs = || {
+        rustix::fs::statfs(root)
+            .map(|s| s.f_type == BPF_FS_MAGIC)
+            .unwrap_or(false)
+    };
+    if dir.starts_with(root) && !is_bpffs() {
+        // Not mounted here (e.g. under `ip netns exec`, which remounts /sys): mount it, as
+        // systemd does at boot.
+        let mounted =
+            rustix::mount::mount("bpf", root, "bpf", rustix::mount::MountFlags::empty(), None);
+        if mounted.is_err() || !is_bpffs() {
+            return Err(FilterError::KernelFeature(format!(
+                "no bpffs at {BPF_FS} and mounting one failed (mount -t bpf bpf {BPF_FS})"
+            )));
+        }
     }
     std::fs::create_dir_all(dir)
         .map_err(|e| kernel_error(&format!("creating {}", dir.display()), e))

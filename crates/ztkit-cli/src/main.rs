@@ -56,7 +56,7 @@ enum Command {
     /// A SPIFFE Workload API for local development: X.509- and JWT-SVIDs for the given IDs
     /// from a throw-away CA. NOT for production (no workload attestation).
     DevAgent(dev_agent::DevAgentArgs),
-    /// The kernel L7 filter: check a rule file.
+    /// The kernel L7 filter: check a rule file, or attach the filter and print its events.
     #[command(subcommand)]
     Ebpf(ebpf::EbpfCommand),
 }

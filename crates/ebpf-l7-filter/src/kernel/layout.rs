@@ -15,13 +15,20 @@ pub(crate) const EVENT_SIZE: usize = 136;
 
 /// `CFG_STRICT`: refusals are denied.
 const CFG_STRICT: u8 = 1;
+/// `CFG_NO_WAKEUP`: events are submitted without waking the reader (it polls on a timer).
+pub(crate) const CFG_NO_WAKEUP: u8 = 2;
 
 /// The config value: default verdict, strict flag, the generation of the rule keys in
 /// force, the non-strict floors, and the ports.
-pub(crate) fn config_value(rules: &RuleSet, generation: u8, ports: &[u16]) -> [u8; CONFIG_SIZE] {
+pub(crate) fn config_value(
+    rules: &RuleSet,
+    generation: u8,
+    ports: &[u16],
+    extra_flags: u8,
+) -> [u8; CONFIG_SIZE] {
     let mut value = [0u8; CONFIG_SIZE];
     value[0] = rules.default_verdict().code();
-    value[1] = if rules.strict_paths() { CFG_STRICT } else { 0 };
+    value[1] = extra_flags | if rules.strict_paths() { CFG_STRICT } else { 0 };
     value[2] = generation;
     for (slot, floor) in value[4..4 + FLOOR_ANY + 1].iter_mut().zip(rules.floors()) {
         *slot = floor.code();
@@ -199,7 +206,7 @@ rules:
     #[test]
     fn config_sets_port_bits_and_floors() {
         let rules = RuleSet::from_yaml("default: allow\nstrict_paths: false\nrules: []\n").unwrap();
-        let v = config_value(&rules, 0, &[8080, 80]);
+        let v = config_value(&rules, 0, &[8080, 80], 0);
         assert_eq!(v[0], Verdict::Allow.code());
         assert_eq!(v[1], 0);
         assert_eq!(v[16 + 8080 / 8] & (1 << (8080 % 8)), 1 << (8080 % 8));
