@@ -293,7 +293,7 @@ static __always_inline long scan_path_byte(struct scan_ctx *scan, __u64 i)
 }
 
 /* The bpf_loop callback: SCAN_UNROLL bytes per call, fewer calls per path. */
-#define SCAN_UNROLL 4
+#define SCAN_UNROLL 8
 static long scan_path_bytes(__u64 index, void *ctx)
 {
 	struct scan_ctx *scan = ctx;
