@@ -80,37 +80,34 @@ const OTHER_METHODS: &[&str] = &["PROPFIND", "MKCOL", "X", "QUERY", "BREW"];
 /// A canonical path of 1..=4 segments from [`SEGMENTS`] (sometimes `/` alone, sometimes with
 /// a trailing `/`).
 pub fn canonical_path(rng: &mut Rng) -> String {
-    if rng.chance(5) {
-        return "/".to_owned();
-    }
-    let mut path = String::new();
-    for i in 0..=rng.below(4) {
-        path.push('/');
+    segments_path(rng, 4, |rng, i| {
         // The first two segments mostly from the half rules are built from.
         let range = if i < 2 && rng.chance(80) {
             SEGMENTS.len() / 2
         } else {
             SEGMENTS.len()
         };
-        path.push_str(SEGMENTS.get(rng.below(range)).copied().unwrap_or("a"));
-    }
-    if rng.chance(15) {
-        path.push('/');
-    }
-    path
+        rng.below(range)
+    })
 }
 
-/// A rule path: like [`canonical_path`] but mostly 1-2 segments from the first half of
+/// A rule path: like [`canonical_path`] but of 1..=2 segments from the first half of
 /// [`SEGMENTS`], so that generated requests match generated rules often.
 pub fn rule_path(rng: &mut Rng) -> String {
+    segments_path(rng, 2, |rng, _| rng.below(SEGMENTS.len() / 2))
+}
+
+/// `/` alone (5 %), or 1..=`extra` segments, the i-th being `SEGMENTS[pick(rng, i)]`,
+/// with a trailing `/` 15 % of the time.
+fn segments_path(rng: &mut Rng, extra: usize, pick: impl Fn(&mut Rng, usize) -> usize) -> String {
     if rng.chance(5) {
         return "/".to_owned();
     }
     let mut path = String::new();
-    for _ in 0..=rng.below(2) {
+    for i in 0..=rng.below(extra) {
         path.push('/');
-        let segment = SEGMENTS.get(rng.below(SEGMENTS.len() / 2)).copied();
-        path.push_str(segment.unwrap_or("a"));
+        let index = pick(rng, i);
+        path.push_str(SEGMENTS.get(index).copied().unwrap_or("a"));
     }
     if rng.chance(15) {
         path.push('/');
