@@ -111,7 +111,7 @@
 //!
 //! tonic/axum: `TlsListener` and `zt_tower::tls_channel` take the holders (docs/spiffe.md).
 //!
-//! Left: benchmarks; the demo.
+//! Left: the demo. Benchmarks: `benches/svid_handshake.rs`, docs/benchmarks.md.
 
 pub use error::Error;
 #[cfg(feature = "jwt")]
