@@ -16,6 +16,15 @@
 //! * an expired certificate → refused with `CertificateExpired`
 //! * a certificate from the right CA whose SPIFFE ID is not allowed → 403 / PERMISSION_DENIED
 //! * rotation of the server certificate mid-run → new handshakes see the new serial
+//!
+//! Then tokens, policy and audit (a JWT layer, a Rego policy, a hash-chained audit log),
+//! and SPIFFE: a test Workload API started in-process (on a Unix socket in the temp dir)
+//! hands out X.509-SVIDs; a tonic server on its SVID (`SvidSource` → `ServerTls` →
+//! `TlsListener`) admits clients of its own trust domain:
+//!
+//! * a client with an SVID of the server's trust domain → OK, the server sees its SPIFFE ID
+//! * a client with an SVID of another, not federated, trust domain → handshake refused
+//! * the agent rotates the server's SVID → the next call sees the new serial
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -39,6 +48,8 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, RootCertStore};
 use serde_json::json;
 use std::path::Path;
+use svid_client::testing::{TestSvid, TestWorkloadApi};
+use svid_client::{SvidSource, authorize};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tower::ServiceBuilder;
@@ -350,6 +361,12 @@ audit log {}: {} records in {} file(s), chain {}",
     });
     cases.extend(token_cases);
 
+    // 7. SPIFFE: SVIDs from a Workload API (a test agent in-process), trust by trust domain.
+    let spiffe = spiffe_cases(dir.path()).await?;
+    println!("\nSPIFFE (test Workload API in-process; server admits trust domain {SPIFFE_TD})\n");
+    print_table_with(&spiffe, "peer / certificate", "gRPC (tonic on SVIDs)");
+    cases.extend(spiffe);
+
     let failed = cases.iter().filter(|c| !c.ok).count();
     if failed > 0 {
         println!("\n{failed} case(s) did not behave as expected");
@@ -357,6 +374,132 @@ audit log {}: {} records in {} file(s), chain {}",
     }
     println!("\nall {} cases behaved as expected", cases.len());
     Ok(())
+}
+
+const SPIFFE_TD: &str = "example.org";
+const SPIFFE_SERVER: &str = "spiffe://example.org/greeter";
+const SPIFFE_CLIENT: &str = "spiffe://example.org/client";
+const FOREIGN_CLIENT: &str = "spiffe://other.example/client";
+/// The alert the server sends a client whose chain is not from a trust domain it trusts.
+const SPIFFE_FOREIGN_ALERT: &str = "CertificateUnknown";
+
+/// An X.509-SVID for `id`, issued by `ca` (its trust domain's CA), for the test agent.
+fn test_svid(ca: &TestCa, id: &str, hint: &str) -> (TestSvid, TestCert) {
+    let cert = ca
+        .leaf(hint)
+        .spiffe_id(id)
+        .valid_for(Duration::from_secs(3600))
+        .issue();
+    let svid = TestSvid::new(
+        id,
+        cert.chain_der.iter().map(|c| c.to_vec()).collect(),
+        cert.key_der.clone(),
+        vec![ca.cert_der.to_vec()],
+    )
+    .hint(hint);
+    (svid, cert)
+}
+
+/// The SPIFFE part: two test agents (trust domains `example.org` and `other.example`, not
+/// federated with each other from the server's side), a tonic server on its SVID admitting
+/// `example.org`, and a call from each trust domain, then a rotation of the server's SVID.
+async fn spiffe_cases(dir: &Path) -> Result<Vec<Case>, Box<dyn std::error::Error>> {
+    let connect = |endpoint: String, hint: &str| {
+        SvidSource::builder()
+            .endpoint(endpoint)
+            .svid_hint(hint)
+            .connect()
+    };
+    // The agent of example.org: the server's and a client's SVIDs.
+    let ca = TestCa::new("example.org SPIFFE CA");
+    let agent = TestWorkloadApi::start(dir.join("spiffe-agent.sock"))?;
+    let (client_svid, _) = test_svid(&ca, SPIFFE_CLIENT, "client");
+    let (server_svid, _) = test_svid(&ca, SPIFFE_SERVER, "server");
+    agent.set_svids(vec![server_svid, client_svid.clone()]);
+    let server_source = connect(agent.endpoint(), "server").await?;
+    let client_source = connect(agent.endpoint(), "client").await?;
+
+    // The server: its SVID, rotated by the source; clients of its own trust domain only
+    // (chains checked against that trust domain's bundle, then the SPIFFE ID's domain).
+    let members = authorize::member_of(SPIFFE_TD)?;
+    let server_tls = server_source.server_tls(|tls| tls.authorizer(members.clone()))?;
+    let addr = start_tonic(server_tls.clone(), members).await?;
+
+    // The agent of other.example: a client SVID from another CA. That client trusts the
+    // server (it federates with example.org); the server does not federate back.
+    let other_ca = TestCa::new("other.example SPIFFE CA");
+    let other_agent = TestWorkloadApi::start(dir.join("spiffe-agent-other.sock"))?;
+    other_agent.set_federated_bundle(SPIFFE_TD, vec![ca.cert_der.to_vec()]);
+    other_agent.set_svids(vec![test_svid(&other_ca, FOREIGN_CLIENT, "client").0]);
+    let foreign_source = connect(other_agent.endpoint(), "client").await?;
+
+    let client_cfg = |source: &SvidSource, policy| {
+        let tls = source.client_tls(|tls| {
+            tls.trust_domain_policy(policy)
+                .server_authorizer(authorize::exact(SPIFFE_SERVER).unwrap())
+                .allow_any_hostname()
+        })?;
+        let mut cfg = (*tls.config()).clone();
+        cfg.alpn_protocols = vec![b"h2".to_vec()];
+        // A full handshake per connection: a resumed TLS 1.3 session keeps the certificates
+        // of the handshake it resumes, so it would hide the rotation this part shows.
+        cfg.resumption = rustls::client::Resumption::disabled();
+        Ok::<_, svid_client::Error>(Arc::new(cfg))
+    };
+    let member_cfg = client_cfg(&client_source, mtls_verify::TrustDomainPolicy::local_only())?;
+    let foreign_cfg = client_cfg(
+        &foreign_source,
+        mtls_verify::TrustDomainPolicy::allow_list([SPIFFE_TD])?,
+    )?;
+
+    let mut cases = Vec::new();
+    let grpc = grpc_hello(&member_cfg, addr).await;
+    let seen = grpc
+        .rsplit("you are ")
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    cases.push(Case {
+        name: "SVID of the server's trust domain",
+        expect: "OK, server sees its ID",
+        ok: grpc.starts_with("OK") && seen == SPIFFE_CLIENT,
+        http: format!("server saw {seen}"),
+        grpc,
+    });
+
+    let grpc = grpc_hello(&foreign_cfg, addr).await;
+    cases.push(Case {
+        name: "SVID of another trust domain",
+        expect: "refused at the handshake",
+        ok: grpc == format!("refused: {SPIFFE_FOREIGN_ALERT} alert"),
+        http: format!("client {FOREIGN_CLIENT}"),
+        grpc,
+    });
+
+    // Rotation: the agent hands the server a new SVID; the source swaps it into the
+    // server's TLS holder (its generation moves) and the next call sees the new serial.
+    let before = server_serial(&member_cfg, addr).await;
+    let generation = server_tls.status().generation;
+    let (server_svid, rotated) = test_svid(&ca, SPIFFE_SERVER, "server");
+    agent.set_svids(vec![server_svid, client_svid]);
+    wait_for_generation(&server_tls, generation).await;
+    let after = server_serial(&member_cfg, addr).await;
+    let grpc = grpc_hello(&member_cfg, addr).await;
+    cases.push(Case {
+        name: "agent rotates the server's SVID",
+        expect: "new serial, OK",
+        ok: after == rotated.serial_hex() && before != after && grpc.starts_with("OK"),
+        http: format!("serial {} -> {}", short(&before), short(&after)),
+        grpc,
+    });
+    drop((
+        server_source,
+        client_source,
+        foreign_source,
+        agent,
+        other_agent,
+    ));
+    Ok(cases)
 }
 
 /// The demo's Rego policy: readers may GET orders, only admins may DELETE, the Greeter
@@ -846,6 +989,11 @@ fn short(s: &str) -> &str {
 }
 
 fn print_table(cases: &[Case]) {
+    print_table_with(cases, "HTTP (axum)", "gRPC (tonic)");
+}
+
+/// The table with other headers for the third and fourth columns.
+fn print_table_with(cases: &[Case], third: &str, fourth: &str) {
     let w = |s: &str, n: usize| {
         let s: String = s.chars().take(n).collect();
         format!("{s:<n$}")
@@ -854,8 +1002,8 @@ fn print_table(cases: &[Case]) {
         "{} | {} | {} | {} | ok",
         w("case", 34),
         w("expected", 26),
-        w("HTTP (axum)", 40),
-        w("gRPC (tonic)", 40)
+        w(third, 40),
+        w(fourth, 40)
     );
     println!("{}", "-".repeat(34 + 26 + 40 + 40 + 14));
     for c in cases {

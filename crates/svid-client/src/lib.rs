@@ -111,7 +111,8 @@
 //!
 //! tonic/axum: `TlsListener` and `zt_tower::tls_channel` take the holders (docs/spiffe.md).
 //!
-//! Left: the demo. Benchmarks: `benches/svid_handshake.rs`, docs/benchmarks.md.
+//! Demo: the SPIFFE part of `examples/demo.rs`. Benchmarks: `benches/svid_handshake.rs`,
+//! docs/benchmarks.md.
 
 pub use error::Error;
 #[cfg(feature = "jwt")]
