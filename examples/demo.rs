@@ -237,7 +237,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ),
         (
             "no token",
-            "401 invalid_token",
+            "401 bare Bearer challenge",
             "GET",
             "/orders/42",
             None,

@@ -10,7 +10,9 @@
 //! has a verified client certificate, its SHA-256 thumbprint is passed along so
 //! certificate-bound tokens (RFC 8705, `cnf.x5t#S256`) are checked against it.
 //!
-//! * Missing or invalid token → `401` with `WWW-Authenticate: Bearer error="invalid_token"`
+//! * No token → `401` with a bare `WWW-Authenticate: Bearer` (RFC 6750 §3.1: a request
+//!   without credentials gets no error code); an invalid token → `401` with
+//!   `WWW-Authenticate: Bearer error="invalid_token"`
 //!   (gRPC `UNAUTHENTICATED`). The client learns nothing more; the reason goes to the log.
 //! * [`JwtAuthLayer::allow_anonymous`] lets requests *without* a token through
 //!   unauthenticated (no `Claims` extension); a request with an invalid token is still refused.
@@ -46,7 +48,13 @@
 //! let req = Request::get("/").header("authorization", format!("Bearer {token}")).body(()).unwrap();
 //! assert_eq!(svc.clone().oneshot(req).await.unwrap().status(), StatusCode::OK);
 //!
-//! let res = svc.oneshot(Request::new(())).await.unwrap();
+//! // No credentials at all: a bare challenge, no error code (RFC 6750 §3.1).
+//! let res = svc.clone().oneshot(Request::new(())).await.unwrap();
+//! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+//! assert_eq!(res.headers()["www-authenticate"], "Bearer");
+//!
+//! let req = Request::get("/").header("authorization", "Bearer not-a-jwt").body(()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
 //! assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 //! assert_eq!(res.headers()["www-authenticate"], "Bearer error=\"invalid_token\"");
 //! # }
@@ -192,6 +200,13 @@ fn invalid_token(reason: &'static str) -> Rejection {
     Rejection::unauthenticated(reason).with_bearer_error(BearerError::InvalidToken.as_str())
 }
 
+/// A request that carries no credentials at all. RFC 6750 §3.1: "If the request lacks any
+/// authentication information […], the resource server SHOULD NOT include an error code or
+/// other error information", so the challenge is a bare `Bearer`.
+fn missing_token() -> Rejection {
+    Rejection::unauthenticated("missing bearer token")
+}
+
 fn rejection_for(err: &AuthError) -> Rejection {
     match err.bearer_error() {
         BearerError::InsufficientScope => Rejection::permission_denied("insufficient scope")
@@ -235,7 +250,7 @@ where
             }
             Err(TokenError::Missing) => {
                 tracing::info!("request refused: no bearer token");
-                let res = invalid_token("missing bearer token").into_refusal("jwt", req.headers());
+                let res = missing_token().into_refusal("jwt", req.headers());
                 return JwtResponseFuture::new(async move { Ok(res) });
             }
             Err(TokenError::Malformed(why)) => {
@@ -306,10 +321,7 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for TokenClaims {
     ) -> Result<Self, Self::Rejection> {
         match request_claims(&parts.extensions) {
             Some(claims) => Ok(TokenClaims(claims.clone())),
-            None => {
-                Err(invalid_token("missing bearer token")
-                    .into_refusal("TokenClaims", &parts.headers))
-            }
+            None => Err(missing_token().into_refusal("TokenClaims", &parts.headers)),
         }
     }
 }
@@ -455,7 +467,7 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let verdict = match request_claims(req.extensions()) {
-            None => Err(invalid_token("missing bearer token").into_refusal("scope", req.headers())),
+            None => Err(missing_token().into_refusal("scope", req.headers())),
             Some(claims) => self.check.check(claims).map_err(|reason| {
                 tracing::info!(sub = claims.subject(), %reason, "request refused: insufficient scope");
                 Rejection::permission_denied("insufficient scope")

@@ -82,14 +82,19 @@ async fn valid_token_reaches_the_handler_with_claims() {
 }
 
 #[tokio::test]
-async fn missing_and_invalid_tokens_get_401_invalid_token() {
+async fn invalid_tokens_get_401_invalid_token_and_a_missing_one_a_bare_challenge() {
     let key = TestKey::generate(Algorithm::Es256, "k1");
     let stranger = TestKey::generate(Algorithm::Es256, "k1");
     let app = app(JwtAuthLayer::new(authenticator(&key)));
+    // RFC 6750 §3.1: a request without any authentication information gets no error code.
+    let (status, headers, body) = call(&app, get_with("/whoami", None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    assert!(body.is_empty(), "no detail for the client: {body}");
+
     let expired = token(&key, json!({"exp": now_unix() - 3600}));
     let forged = token(&stranger, json!({}));
     for t in [
-        None,
         Some("not-a-jwt"),
         Some(expired.as_str()),
         Some(forged.as_str()),
